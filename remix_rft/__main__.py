@@ -1,0 +1,3 @@
+from remix_rft.cli import main
+
+raise SystemExit(main())

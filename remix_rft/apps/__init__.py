@@ -1,0 +1,1 @@
+"""Applications: command line, evaluation, comparison and plots."""

@@ -1,0 +1,1 @@
+"""Data layer: tasks (prompts + verifiers), datasets and the replay buffer."""

@@ -1,0 +1,1 @@
+"""Engines: models, log-probabilities and rollout backends."""

@@ -1,0 +1,164 @@
+"""Rollout backend on Hugging Face ``generate``: sampled responses with their log-probs.
+
+Prompts are left-padded (right padding changes outputs of batched generation) and
+everything after the first EOS is dropped. The log-probability of each sampled
+token is recorded from the raw logits divided by the temperature, which is what a
+full forward pass of the same weights computes (tests pin that invariant).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Generation:
+    """Responses of a batch of prompts; every list is indexed by sample."""
+
+    prompt_ids: list[torch.Tensor]
+    response_ids: list[torch.Tensor]  # includes the EOS token when there is one
+    logprobs: list[torch.Tensor]  # float32, one per response token
+    finished: list[bool]  # ended with EOS within the token budget
+    texts: list[str]
+    seconds: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    def num_tokens(self) -> int:
+        return sum(int(r.numel()) for r in self.response_ids)
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(int(e) for e in eos)
+    if not ids:
+        raise ValueError("the tokenizer defines no EOS token; generation could never stop")
+    return ids
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
+
+def _cut_at_eos(tokens: torch.Tensor, eos_ids: set[int]) -> tuple[int, bool]:
+    """Length up to and including the first EOS, and whether there was one."""
+    for i, t in enumerate(tokens.tolist()):
+        if t in eos_ids:
+            return i + 1, True
+    return int(tokens.numel()), False
+
+
+@contextmanager
+def _left_padding(tokenizer: Any) -> Iterator[None]:
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+
+
+@torch.no_grad()
+def sample(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+) -> Generation:
+    """Generate one response per prompt string (repeat prompts for groups)."""
+    start = time.perf_counter()
+    with _left_padding(tokenizer):
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    device = next(model.parameters()).device
+    input_ids = enc["input_ids"].to(device)
+    attention_mask = enc["attention_mask"].to(device)
+    greedy = temperature <= 0.0
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=None if greedy else temperature,
+        top_p=None if greedy else top_p,
+        top_k=None,
+        pad_token_id=pad_token_id(tokenizer),
+        eos_token_id=sorted(eos_token_ids(model, tokenizer)),
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
+    prompt_len = input_ids.shape[1]
+    new_tokens = out.sequences[:, prompt_len:]
+    logits = torch.stack(out.logits, dim=1).float()  # [B, T, V]
+    scale = 1.0 if greedy else temperature
+    token_lp = torch.log_softmax(logits / scale, dim=-1)
+    token_lp = token_lp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+    return _split_generation(
+        tokenizer, input_ids, attention_mask, new_tokens, token_lp, eos_token_ids(model, tokenizer),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _split_generation(
+    tokenizer: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    new_tokens: torch.Tensor,
+    token_lp: torch.Tensor,
+    eos_ids: set[int],
+    *,
+    seconds: float,
+) -> Generation:
+    prompts, responses, logprobs, finished = [], [], [], []
+    for i in range(new_tokens.shape[0]):
+        prompts.append(input_ids[i][attention_mask[i].bool()].cpu())
+        length, done = _cut_at_eos(new_tokens[i], eos_ids)
+        responses.append(new_tokens[i, :length].cpu())
+        logprobs.append(token_lp[i, :length].cpu())
+        finished.append(done)
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    gen = Generation(prompts, responses, logprobs, finished, texts, seconds=seconds)
+    gen.stats["time/gen_tokens_per_s"] = gen.num_tokens() / max(seconds, 1e-9)
+    return gen
+
+
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    batch_size: int = 32,
+    seed: int | None = None,
+) -> list[str]:
+    """Decoded responses (cut at EOS) for chat-templated prompt strings, in order."""
+    texts: list[str] = []
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for begin in range(0, len(prompts), batch_size):
+            chunk = prompts[begin : begin + batch_size]
+            gen = sample(
+                model, tokenizer, chunk,
+                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            )
+            texts.extend(gen.texts)
+    return texts

@@ -1,0 +1,344 @@
+"""Typed run configuration: YAML file + ``key=value`` overrides, validated with clear errors.
+
+Every key lives in :class:`TrainConfig` (task keys under ``task.``). An unknown key,
+a value of the wrong type or an out-of-range value raises :class:`ConfigError`,
+whose message names the key and what is allowed; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALGORITHMS = ("grpo", "ppo", "remix-grpo", "remix-ppo")
+TASKS = ("arithmetic", "math")
+KL_KINDS = ("k1", "k2", "k3")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+CLIP_CENTRE_MODES = ("current", "one")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+DTYPES = ("float32", "bfloat16")
+DEFAULT_REFLECTION_WORDS = (
+    "wait",
+    "recheck",
+    "re-check",
+    "alternatively",
+    "double-check",
+    "double check",
+    "verify",
+    "let me check",
+    "retry",
+    "hmm",
+)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the key and what is allowed."""
+
+
+@dataclass
+class TaskConfig:
+    """What to train on: the embedded arithmetic task or a math dataset."""
+
+    name: str = "arithmetic"
+    # arithmetic (embedded) task
+    seed: int = 0
+    num_products: int = 2
+    min_operand: int = 1
+    max_operand: int = 9
+    outer_multiply: bool = True
+    n_train: int = 20000
+    n_eval: int = 500
+    # math datasets (JSON, JSONL, parquet or a Hugging Face dataset name)
+    train_path: str = ""
+    eval_path: str = ""
+    problem_key: str = "problem"
+    answer_key: str = "answer"
+    instruction: str = ""  # appended to every prompt; empty for the embedded task
+    skip_bad_rows: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """A training run. Defaults are on-policy GRPO on the embedded task."""
+
+    name: str = "run"
+    out_dir: str = ""  # default: runs/<name>
+    seed: int = 0
+    algorithm: str = "grpo"
+    model: str = "embedded"  # "embedded" or a Hugging Face causal LM path / hub id
+    critic_model: str = ""  # PPO critic initialisation; default: the policy model
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+    # rollout
+    steps: int = 200  # iterations (fresh rollout collections)
+    prompts_per_step: int = 16
+    group_size: int = 8  # responses per prompt (GRPO needs >= 2)
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    # optimisation
+    lr: float = 3e-5
+    critic_lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0  # optimizer updates of linear warmup
+    lr_schedule: str = "constant"
+    minibatch_size: int = 128  # samples per optimizer update
+    micro_batch_size: int = 0  # samples per forward pass (0: the whole minibatch)
+    epochs: int = 1  # passes over each iteration's training batch
+
+    # losses
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    loss_agg: str = "token-mean"
+    norm_length: float = 0.0  # Dr. GRPO constant length (0: max_new_tokens)
+    scale_adv_by_std: bool = True
+    kl_coef: float = 0.0  # β
+    kl_estimator: str = "k3"
+    kl_lambda: float = 1.0  # KL-Convex λ: 1 = base KL only, 0 = precedent KL only
+
+    # PPO critic
+    gamma: float = 1.0
+    gae_lambda: float = 1.0
+    value_clip: float = 0.2
+    whiten_advantages: bool = True
+    critic_warmup_steps: int = 0  # iterations that train only the critic
+
+    # ReMix (used by remix-grpo / remix-ppo)
+    window: int = 1  # ν: iterations of data kept, the fresh one included
+    offpolicy_fraction: float = 0.0  # share of the training batch drawn from past iterations
+    clip_centre: str = "current"  # "current": π_k/μ (GePPO); "one": clip around 1
+    offpolicy_clip_eps_low: float = -1.0  # ε for reused samples (-1: same as fresh)
+    offpolicy_clip_eps_high: float = -1.0
+    reincarnation_step: int = 0  # iteration of policy reincarnation (0: never)
+    reincarnation_patience: int = 0  # or: after this many evaluations without improvement
+    post_reincarnation_epochs: int = 0  # epochs after reincarnation (0: same as before)
+
+    # evaluation, logging, checkpoints
+    eval_every: int = 10
+    eval_problems: int = 200
+    eval_batch_size: int = 200
+    eval_max_new_tokens: int = 0  # 0: max_new_tokens
+    save_every: int = 10
+    keep_checkpoints: int = 2
+    reflection_words: list[str] = field(default_factory=lambda: list(DEFAULT_REFLECTION_WORDS))
+
+    # engines
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+    # ---- derived quantities -------------------------------------------------
+    @property
+    def is_remix(self) -> bool:
+        return self.algorithm.startswith("remix-")
+
+    @property
+    def advantage_estimator(self) -> str:
+        return "grpo" if self.algorithm.endswith("grpo") else "gae"
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage_estimator == "gae"
+
+    def fresh_batch_size(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+    def offpolicy_batch_size(self) -> int:
+        """Past samples drawn per iteration so that they make ``offpolicy_fraction`` of the batch."""
+        if not self.is_remix or self.window <= 1 or self.offpolicy_fraction <= 0:
+            return 0
+        f = self.offpolicy_fraction
+        return round(self.fresh_batch_size() * f / (1.0 - f))
+
+    def updates_per_step(self, batch_size: int | None = None, epochs: int | None = None) -> int:
+        """Optimizer updates per iteration: the UTD ratio."""
+        batch = self.fresh_batch_size() + self.offpolicy_batch_size() if batch_size is None else batch_size
+        per_epoch = -(-batch // self.minibatch_size)
+        return per_epoch * (self.epochs if epochs is None else epochs)
+
+    def resolved_out_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/{self.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- validation -----------------------------------------------------------------
+def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': must be {allowed}, got {value!r}")
+
+
+def _one_of(cfg: Any, key: str, choices: tuple[str, ...], prefix: str = "") -> None:
+    value = getattr(cfg, key)
+    _check(value in choices, prefix + key, f"one of {', '.join(choices)}", value)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    _one_of(cfg, "algorithm", ALGORITHMS)
+    _one_of(cfg.task, "name", TASKS, "task.")
+    _one_of(cfg, "kl_estimator", KL_KINDS)
+    _one_of(cfg, "loss_agg", AGG_MODES)
+    _one_of(cfg, "clip_centre", CLIP_CENTRE_MODES)
+    _one_of(cfg, "lr_schedule", LR_SCHEDULES)
+    _one_of(cfg, "dtype", DTYPES)
+    positive_ints = (
+        "steps", "prompts_per_step", "group_size", "max_new_tokens", "minibatch_size",
+        "epochs", "eval_every", "eval_problems", "eval_batch_size", "save_every",
+        "keep_checkpoints", "window",
+    )  # fmt: skip
+    for key in positive_ints:
+        _check(getattr(cfg, key) >= 1, key, "an integer >= 1", getattr(cfg, key))
+    non_negative = (
+        "micro_batch_size", "warmup_steps", "weight_decay", "kl_coef", "critic_warmup_steps",
+        "reincarnation_step", "reincarnation_patience", "post_reincarnation_epochs",
+        "eval_max_new_tokens", "norm_length", "threads", "max_grad_norm", "seed",
+    )  # fmt: skip
+    for key in non_negative:
+        _check(getattr(cfg, key) >= 0, key, ">= 0", getattr(cfg, key))
+    for key in ("lr", "critic_lr", "temperature", "clip_eps_low", "clip_eps_high", "value_clip"):
+        _check(getattr(cfg, key) > 0, key, "> 0", getattr(cfg, key))
+    for key in ("top_p", "gamma", "gae_lambda", "kl_lambda", "adam_beta1", "adam_beta2"):
+        value = getattr(cfg, key)
+        _check(0.0 <= value <= 1.0, key, "in [0, 1]", value)
+    _check(cfg.top_p > 0, "top_p", "in (0, 1]", cfg.top_p)
+    _check(0.0 <= cfg.offpolicy_fraction < 1.0, "offpolicy_fraction", "in [0, 1)", cfg.offpolicy_fraction)
+    _check(cfg.clip_eps_low < 1.0, "clip_eps_low", "< 1", cfg.clip_eps_low)
+    for key in ("offpolicy_clip_eps_low", "offpolicy_clip_eps_high"):
+        value = getattr(cfg, key)
+        _check(value == -1.0 or value > 0, key, "> 0, or -1 for the fresh-data value", value)
+    if cfg.advantage_estimator == "grpo":
+        _check(cfg.group_size >= 2, "group_size", ">= 2 for GRPO (advantages compare responses within a group)", cfg.group_size)
+    if not cfg.is_remix:
+        _check(cfg.window == 1, "window", f"1 for the on-policy algorithm {cfg.algorithm} (use remix-*)", cfg.window)
+        _check(cfg.offpolicy_fraction == 0.0, "offpolicy_fraction", f"0 for the on-policy algorithm {cfg.algorithm} (use remix-*)", cfg.offpolicy_fraction)
+        _check(cfg.reincarnation_step == 0 and cfg.reincarnation_patience == 0, "reincarnation_step", f"0 for the on-policy algorithm {cfg.algorithm} (use remix-*)", cfg.reincarnation_step)
+    if cfg.micro_batch_size:
+        _check(cfg.micro_batch_size <= cfg.minibatch_size, "micro_batch_size", f"<= minibatch_size ({cfg.minibatch_size})", cfg.micro_batch_size)
+    if cfg.task.name == "math":
+        _check(bool(cfg.task.train_path), "task.train_path", "a dataset path or name for task.name=math", cfg.task.train_path)
+    _check(isinstance(cfg.reflection_words, list) and all(isinstance(w, str) for w in cfg.reflection_words), "reflection_words", "a list of strings", cfg.reflection_words)
+    return cfg
+
+
+# ---- loading ----------------------------------------------------------------------
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint} (allowed: {', '.join(sorted(known))})")
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert a YAML or command-line value to the field's type, or explain why not."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+        origin = typing.get_origin(typ)
+    if origin is list:
+        if isinstance(value, str):
+            value = [w.strip() for w in value.split(",") if w.strip()]
+        _check(isinstance(value, list), key, "a list", value)
+        return [str(v) for v in value]
+    if typ is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        _check(isinstance(value, bool), key, "true or false", value)
+        return value
+    if typ is int:
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
+        return value
+    if typ is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, int | float) and not isinstance(value, bool), key, "a number", value)
+        return float(value)
+    if typ is str:
+        _check(isinstance(value, str | int | float) and not isinstance(value, bool), key, "a string", value)
+        return str(value) if value is not None else ""
+    return value
+
+
+def _apply(target: Any, key: str, value: Any, prefix: str = "") -> None:
+    types_ = _field_types(type(target))
+    head, _, rest = key.partition(".")
+    if head not in types_:
+        raise _unknown_key(prefix + key, [prefix + k for k in types_])
+    typ = types_[head]
+    if dataclasses.is_dataclass(typ):
+        sub = getattr(target, head)
+        if rest:
+            _apply(sub, rest, value, prefix + head + ".")
+            return
+        _check(isinstance(value, dict), prefix + head, "a mapping of keys", value)
+        for k, v in value.items():
+            _apply(sub, str(k), v, prefix + head + ".")
+        return
+    if rest:
+        raise _unknown_key(prefix + key, [prefix + k for k in types_])
+    setattr(target, head, _coerce(prefix + head, value, typ))
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def build_config(data: dict[str, Any], overrides: dict[str, str] | None = None) -> TrainConfig:
+    cfg = TrainConfig()
+    for key, value in data.items():
+        _apply(cfg, str(key), value)
+    for key, value in (overrides or {}).items():
+        _apply(cfg, key, value)
+    return validate(cfg)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML file (or start from defaults) and apply ``key=value`` overrides."""
+    data = read_yaml(path) if path else {}
+    return build_config(data, parse_overrides(overrides or []))
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,609 @@
+"""The training loop of DESIGN §2 — one iteration, top to bottom, for GRPO, PPO and ReMix.
+
+    generate (π_k) → score → advantages → mixed batch (fresh + replay) →
+    log π_k, log π_base, values on the whole batch → U optimizer updates →
+    (evaluate, checkpoint, reincarnate)
+
+On-policy GRPO/PPO are the special case window = 1 (no replay).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from remix_rft.algorithm import (
+    gae_advantages,
+    grpo_advantages,
+    kl_convex,
+    kl_estimate,
+    masked_whiten,
+    mix_ppg_policy_loss,
+    value_loss,
+)
+from remix_rft.algorithm.aggregation import aggregate, aggregation_count
+from remix_rft.data.batch import TrainBatch, collate
+from remix_rft.data.buffer import ReplayBuffer, Sample
+from remix_rft.data.prompts import format_prompt
+from remix_rft.data.sampler import PromptSampler
+from remix_rft.data.tasks import Problem, Task
+from remix_rft.engines.generation import Generation, generate_texts, pad_token_id, sample
+from remix_rft.engines.policy import (
+    ValueModel,
+    batched_no_grad,
+    copy_weights,
+    frozen_copy,
+    load_policy,
+    load_tokenizer,
+    response_logprobs,
+    response_values,
+)
+from remix_rft.trainer import checkpoint as ckpt
+from remix_rft.trainer.config import TrainConfig, dump_config
+from remix_rft.trainer.io import atomic_write_json, atomic_write_text
+from remix_rft.trainer.metrics import MetricsLog, reflection_rate
+from remix_rft.trainer.tasks import build_task
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Counters:
+    """Everything about progress that a resumed run must continue from."""
+
+    step: int = 0  # completed iterations
+    rollouts: int = 0  # responses sampled for training, cumulative
+    tokens: int = 0  # response tokens generated for training, cumulative
+    updates: int = 0  # optimizer updates, cumulative
+    wall_time_s: float = 0.0  # across resumes
+    reincarnated_at: int = 0  # iteration of reincarnation (0: not yet)
+    base_eval_accuracy: float | None = None
+    last_eval_accuracy: float | None = None
+    best_eval_accuracy: float = -1.0
+    evals_since_best: int = 0
+
+
+@dataclass
+class StepStats:
+    """Running sums over one iteration's updates, reduced to metrics at the end."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
+    maxima: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, total: float, count: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + total
+        self.counts[key] = self.counts.get(key, 0.0) + count
+
+    def max(self, key: str, value: float) -> None:
+        self.maxima[key] = max(self.maxima.get(key, -math.inf), value)
+
+    def means(self) -> dict[str, float]:
+        out = {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k] > 0}
+        out.update(self.maxima)
+        return out
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.task: Task = build_task(cfg.task)
+        self.train_problems = list(self.task.train_problems())
+        self.eval_problems = list(self.task.eval_problems())[: cfg.eval_problems]
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.pad_id = pad_token_id(self.tokenizer)
+        self.policy = load_policy(
+            cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing
+        )
+        self.reference = frozen_copy(self.policy)
+        self.optimizer = self._adamw(self.policy.parameters(), cfg.lr)
+        self.scheduler = self._schedule(self.optimizer)
+        self.critic: ValueModel | None = None
+        if cfg.uses_critic:
+            self.critic = ValueModel.from_pretrained(cfg.critic_model or cfg.model, dtype=cfg.dtype)
+            self.critic_optimizer = self._adamw(self.critic.parameters(), cfg.critic_lr)
+        self.buffer = ReplayBuffer(cfg.window, seed=cfg.seed + 1)
+        self.sampler = PromptSampler(len(self.train_problems), cfg.seed)
+        self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 2)
+        self.counters = Counters()
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.prompt_cache: dict[str, str] = {}
+
+    # ---- setup ---------------------------------------------------------------
+    def _adamw(self, params: Any, lr: float) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return torch.optim.AdamW(
+            params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+        )
+
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        cfg = self.cfg
+        total = max(cfg.steps * cfg.updates_per_step(), 1)
+
+        def factor(update: int) -> float:
+            if cfg.warmup_steps and update < cfg.warmup_steps:
+                return (update + 1) / cfg.warmup_steps
+            progress = min(1.0, (update - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1))
+            if cfg.lr_schedule == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+            if cfg.lr_schedule == "linear":
+                return 1.0 - progress
+            return 1.0
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    # ---- phase settings --------------------------------------------------------
+    @property
+    def reincarnated(self) -> bool:
+        return self.counters.reincarnated_at > 0
+
+    def offpolicy_batch_size(self) -> int:
+        """Reincarnation ends reuse: the run continues on-policy."""
+        return 0 if self.reincarnated else self.cfg.offpolicy_batch_size()
+
+    def epochs(self) -> int:
+        if self.reincarnated and self.cfg.post_reincarnation_epochs:
+            return self.cfg.post_reincarnation_epochs
+        return self.cfg.epochs
+
+    # ---- one iteration, step by step ---------------------------------------------
+    def collect(self, step: int) -> tuple[list[Sample], Generation, list[Problem]]:
+        """Sample G responses for each of this iteration's prompts with π_k and score them."""
+        cfg = self.cfg
+        problems = [self.train_problems[i] for i in self.sampler.next(cfg.prompts_per_step)]
+        prompts = [self.prompt_text(p) for p in problems for _ in range(cfg.group_size)]
+        self.policy.eval()
+        gen = sample(
+            self.policy, self.tokenizer, prompts,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+        )  # fmt: skip
+        rewards = [
+            self.task.reward(text, problems[i // cfg.group_size]) if done else 0.0
+            for i, (text, done) in enumerate(zip(gen.texts, gen.finished, strict=True))
+        ]
+        reward_t = torch.tensor(rewards, dtype=torch.float32)
+        if cfg.advantage_estimator == "grpo":
+            advantages = grpo_advantages(reward_t, cfg.group_size, scale_by_std=cfg.scale_adv_by_std)
+        else:
+            advantages = torch.zeros_like(reward_t)  # GAE: recomputed with the critic below
+        samples = [
+            Sample(
+                prompt_ids=gen.prompt_ids[i],
+                response_ids=gen.response_ids[i],
+                behavior_logprobs=gen.logprobs[i],  # replaced by the forward pass of π_k below
+                reward=rewards[i],
+                advantage=float(advantages[i]),
+                version=step,
+                group=(step - 1) * cfg.prompts_per_step + i // cfg.group_size,
+                finished=gen.finished[i],
+            )
+            for i in range(len(gen))
+        ]
+        return samples, gen, problems
+
+    def prompt_text(self, problem: Problem) -> str:
+        if problem.id not in self.prompt_cache:
+            self.prompt_cache[problem.id] = format_prompt(
+                self.tokenizer, problem.prompt, self.cfg.task.instruction or None
+            )
+        return self.prompt_cache[problem.id]
+
+    def mixed_batch(self, fresh: list[Sample], step: int) -> list[Sample]:
+        """Fresh samples plus past ones drawn from the replay buffer (ReMix)."""
+        return fresh + self.buffer.sample_past(self.offpolicy_batch_size(), step)
+
+    def micro(self) -> int:
+        return self.cfg.micro_batch_size or self.cfg.minibatch_size
+
+    def precompute(self, batch: TrainBatch, n_fresh: int) -> dict[str, torch.Tensor]:
+        """Quantities fixed for the whole iteration: log π_k, log π_base, values, advantages."""
+        cfg = self.cfg
+        self.policy.eval()
+        precedent = batched_no_grad(
+            response_logprobs, self.policy, batch, self.micro(), temperature=cfg.temperature
+        )
+        base = batched_no_grad(
+            response_logprobs, self.reference, batch, self.micro(), temperature=cfg.temperature
+        )
+        # Fresh data was generated by π_k itself: μ = π_k exactly, so its clip centre is 1.
+        gen_diff = (batch.behavior_logprobs[:n_fresh] - precedent[:n_fresh]).abs().max().item()
+        batch.behavior_logprobs[:n_fresh] = precedent[:n_fresh]
+        out = {"precedent": precedent, "base": base, "gen_logprob_diff": torch.tensor(gen_diff)}
+        if self.critic is not None:
+            out.update(self.gae(batch))
+        return out
+
+    def gae(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        """PPO: advantages of every sample, reused ones included, from the current critic."""
+        cfg = self.cfg
+        assert self.critic is not None
+        self.critic.eval()
+        values = batched_no_grad(response_values, self.critic, batch, self.micro())
+        mask = batch.response_mask
+        last = (mask.sum(dim=1).long() - 1).clamp(min=0)
+        token_rewards = torch.zeros_like(mask)
+        token_rewards[torch.arange(len(batch)), last] = batch.rewards
+        advantages, returns = gae_advantages(
+            token_rewards, values, mask, gamma=cfg.gamma, lam=cfg.gae_lambda
+        )
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        batch.advantages = advantages
+        return {"values": values, "returns": returns}
+
+    def clip_eps(self, batch: TrainBatch, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row ε: reused samples may get their own (smaller) clip range."""
+        cfg = self.cfg
+        reused = (batch.versions < step).unsqueeze(1)
+        low_off = cfg.offpolicy_clip_eps_low if cfg.offpolicy_clip_eps_low > 0 else cfg.clip_eps_low
+        high_off = (
+            cfg.offpolicy_clip_eps_high if cfg.offpolicy_clip_eps_high > 0 else cfg.clip_eps_high
+        )
+        low = torch.where(reused, torch.tensor(low_off), torch.tensor(cfg.clip_eps_low))
+        high = torch.where(reused, torch.tensor(high_off), torch.tensor(cfg.clip_eps_high))
+        return low, high
+
+    def update(self, batch: TrainBatch, pre: dict[str, torch.Tensor], step: int) -> StepStats:
+        """The U optimizer updates of this iteration (the UTD ratio), on shuffled minibatches."""
+        cfg = self.cfg
+        stats = StepStats()
+        eps_low, eps_high = self.clip_eps(batch, step)
+        train_policy = self.counters.step >= cfg.critic_warmup_steps or self.critic is None
+        self.policy.train()
+        if self.critic is not None:
+            self.critic.train()
+        for _ in range(self.epochs()):
+            order = torch.randperm(len(batch), generator=self.shuffle_rng)
+            for begin in range(0, len(batch), cfg.minibatch_size):
+                mb = order[begin : begin + cfg.minibatch_size]
+                if train_policy:
+                    self.policy_update(batch, pre, mb, eps_low, eps_high, step, stats)
+                if self.critic is not None:
+                    self.critic_update(batch, pre, mb, stats)
+        return stats
+
+    def policy_update(
+        self,
+        batch: TrainBatch,
+        pre: dict[str, torch.Tensor],
+        mb: torch.Tensor,
+        eps_low: torch.Tensor,
+        eps_high: torch.Tensor,
+        step: int,
+        stats: StepStats,
+    ) -> None:
+        cfg = self.cfg
+        norm_length = cfg.norm_length or cfg.max_new_tokens
+        denominator = aggregation_count(batch.response_mask[mb], cfg.loss_agg)
+        self.optimizer.zero_grad(set_to_none=True)
+        for begin in range(0, len(mb), self.micro()):
+            idx = mb[begin : begin + self.micro()]
+            sub = batch.select(idx)
+            mask = sub.response_mask
+            logprob = response_logprobs(self.policy, sub, temperature=cfg.temperature)
+            out = mix_ppg_policy_loss(
+                logprob, sub.behavior_logprobs, pre["precedent"][idx], sub.advantages, mask,
+                eps_low=eps_low[idx], eps_high=eps_high[idx], centre=cfg.clip_centre,
+                agg=cfg.loss_agg, denominator=denominator, norm_length=norm_length,
+            )  # fmt: skip
+            kl = kl_convex(
+                logprob, pre["base"][idx], pre["precedent"][idx],
+                lam=cfg.kl_lambda, kind=cfg.kl_estimator,
+            )  # fmt: skip
+            loss = out.loss
+            if cfg.kl_coef > 0:
+                loss = loss + cfg.kl_coef * aggregate(
+                    kl, mask, cfg.loss_agg, denominator=denominator, norm_length=norm_length
+                )
+            loss.backward()
+            self.record_policy_stats(stats, out, logprob.detach(), pre, sub, idx, step)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        stats.add("grad_norm", float(grad_norm), 1)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.counters.updates += 1
+
+    def record_policy_stats(
+        self,
+        stats: StepStats,
+        out: Any,
+        logprob: torch.Tensor,
+        pre: dict[str, torch.Tensor],
+        sub: TrainBatch,
+        idx: torch.Tensor,
+        step: int,
+    ) -> None:
+        """Importance ratios, clipping and KL, overall and by data age (k − j)."""
+        kind = self.cfg.kl_estimator
+        mask = sub.response_mask.bool()
+        clipped = out.clipped_low | out.clipped_high
+        log_ratio = (logprob - sub.behavior_logprobs).abs()
+        kl_base = kl_estimate(logprob, pre["base"][idx], kind)
+        kl_prec = kl_estimate(logprob, pre["precedent"][idx], kind)
+        n = float(mask.sum())
+        stats.add("ratio/mean", float(out.ratio[mask].sum()), n)
+        stats.max("ratio/max", float(out.ratio[mask].max()) if n else 0.0)
+        stats.add("clip/frac", float(clipped.sum()), n)
+        stats.add("clip/frac_low", float(out.clipped_low.sum()), n)
+        stats.add("clip/frac_high", float(out.clipped_high.sum()), n)
+        stats.add("kl/base", float(kl_base[mask].sum()), n)
+        stats.add("kl/precedent", float(kl_prec[mask].sum()), n)
+        ages = step - sub.versions
+        for age in ages.unique().tolist():
+            rows = mask & (ages == age).unsqueeze(1)
+            m = float(rows.sum())
+            stats.add(f"age{age}/ratio_mean", float(out.ratio[rows].sum()), m)
+            stats.max(f"age{age}/ratio_max", float(out.ratio[rows].max()) if m else 0.0)
+            stats.add(f"age{age}/clip_frac", float(clipped[rows].sum()), m)
+            stats.add(f"age{age}/clip_frac_low", float(out.clipped_low[rows].sum()), m)
+            stats.add(f"age{age}/clip_frac_high", float(out.clipped_high[rows].sum()), m)
+            stats.add(f"age{age}/log_ratio_abs", float(log_ratio[rows].sum()), m)
+            stats.add(f"age{age}/tokens", m, 1)
+
+    def critic_update(
+        self, batch: TrainBatch, pre: dict[str, torch.Tensor], mb: torch.Tensor, stats: StepStats
+    ) -> None:
+        cfg = self.cfg
+        assert self.critic is not None
+        denominator = aggregation_count(batch.response_mask[mb], "token-mean")
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        for begin in range(0, len(mb), self.micro()):
+            idx = mb[begin : begin + self.micro()]
+            sub = batch.select(idx)
+            values = response_values(self.critic, sub)
+            loss, clipped = value_loss(
+                values, pre["values"][idx], pre["returns"][idx], sub.response_mask,
+                clip_range=cfg.value_clip, agg="token-mean", denominator=denominator,
+            )  # fmt: skip
+            loss.backward()
+            stats.add("critic/loss", float(loss) * denominator, denominator)
+            stats.add("critic/clip_frac", float(clipped.sum()), float(sub.response_mask.sum()))
+        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+        self.critic_optimizer.step()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Greedy pass@1 on the held-out problems."""
+        cfg = self.cfg
+        self.policy.eval()
+        prompts = [self.prompt_text(p) for p in self.eval_problems]
+        texts = generate_texts(
+            self.policy, self.tokenizer, prompts,
+            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
+            temperature=0.0, batch_size=cfg.eval_batch_size,
+        )  # fmt: skip
+        scores = [self.task.reward(t, p) for t, p in zip(texts, self.eval_problems, strict=True)]
+        return sum(scores) / max(len(scores), 1)
+
+    def reincarnate(self, step: int) -> None:
+        """π_base ← π_θ, empty the buffer, continue on-policy (DESIGN §3.4)."""
+        copy_weights(self.policy, self.reference)
+        self.buffer.clear()
+        self.counters.reincarnated_at = step
+        log.info("policy reincarnation at step %d: reference <- policy, buffer emptied", step)
+
+    def should_reincarnate(self, step: int, evaluated: bool) -> bool:
+        cfg = self.cfg
+        if not cfg.is_remix or self.reincarnated:
+            return False
+        if cfg.reincarnation_step and step == cfg.reincarnation_step:
+            return True
+        patience = cfg.reincarnation_patience
+        return bool(patience and evaluated and self.counters.evals_since_best >= patience)
+
+    def record_eval(self, accuracy: float) -> None:
+        c = self.counters
+        c.last_eval_accuracy = accuracy
+        if accuracy > c.best_eval_accuracy:
+            c.best_eval_accuracy, c.evals_since_best = accuracy, 0
+        else:
+            c.evals_since_best += 1
+
+    # ---- checkpoints -----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "counters": asdict(self.counters),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": self.shuffle_rng.get_state(),
+        }
+        if self.critic is not None:
+            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        return state
+
+    def save(self, step: int) -> None:
+        models: dict[str, Any] = {"policy": _WithTokenizer(self.policy, self.tokenizer)}
+        if self.reincarnated:
+            models["reference"] = self.reference
+        if self.critic is not None:
+            models["critic"] = self.critic
+        ckpt.save_checkpoint(
+            self.run_dir, step, models, self.state_dict(), keep=self.cfg.keep_checkpoints
+        )
+
+    def load(self, checkpoint: Path) -> None:
+        state = ckpt.load_state(checkpoint)
+        self.counters = Counters(**state["counters"])
+        _load_weights(self.policy, checkpoint / "policy")
+        if self.reincarnated:
+            _load_weights(self.reference, checkpoint / "reference")
+        if self.critic is not None:
+            loaded = ValueModel.from_pretrained(str(checkpoint / "critic"), dtype=self.cfg.dtype)
+            self.critic.load_state_dict(loaded.state_dict())
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.shuffle_rng.set_state(state["shuffle_rng"])
+
+    # ---- the loop ----------------------------------------------------------------
+    def iteration(self, step: int) -> dict[str, Any]:
+        cfg = self.cfg
+        started = time.perf_counter()
+        fresh, gen, _ = self.collect(step)
+        train_samples = self.mixed_batch(fresh, step)
+        batch = collate(train_samples, self.pad_id)
+        pre = self.precompute(batch, len(fresh))
+        for i, s in enumerate(fresh):  # store μ = π_k as computed by the forward pass
+            s.behavior_logprobs = batch.behavior_logprobs[i, : s.response_ids.numel()].clone()
+        stats = self.update(batch, pre, step)
+        self.buffer.add(fresh)
+        self.buffer.evict(step)
+        c = self.counters
+        c.step = step
+        c.rollouts += len(fresh)
+        c.tokens += gen.num_tokens()
+        lengths = [float(s.response_ids.numel()) for s in fresh]
+        row: dict[str, Any] = {
+            "step": step,
+            "rollouts": c.rollouts,
+            "tokens": c.tokens,
+            "updates": c.updates,
+            "utd": self.cfg.updates_per_step(len(batch), self.epochs()),
+            "reward/mean": sum(s.reward for s in fresh) / len(fresh),
+            "response_length/mean": sum(lengths) / len(lengths),
+            "response_length/max": max(lengths),
+            "finished/frac": sum(s.finished for s in fresh) / len(fresh),
+            "reflection/rate": reflection_rate(gen.texts, cfg.reflection_words),
+            "offpolicy/fraction": (len(batch) - len(fresh)) / len(batch),
+            "offpolicy/samples": len(batch) - len(fresh),
+            "buffer/versions": len(self.buffer.versions()),
+            "lr": self.scheduler.get_last_lr()[0],
+            "gen/logprob_diff_max": float(pre["gen_logprob_diff"]),
+            "time/gen_s": gen.seconds,
+            "time/gen_tokens_per_s": gen.stats["time/gen_tokens_per_s"],
+        }
+        row.update(stats.means())
+        row["time/step_s"] = time.perf_counter() - started
+        return row
+
+    def run(self, on_step: StepCallback | None = None) -> dict[str, Any]:
+        cfg = self.cfg
+        c = self.counters
+        session_start = time.perf_counter()
+        wall_before = c.wall_time_s
+
+        def wall() -> float:
+            return wall_before + time.perf_counter() - session_start
+
+        if c.step == 0 and c.base_eval_accuracy is None:
+            started = time.perf_counter()
+            accuracy = self.evaluate()
+            c.base_eval_accuracy = accuracy
+            self.record_eval(accuracy)
+            row0 = {"step": 0, "rollouts": 0, "tokens": 0, "eval/accuracy": accuracy,
+                    "time/step_s": time.perf_counter() - started, "time/total_s": wall()}  # fmt: skip
+            self.metrics.append(row0)
+            if on_step:
+                on_step(row0)
+        for step in range(c.step + 1, cfg.steps + 1):
+            row = self.iteration(step)
+            evaluated = step % cfg.eval_every == 0 or step == cfg.steps
+            if evaluated:
+                row["eval/accuracy"] = self.evaluate()
+                self.record_eval(row["eval/accuracy"])
+            if self.should_reincarnate(step, evaluated):
+                self.reincarnate(step)
+                row["reincarnated"] = True
+            c.wall_time_s = wall()
+            row["time/total_s"] = c.wall_time_s
+            self.metrics.append(row)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                self.save(step)
+            if on_step:
+                on_step(row)
+        summary = self.summary()
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "algorithm": self.cfg.algorithm,
+            "name": self.cfg.name,
+            "base_eval_accuracy": c.base_eval_accuracy,
+            "final_eval_accuracy": c.last_eval_accuracy,
+            "best_eval_accuracy": c.best_eval_accuracy,
+            "rollouts": c.rollouts,
+            "tokens": c.tokens,
+            "updates": c.updates,
+            "steps": c.step,
+            "reincarnated_at": c.reincarnated_at or None,
+            "wall_time_s": c.wall_time_s,
+        }
+
+
+class _WithTokenizer:
+    """Saves a policy together with its tokenizer, so a checkpoint is a loadable HF model."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    def save_pretrained(self, out_dir: Path) -> None:
+        self.model.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+
+
+def _load_weights(model: Any, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"checkpoint {path} holds no safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied embeddings are saved once; anything else missing means a wrong checkpoint.
+    missing = [k for k in missing if "lm_head" not in k]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+# ---- entry points ----------------------------------------------------------------
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    run_dir = cfg.resolved_out_dir()
+    if (run_dir / "metrics.jsonl").exists():
+        raise FileExistsError(
+            f"run directory {run_dir} already holds a run; resume it with "
+            f"`remix train --resume {run_dir}` or choose another out_dir="
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    return run_dir
+
+
+def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
+    """Start a new run in ``cfg.out_dir`` and train it to ``cfg.steps``."""
+    run_dir = prepare_run_dir(cfg)
+    return Trainer(cfg, run_dir).run(on_step)
+
+
+def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
+    """Continue a run from its last checkpoint (or from the start if it has none)."""
+    trainer = Trainer(cfg, run_dir)
+    checkpoint = ckpt.latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        trainer.load(checkpoint)
+        log.info("resuming %s from %s (step %d)", run_dir, checkpoint.name, trainer.counters.step)
+    trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    return trainer.run(on_step)

@@ -1,0 +1,68 @@
+"""``metrics.jsonl``: one JSON object per iteration, never a repeated or skipped step."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from remix_rft.trainer.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLog:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = json.dumps({k: _jsonable(v) for k, v in row.items()})
+        with open(self.path, "a") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        """Whole, valid lines; a torn last line (killed mid-write) is dropped with a warning."""
+        if not self.path.is_file():
+            return []
+        rows = []
+        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s:%d: dropping a torn or corrupt line", self.path, number)
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+        return rows
+
+    def truncate_after(self, step: int) -> list[dict[str, Any]]:
+        """Keep rows up to ``step`` (the checkpoint being resumed), one per step."""
+        kept: dict[int, dict[str, Any]] = {}
+        for row in self.read():
+            if row["step"] <= step:
+                kept[row["step"]] = row
+        rows = [kept[s] for s in sorted(kept)]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        return rows
+
+
+def reflection_rate(texts: Iterable[str], words: Iterable[str]) -> float:
+    """Share of responses that contain at least one reflection word (case-insensitive)."""
+    lowered = [w.lower() for w in words]
+    texts = list(texts)
+    if not texts or not lowered:
+        return 0.0
+    hits = sum(any(w in t.lower() for w in lowered) for t in texts)
+    return hits / len(texts)

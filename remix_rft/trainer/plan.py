@@ -1,0 +1,54 @@
+"""``remix train --dry-run``: load and check everything a run needs, print its plan, train nothing."""
+
+from __future__ import annotations
+
+import sys
+
+from remix_rft.engines.models import resolve_model_path
+from remix_rft.engines.policy import load_tokenizer
+from remix_rft.trainer.config import TrainConfig
+from remix_rft.trainer.tasks import build_task
+
+EXIT_USAGE = 2
+
+
+def plan_lines(cfg: TrainConfig) -> list[str]:
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    task = build_task(cfg.task)
+    n_train, n_eval = len(task.train_problems()), len(task.eval_problems())
+    fresh = cfg.fresh_batch_size()
+    off = cfg.offpolicy_batch_size()
+    budget = cfg.steps * fresh
+    lines = [
+        f"run            {cfg.name} -> {cfg.resolved_out_dir()}",
+        f"algorithm      {cfg.algorithm}",
+        f"model          {model_path} (tokenizer vocab {len(tokenizer)}, "
+        f"chat template {'yes' if getattr(tokenizer, 'chat_template', None) else 'no'})",
+        f"task           {cfg.task.name}: {n_train} train / {n_eval} held-out problems",
+        f"steps          {cfg.steps}",
+        f"per step       {cfg.prompts_per_step} prompts x {cfg.group_size} responses = {fresh} rollouts"
+        f" (<= {cfg.max_new_tokens} new tokens each)",
+        f"training batch {fresh} fresh + {off} reused (window {cfg.window}, "
+        f"off-policy fraction {cfg.offpolicy_fraction})",
+        f"UTD ratio      {cfg.updates_per_step()} optimizer updates per step "
+        f"(minibatch {cfg.minibatch_size}, epochs {cfg.epochs})",
+        f"KL             beta {cfg.kl_coef}, lambda {cfg.kl_lambda}, estimator {cfg.kl_estimator}",
+        f"reincarnation  {cfg.reincarnation_step or 'never'}"
+        + (f" (or after {cfg.reincarnation_patience} evaluations without gain)" if cfg.reincarnation_patience else ""),
+        f"budget         {budget} rollouts ({budget / 1e6:.3f}M), "
+        f"<= {budget * cfg.max_new_tokens / 1e6:.1f}M generated tokens",
+        f"evaluation     every {cfg.eval_every} steps on {min(cfg.eval_problems, n_eval)} held-out problems",
+    ]
+    return lines
+
+
+def print_plan(cfg: TrainConfig) -> int:
+    try:
+        lines = plan_lines(cfg)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"remix train --dry-run: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print("\n".join(lines))
+    print("dry run: config, data and tokenizer are valid; nothing was trained")
+    return 0
