@@ -34,6 +34,7 @@ from remix_rft.data.buffer import ReplayBuffer, Sample
 from remix_rft.data.prompts import format_prompt
 from remix_rft.data.sampler import PromptSampler
 from remix_rft.data.tasks import Problem, Task
+from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.generation import Generation, generate_texts, pad_token_id, sample
 from remix_rft.engines.policy import (
     ValueModel,
@@ -202,7 +203,8 @@ class Trainer:
         return self.prompt_cache[problem.id]
 
     def mixed_batch(self, fresh: list[Sample], step: int) -> list[Sample]:
-        """Fresh samples plus past ones drawn from the replay buffer (ReMix)."""
+        """Fresh samples plus past ones of the last ν − 1 iterations (ReMix)."""
+        self.buffer.evict(step)  # the fresh version counts towards the window
         return fresh + self.buffer.sample_past(self.offpolicy_batch_size(), step)
 
     def micro(self) -> int:
@@ -369,7 +371,7 @@ class Trainer:
                 clip_range=cfg.value_clip, agg="token-mean", denominator=denominator,
             )  # fmt: skip
             loss.backward()
-            stats.add("critic/loss", float(loss) * denominator, denominator)
+            stats.add("critic/loss", float(loss.detach()) * denominator, denominator)
             stats.add("critic/clip_frac", float(clipped.sum()), float(sub.response_mask.sum()))
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
         self.critic_optimizer.step()
@@ -593,6 +595,7 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
 
 def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
     """Start a new run in ``cfg.out_dir`` and train it to ``cfg.steps``."""
+    resolve_model_path(cfg.model)  # a missing model fails before the run directory exists
     run_dir = prepare_run_dir(cfg)
     return Trainer(cfg, run_dir).run(on_step)
 

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from remix_rft.cli import main
+from remix_rft.trainer.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("algorithm: remix-grpo\nlr: 1.0e-4\ntask:\n  max_operand: 5\n")
+    cfg = load_config(path, ["window=3", "offpolicy_fraction=0.5", "lr=2e-5", "task.seed=4"])
+    assert cfg.lr == 2e-5
+    assert cfg.task.max_operand == 5 and cfg.task.seed == 4
+    assert cfg.offpolicy_batch_size() == cfg.fresh_batch_size()  # half the batch is reused
+    assert cfg.updates_per_step() == 2  # 256 samples / minibatch 128
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("lr=-1", "lr"),
+        ("group_size=1", "group_size"),
+        ("nonsense=3", "nonsense"),
+        ("lr=fast", "lr"),
+        ("algorithm=dpo", "algorithm"),
+        ("kl_lambda=1.5", "kl_lambda"),
+        ("task.nme=x", "task.nme"),
+        ("window=3", "window"),  # replay needs a remix-* algorithm
+        ("steps=0", "steps"),
+        ("loss_agg=sum", "loss_agg"),
+    ],
+)
+def test_invalid_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(None, [override])
+
+
+def test_cli_exits_2_with_one_line_naming_the_key(tmp_path, capsys):
+    code = main(["train", str(CONFIGS / "tiny-grpo.yaml"), "lr=-0.1", f"out_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "'lr'" in err[0] and "> 0" in err[0]
+
+
+def test_cli_missing_config_file_names_it(capsys):
+    assert main(["train", str(CONFIGS / "nope.yaml")]) == 2
+    assert str(CONFIGS / "nope.yaml") in capsys.readouterr().err
+
+
+def test_cli_missing_model_path_names_it(tmp_path, capsys):
+    code = main(["train", str(CONFIGS / "tiny-grpo.yaml"), "model=/no/such/model", f"out_dir={tmp_path / 'r'}"])
+    assert code == 2
+    assert "/no/such/model" in capsys.readouterr().err
+
+
+def test_every_shipped_config_is_valid():
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        load_config(path)
