@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     ok = True
-    print(f"{'benchmark':<15}{'items':>6}{'self %':>9}{'raw %':>9}{'variant %':>11}{'other %':>9}{'time s':>8}")
+    print(
+        f"{'benchmark':<15}{'items':>6}{'self %':>9}{'raw %':>9}{'variant %':>11}{'other %':>9}{'time s':>8}"
+    )
     for name in args.benchmarks.split(","):
         r = check_benchmark(name, args.data_dir, args.show_failures)
         ok &= r["self"] >= SELF_TARGET and r["other"] >= OTHER_TARGET

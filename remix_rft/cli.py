@@ -4,43 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from remix_rft import __version__
+from remix_rft.apps.progress import TrainProgress, fmt
 
 EXIT_USAGE = 2
-
-
-def _fmt(value: Any, spec: str = ".3f") -> str:
-    return "—" if value is None else format(value, spec)
-
-
-class TrainProgress:
-    """A tqdm bar over iterations showing step, reward and the latest held-out accuracy."""
-
-    def __init__(self, total: int, initial: int, desc: str) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
-        self.accuracy: float | None = None
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        if "eval/accuracy" in row:
-            self.accuracy = row["eval/accuracy"]
-        if row["step"] > 0:
-            self.bar.update(row["step"] - self.bar.n)
-        self.bar.set_postfix(
-            reward=_fmt(row.get("reward/mean"), ".2f"),
-            acc=_fmt(self.accuracy),
-            rollouts=row.get("rollouts", 0),
-        )
-        if row.get("reincarnated"):
-            self.bar.write(f"step {row['step']}: policy reincarnation (reference <- policy)")
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _train_command(args: argparse.Namespace) -> int:
@@ -62,7 +34,9 @@ def _train_command(args: argparse.Namespace) -> int:
             cfg = build_config(read_yaml(run_dir / "config.yaml"), overrides)
         else:
             if not args.config:
-                raise ConfigError("give a CONFIG.yaml (e.g. configs/tiny-grpo.yaml) or --resume RUN_DIR")
+                raise ConfigError(
+                    "give a CONFIG.yaml (e.g. configs/tiny-grpo.yaml) or --resume RUN_DIR"
+                )
             cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"remix train: error: {err}", file=sys.stderr)
@@ -71,20 +45,28 @@ def _train_command(args: argparse.Namespace) -> int:
         from remix_rft.trainer.plan import print_plan
 
         return print_plan(cfg)
-    progress = TrainProgress(cfg.steps, 0, cfg.name)
+    from remix_rft.engines.distributed import shutdown
+
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 shows progress
+    progress = TrainProgress(cfg.steps, 0, cfg.name) if main_rank else None
     try:
         if args.resume:
             summary = resume(Path(args.resume), cfg, on_step=progress)
         else:
             summary = train(cfg, on_step=progress)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
-        progress.close()
+        if progress is not None:
+            progress.close()
         print(f"remix train: error: {err}", file=sys.stderr)
+        shutdown()
         return EXIT_USAGE
+    shutdown()
+    if progress is None:
+        return 0
     progress.close()
     print(
-        f"{summary['algorithm']}: held-out accuracy {_fmt(summary['base_eval_accuracy'])} -> "
-        f"{_fmt(summary['final_eval_accuracy'])} after {summary['steps']} steps, "
+        f"{summary['algorithm']}: held-out accuracy {fmt(summary['base_eval_accuracy'])} -> "
+        f"{fmt(summary['final_eval_accuracy'])} after {summary['steps']} steps, "
         f"{summary['rollouts']} rollouts, {summary['wall_time_s']:.0f} s  "
         f"(run: {cfg.resolved_out_dir()})"
     )
@@ -96,7 +78,9 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("config", nargs="?", help="YAML config, e.g. configs/tiny-grpo.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 out_dir=runs/x")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="validate config, data and tokenizer; print the plan")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate config, data and tokenizer; print the plan"
+    )
     p.set_defaults(func=_train_command)
 
 
@@ -108,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
-    from remix_rft.apps import build_tiny, compare, evaluate
+    from remix_rft.apps import build_tiny, compare, demo, evaluate
 
     evaluate.add_parser(sub)
     compare.add_parser(sub)
+    demo.add_parser(sub)
     build_tiny.add_parser(sub)
     return parser
 

@@ -51,7 +51,14 @@ def test_cli_missing_config_file_names_it(capsys):
 
 
 def test_cli_missing_model_path_names_it(tmp_path, capsys):
-    code = main(["train", str(CONFIGS / "tiny-grpo.yaml"), "model=/no/such/model", f"out_dir={tmp_path / 'r'}"])
+    code = main(
+        [
+            "train",
+            str(CONFIGS / "tiny-grpo.yaml"),
+            "model=/no/such/model",
+            f"out_dir={tmp_path / 'r'}",
+        ]
+    )
     assert code == 2
     assert "/no/such/model" in capsys.readouterr().err
 

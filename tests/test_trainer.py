@@ -29,7 +29,14 @@ def test_grpo_run_writes_every_artifact(tiny_config):
     for key in ("tokens", "reward/mean", "response_length/mean", "time/step_s", "utd"):
         assert key in rows[1]
     assert {"eval/accuracy"} <= rows[2].keys() and {"eval/accuracy"} <= rows[3].keys()
-    for key in ("algorithm", "final_eval_accuracy", "base_eval_accuracy", "rollouts", "steps", "wall_time_s"):
+    for key in (
+        "algorithm",
+        "final_eval_accuracy",
+        "base_eval_accuracy",
+        "rollouts",
+        "steps",
+        "wall_time_s",
+    ):
         assert key in summary
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
     assert (run_dir / "config.yaml").is_file()
@@ -116,7 +123,9 @@ def test_reincarnation_copies_policy_into_reference_and_empties_buffer(tiny_conf
         "reincarnation_step=2", "steps=3",
     )  # fmt: skip
     summary = train(cfg)
-    assert all(torch.equal(a, b) for a, b in zip(snapshots["policy"], snapshots["reference"], strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(snapshots["policy"], snapshots["reference"], strict=True)
+    )
     assert snapshots["buffer"] == 0
     rows = read_metrics(cfg.resolved_out_dir())
     assert rows[2].get("reincarnated") is True
@@ -176,7 +185,9 @@ def test_sigkill_at_any_moment_resumes_without_repeated_or_skipped_steps(tmp_pat
         proc.wait()
     done = subprocess.run(resume_args(run_dir), cwd=root, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(0, 7))
 
 

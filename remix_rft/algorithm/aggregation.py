@@ -64,9 +64,7 @@ def aggregate(
 ) -> torch.Tensor:
     if mode not in AGGREGATIONS:
         raise ValueError(f"unknown loss aggregation {mode!r}; allowed: {sorted(AGGREGATIONS)}")
-    return AGGREGATIONS[mode](
-        loss, mask.float(), denominator=denominator, norm_length=norm_length
-    )
+    return AGGREGATIONS[mode](loss, mask.float(), denominator=denominator, norm_length=norm_length)
 
 
 def aggregation_count(mask: torch.Tensor, mode: str) -> float:

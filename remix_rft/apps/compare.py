@@ -354,6 +354,16 @@ def _accuracy(text: str) -> float:
     return value
 
 
+def compare_table(runs: Sequence[RunRecord], target: float | None) -> list[dict[str, Any]]:
+    """One summary per run, with rollouts-to-target relative to the first run."""
+    table = [summarize(r, target) for r in runs]
+    reference = table[0]["rollouts_to_target"] if table else None
+    for row in table:
+        mine = row["rollouts_to_target"]
+        row["rollouts_ratio"] = mine / reference if mine is not None and reference else None
+    return table
+
+
 def add_parser(subparsers: Any) -> None:
     """Add the ``compare`` subcommand to an ``argparse`` subparsers object."""
     parser = subparsers.add_parser(
@@ -424,12 +434,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"target T = {target:.3f} (from --target)", file=info)
 
-    table = [summarize(r, target) for r in runs]
-    reference = table[0]["rollouts_to_target"]
-    for row in table:
-        mine = row["rollouts_to_target"]
-        row["rollouts_ratio"] = mine / reference if mine is not None and reference else None
-
+    table = compare_table(runs, target)
     if args.json:
         print(json.dumps([{k: _json_safe(v) for k, v in row.items()} for row in table], indent=2))
     else:

@@ -89,13 +89,16 @@ _DOLLAR_PARTS_RE = re.compile(r"\$([^$]+)\$")
 def _split_dollar_parts(text: str) -> list[str]:
     """``$69$,$84$`` -> ``["69", "84"]``; any other text is one part (``$`` dropped)."""
     s = text.strip()
+    if s.endswith("$."):  # a sentence's full stop after the formula
+        s = s[:-1]
     parts = _DOLLAR_PARTS_RE.findall(s)
     between = _DOLLAR_PARTS_RE.sub("", s)
     if len(parts) > 1 and not between.replace(",", "").replace(";", "").strip():
         return [_clean_text(p.strip(" ,")) for p in parts]
     if len(parts) > 1:  # prose around formulas: keep the words, drop the delimiters
         return [_clean_text(s.replace("$", ""))]
-    return [_clean_text(s)]
+    s = _clean_text(s)
+    return [s.replace("$", "") if "\\$" not in s else s]  # stray delimiters, e.g. "$221,$8$"
 
 
 def normalize_ground_truth(value: Any, *, multiple_parts: bool = False) -> Answer:
@@ -171,7 +174,9 @@ def _read_file(path: Path) -> list[Any]:
                         try:
                             rows.append(json.loads(line))
                         except json.JSONDecodeError as exc:
-                            raise DatasetError(f"{path}: line {line_no} is not JSON: {exc}") from exc
+                            raise DatasetError(
+                                f"{path}: line {line_no} is not JSON: {exc}"
+                            ) from exc
             return rows
         if suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -261,9 +266,7 @@ def load_math_problems(
     return LoadedProblems(problems, where, skipped)
 
 
-def load_benchmark(
-    name: str, data_dir: str | Path, *, limit: int | None = None
-) -> LoadedProblems:
+def load_benchmark(name: str, data_dir: str | Path, *, limit: int | None = None) -> LoadedProblems:
     """One of the paper's five benchmarks from ``data_dir`` by its usual file name."""
     if name not in BENCHMARK_SPECS:
         raise DatasetError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_SPECS)}")

@@ -73,9 +73,14 @@ class ValueModel(nn.Module):
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         self.backbone.save_pretrained(out_dir)
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(Path(out_dir) / VALUE_HEAD_FILE))
+        save_file(
+            {k: v.contiguous() for k, v in self.head.state_dict().items()},
+            str(Path(out_dir) / VALUE_HEAD_FILE),
+        )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state
@@ -113,7 +118,9 @@ def response_values(critic: ValueModel, batch: TrainBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def batched_no_grad(fn: Any, model: Any, batch: TrainBatch, micro: int, **kwargs: Any) -> torch.Tensor:
+def batched_no_grad(
+    fn: Any, model: Any, batch: TrainBatch, micro: int, **kwargs: Any
+) -> torch.Tensor:
     """Apply ``fn(model, sub_batch)`` over micro-batches without gradients; concatenate rows."""
     outs = []
     for begin in range(0, len(batch), micro):

@@ -57,8 +57,9 @@ def save_checkpoint(
 
 def _complete_checkpoints(root: Path) -> list[Path]:
     return sorted(
-        p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")
-        and (p / STATE_FILE).is_file()
+        p
+        for p in root.glob("step_*")
+        if p.is_dir() and not p.name.endswith(".tmp") and (p / STATE_FILE).is_file()
     )
 
 

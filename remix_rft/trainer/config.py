@@ -24,6 +24,8 @@ AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 CLIP_CENTRE_MODES = ("current", "one")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 DTYPES = ("float32", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+GENERATION_BACKENDS = ("hf", "hf-static")
 DEFAULT_REFLECTION_WORDS = (
     "wait",
     "recheck",
@@ -137,6 +139,12 @@ class TrainConfig:
     dtype: str = "float32"
     gradient_checkpointing: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
+    device: str = "auto"  # auto (CUDA when available), cpu or cuda; under torchrun: the rank's GPU
+    generation_backend: str = "hf"  # hf: HF generate; hf-static: static KV cache (+ torch.compile on GPU)
+    # LoRA (peft; lora_rank 0: full finetuning). The reference is the base with the adapter off.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_target_modules: list[str] = field(default_factory=list)  # empty: all linear layers
 
     # ---- derived quantities -------------------------------------------------
     @property
@@ -163,7 +171,11 @@ class TrainConfig:
 
     def updates_per_step(self, batch_size: int | None = None, epochs: int | None = None) -> int:
         """Optimizer updates per iteration: the UTD ratio."""
-        batch = self.fresh_batch_size() + self.offpolicy_batch_size() if batch_size is None else batch_size
+        batch = (
+            self.fresh_batch_size() + self.offpolicy_batch_size()
+            if batch_size is None
+            else batch_size
+        )
         per_epoch = -(-batch // self.minibatch_size)
         return per_epoch * (self.epochs if epochs is None else epochs)
 
@@ -193,6 +205,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _one_of(cfg, "clip_centre", CLIP_CENTRE_MODES)
     _one_of(cfg, "lr_schedule", LR_SCHEDULES)
     _one_of(cfg, "dtype", DTYPES)
+    _one_of(cfg, "device", DEVICES)
+    _one_of(cfg, "generation_backend", GENERATION_BACKENDS)
+    _check(cfg.lora_rank >= 0, "lora_rank", "an integer >= 0 (0: no LoRA)", cfg.lora_rank)
+    _check(cfg.lora_alpha > 0, "lora_alpha", "> 0", cfg.lora_alpha)
+    _check(
+        isinstance(cfg.lora_target_modules, list)
+        and all(isinstance(w, str) and w for w in cfg.lora_target_modules),
+        "lora_target_modules",
+        "a list of module names (e.g. q_proj,v_proj), empty for all linear layers",
+        cfg.lora_target_modules,
+    )
     positive_ints = (
         "steps", "prompts_per_step", "group_size", "max_new_tokens", "minibatch_size",
         "epochs", "eval_every", "eval_problems", "eval_batch_size", "save_every",
@@ -213,22 +236,63 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, key)
         _check(0.0 <= value <= 1.0, key, "in [0, 1]", value)
     _check(cfg.top_p > 0, "top_p", "in (0, 1]", cfg.top_p)
-    _check(0.0 <= cfg.offpolicy_fraction < 1.0, "offpolicy_fraction", "in [0, 1)", cfg.offpolicy_fraction)
+    _check(
+        0.0 <= cfg.offpolicy_fraction < 1.0,
+        "offpolicy_fraction",
+        "in [0, 1)",
+        cfg.offpolicy_fraction,
+    )
     _check(cfg.clip_eps_low < 1.0, "clip_eps_low", "< 1", cfg.clip_eps_low)
     for key in ("offpolicy_clip_eps_low", "offpolicy_clip_eps_high"):
         value = getattr(cfg, key)
         _check(value == -1.0 or value > 0, key, "> 0, or -1 for the fresh-data value", value)
     if cfg.advantage_estimator == "grpo":
-        _check(cfg.group_size >= 2, "group_size", ">= 2 for GRPO (advantages compare responses within a group)", cfg.group_size)
+        _check(
+            cfg.group_size >= 2,
+            "group_size",
+            ">= 2 for GRPO (advantages compare responses within a group)",
+            cfg.group_size,
+        )
     if not cfg.is_remix:
-        _check(cfg.window == 1, "window", f"1 for the on-policy algorithm {cfg.algorithm} (use remix-*)", cfg.window)
-        _check(cfg.offpolicy_fraction == 0.0, "offpolicy_fraction", f"0 for the on-policy algorithm {cfg.algorithm} (use remix-*)", cfg.offpolicy_fraction)
-        _check(cfg.reincarnation_step == 0 and cfg.reincarnation_patience == 0, "reincarnation_step", f"0 for the on-policy algorithm {cfg.algorithm} (use remix-*)", cfg.reincarnation_step)
+        _check(
+            cfg.window == 1,
+            "window",
+            f"1 for the on-policy algorithm {cfg.algorithm} (use remix-*)",
+            cfg.window,
+        )
+        _check(
+            cfg.offpolicy_fraction == 0.0,
+            "offpolicy_fraction",
+            f"0 for the on-policy algorithm {cfg.algorithm} (use remix-*)",
+            cfg.offpolicy_fraction,
+        )
+        _check(
+            cfg.reincarnation_step == 0 and cfg.reincarnation_patience == 0,
+            "reincarnation_step",
+            f"0 for the on-policy algorithm {cfg.algorithm} (use remix-*)",
+            cfg.reincarnation_step,
+        )
     if cfg.micro_batch_size:
-        _check(cfg.micro_batch_size <= cfg.minibatch_size, "micro_batch_size", f"<= minibatch_size ({cfg.minibatch_size})", cfg.micro_batch_size)
+        _check(
+            cfg.micro_batch_size <= cfg.minibatch_size,
+            "micro_batch_size",
+            f"<= minibatch_size ({cfg.minibatch_size})",
+            cfg.micro_batch_size,
+        )
     if cfg.task.name == "math":
-        _check(bool(cfg.task.train_path), "task.train_path", "a dataset path or name for task.name=math", cfg.task.train_path)
-    _check(isinstance(cfg.reflection_words, list) and all(isinstance(w, str) for w in cfg.reflection_words), "reflection_words", "a list of strings", cfg.reflection_words)
+        _check(
+            bool(cfg.task.train_path),
+            "task.train_path",
+            "a dataset path or name for task.name=math",
+            cfg.task.train_path,
+        )
+    _check(
+        isinstance(cfg.reflection_words, list)
+        and all(isinstance(w, str) for w in cfg.reflection_words),
+        "reflection_words",
+        "a list of strings",
+        cfg.reflection_words,
+    )
     return cfg
 
 
@@ -274,10 +338,17 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        _check(isinstance(value, int | float) and not isinstance(value, bool), key, "a number", value)
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool), key, "a number", value
+        )
         return float(value)
     if typ is str:
-        _check(isinstance(value, str | int | float) and not isinstance(value, bool), key, "a string", value)
+        _check(
+            isinstance(value, str | int | float) and not isinstance(value, bool),
+            key,
+            "a string",
+            value,
+        )
         return str(value) if value is not None else ""
     return value
 
@@ -312,16 +383,31 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A file path, or the name of a config shipped with the package (``tiny-grpo``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    if path.is_file():
+        return path
+    packaged = PACKAGED_CONFIGS / (path.name if path.suffix else f"{path.name}.yaml")
+    if packaged.is_file():
+        return packaged
+    shipped = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config file {path} does not exist (shipped configs: {shipped})")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = resolve_config_path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of keys, got {type(data).__name__}"
+        )
     return data
 
 

@@ -24,7 +24,6 @@ from remix_rft.algorithm import (
     grpo_advantages,
     kl_convex,
     kl_estimate,
-    masked_whiten,
     mix_ppg_policy_loss,
     value_loss,
 )
@@ -34,14 +33,13 @@ from remix_rft.data.buffer import ReplayBuffer, Sample
 from remix_rft.data.prompts import format_prompt
 from remix_rft.data.sampler import PromptSampler
 from remix_rft.data.tasks import Problem, Task
-from remix_rft.engines.models import resolve_model_path
+from remix_rft.engines import distributed
 from remix_rft.engines.generation import Generation, generate_texts, pad_token_id, sample
+from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import (
     ValueModel,
     batched_no_grad,
     copy_weights,
-    frozen_copy,
-    load_policy,
     load_tokenizer,
     response_logprobs,
     response_values,
@@ -106,22 +104,26 @@ class Trainer:
         self.eval_problems = list(self.task.eval_problems())[: cfg.eval_problems]
         self.tokenizer = load_tokenizer(cfg.model)
         self.pad_id = pad_token_id(self.tokenizer)
-        self.policy = load_policy(
-            cfg.model, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing
-        )
-        self.reference = frozen_copy(self.policy)
+        # One process unless launched by torchrun (engines/distributed.py: FSDP2, DCP).
+        self.dist = distributed.setup(cfg.device)
+        distributed.check_config(cfg, self.dist.world_size)
+        self.policy, self.reference = distributed.build_models(cfg, self.dist)
         self.optimizer = self._adamw(self.policy.parameters(), cfg.lr)
         self.scheduler = self._schedule(self.optimizer)
         self.critic: ValueModel | None = None
         if cfg.uses_critic:
-            self.critic = ValueModel.from_pretrained(cfg.critic_model or cfg.model, dtype=cfg.dtype)
+            self.critic = distributed.build_critic(cfg, self.dist)
             self.critic_optimizer = self._adamw(self.critic.parameters(), cfg.critic_lr)
-        self.buffer = ReplayBuffer(cfg.window, seed=cfg.seed + 1)
+        self.buffer = ReplayBuffer(cfg.window, seed=cfg.seed + 1 + 7919 * self.dist.rank)
         self.sampler = PromptSampler(len(self.train_problems), cfg.seed)
         self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 2)
         self.counters = Counters()
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.prompt_cache: dict[str, str] = {}
+        if self.dist.enabled:  # ranks sample different responses; only rank 0 writes
+            torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
+            if not self.dist.is_main:
+                self.metrics = distributed.NullMetrics()  # type: ignore[assignment]
 
     # ---- setup ---------------------------------------------------------------
     def _adamw(self, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -164,20 +166,27 @@ class Trainer:
     def collect(self, step: int) -> tuple[list[Sample], Generation, list[Problem]]:
         """Sample G responses for each of this iteration's prompts with π_k and score them."""
         cfg = self.cfg
-        problems = [self.train_problems[i] for i in self.sampler.next(cfg.prompts_per_step)]
+        # All ranks draw the same prompts; each keeps its slice (whole groups per rank).
+        problems = [
+            self.train_problems[i] for i in self.dist.shard(self.sampler.next(cfg.prompts_per_step))
+        ]
         prompts = [self.prompt_text(p) for p in problems for _ in range(cfg.group_size)]
         self.policy.eval()
-        gen = sample(
-            self.policy, self.tokenizer, prompts,
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-        )  # fmt: skip
+        with self.dist.full_params(self.policy):
+            gen = sample(
+                self.policy, self.tokenizer, prompts,
+                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                backend=cfg.generation_backend,
+            )  # fmt: skip
         rewards = [
             self.task.reward(text, problems[i // cfg.group_size]) if done else 0.0
             for i, (text, done) in enumerate(zip(gen.texts, gen.finished, strict=True))
         ]
         reward_t = torch.tensor(rewards, dtype=torch.float32)
         if cfg.advantage_estimator == "grpo":
-            advantages = grpo_advantages(reward_t, cfg.group_size, scale_by_std=cfg.scale_adv_by_std)
+            advantages = grpo_advantages(
+                reward_t, cfg.group_size, scale_by_std=cfg.scale_adv_by_std
+            )
         else:
             advantages = torch.zeros_like(reward_t)  # GAE: recomputed with the critic below
         samples = [
@@ -188,7 +197,9 @@ class Trainer:
                 reward=rewards[i],
                 advantage=float(advantages[i]),
                 version=step,
-                group=(step - 1) * cfg.prompts_per_step + i // cfg.group_size,
+                group=(step - 1) * cfg.prompts_per_step
+                + self.dist.rank * len(problems)
+                + i // cfg.group_size,
                 finished=gen.finished[i],
             )
             for i in range(len(gen))
@@ -205,10 +216,11 @@ class Trainer:
     def mixed_batch(self, fresh: list[Sample], step: int) -> list[Sample]:
         """Fresh samples plus past ones of the last ν − 1 iterations (ReMix)."""
         self.buffer.evict(step)  # the fresh version counts towards the window
-        return fresh + self.buffer.sample_past(self.offpolicy_batch_size(), step)
+        n_past = self.dist.local_offpolicy(self.offpolicy_batch_size())
+        return fresh + self.buffer.sample_past(n_past, step)
 
     def micro(self) -> int:
-        return self.cfg.micro_batch_size or self.cfg.minibatch_size
+        return self.cfg.micro_batch_size or self.dist.local_minibatch(self.cfg.minibatch_size)
 
     def precompute(self, batch: TrainBatch, n_fresh: int) -> dict[str, torch.Tensor]:
         """Quantities fixed for the whole iteration: log π_k, log π_base, values, advantages."""
@@ -242,7 +254,7 @@ class Trainer:
             token_rewards, values, mask, gamma=cfg.gamma, lam=cfg.gae_lambda
         )
         if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = self.dist.masked_whiten(advantages, mask)  # global batch statistics
         batch.advantages = advantages
         return {"values": values, "returns": returns}
 
@@ -262,6 +274,7 @@ class Trainer:
         """The U optimizer updates of this iteration (the UTD ratio), on shuffled minibatches."""
         cfg = self.cfg
         stats = StepStats()
+        batch, pre = self.dist.to_device(batch, pre)
         eps_low, eps_high = self.clip_eps(batch, step)
         train_policy = self.counters.step >= cfg.critic_warmup_steps or self.critic is None
         self.policy.train()
@@ -269,8 +282,9 @@ class Trainer:
             self.critic.train()
         for _ in range(self.epochs()):
             order = torch.randperm(len(batch), generator=self.shuffle_rng)
-            for begin in range(0, len(batch), cfg.minibatch_size):
-                mb = order[begin : begin + cfg.minibatch_size]
+            size = self.dist.local_minibatch(cfg.minibatch_size)  # this rank's share
+            for begin in range(0, len(batch), size):
+                mb = order[begin : begin + size]
                 if train_policy:
                     self.policy_update(batch, pre, mb, eps_low, eps_high, step, stats)
                 if self.critic is not None:
@@ -289,7 +303,8 @@ class Trainer:
     ) -> None:
         cfg = self.cfg
         norm_length = cfg.norm_length or cfg.max_new_tokens
-        denominator = aggregation_count(batch.response_mask[mb], cfg.loss_agg)
+        # Global count (summed over ranks): N ranks make one rank's update on the same batch.
+        denominator = self.dist.sum(aggregation_count(batch.response_mask[mb], cfg.loss_agg))
         self.optimizer.zero_grad(set_to_none=True)
         for begin in range(0, len(mb), self.micro()):
             idx = mb[begin : begin + self.micro()]
@@ -360,7 +375,7 @@ class Trainer:
     ) -> None:
         cfg = self.cfg
         assert self.critic is not None
-        denominator = aggregation_count(batch.response_mask[mb], "token-mean")
+        denominator = self.dist.sum(aggregation_count(batch.response_mask[mb], "token-mean"))
         self.critic_optimizer.zero_grad(set_to_none=True)
         for begin in range(0, len(mb), self.micro()):
             idx = mb[begin : begin + self.micro()]
@@ -371,7 +386,8 @@ class Trainer:
                 clip_range=cfg.value_clip, agg="token-mean", denominator=denominator,
             )  # fmt: skip
             loss.backward()
-            stats.add("critic/loss", float(loss.detach()) * denominator, denominator)
+            tokens = float(sub.response_mask.sum())
+            stats.add("critic/loss", float(loss.detach()) * denominator, tokens)
             stats.add("critic/clip_frac", float(clipped.sum()), float(sub.response_mask.sum()))
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
         self.critic_optimizer.step()
@@ -381,18 +397,25 @@ class Trainer:
         """Greedy pass@1 on the held-out problems."""
         cfg = self.cfg
         self.policy.eval()
-        prompts = [self.prompt_text(p) for p in self.eval_problems]
-        texts = generate_texts(
-            self.policy, self.tokenizer, prompts,
-            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
-            temperature=0.0, batch_size=cfg.eval_batch_size,
-        )  # fmt: skip
-        scores = [self.task.reward(t, p) for t, p in zip(texts, self.eval_problems, strict=True)]
-        return sum(scores) / max(len(scores), 1)
+        problems = self.dist.shard(self.eval_problems)  # each rank its slice; correct counts summed
+        prompts = [self.prompt_text(p) for p in problems]
+        with self.dist.full_params(self.policy):
+            texts = generate_texts(
+                self.policy, self.tokenizer, prompts,
+                max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
+                temperature=0.0, batch_size=cfg.eval_batch_size, backend=cfg.generation_backend,
+            )  # fmt: skip
+        scores = [self.task.reward(t, p) for t, p in zip(texts, problems, strict=True)]
+        return self.dist.sum(sum(scores)) / max(len(self.eval_problems), 1)
 
     def reincarnate(self, step: int) -> None:
         """π_base ← π_θ, empty the buffer, continue on-policy (DESIGN §3.4)."""
-        copy_weights(self.policy, self.reference)
+        if self.cfg.lora_rank:  # merge the adapter into the base, start a fresh one
+            from remix_rft.engines import lora
+
+            lora.reincarnate(self.policy, self.optimizer)
+        else:
+            copy_weights(self.policy, self.reference)
         self.buffer.clear()
         self.counters.reincarnated_at = step
         log.info("policy reincarnation at step %d: reference <- policy, buffer emptied", step)
@@ -430,8 +453,15 @@ class Trainer:
         return state
 
     def save(self, step: int) -> None:
+        if self.dist.enabled:  # sharded DCP checkpoint
+            distributed.save_checkpoint(self, step)
+            return
         models: dict[str, Any] = {"policy": _WithTokenizer(self.policy, self.tokenizer)}
-        if self.reincarnated:
+        if self.cfg.lora_rank:  # merged HF model + base and adapter (the reference is the base)
+            from remix_rft.engines import lora
+
+            models = lora.checkpoint_models(self.policy, self.tokenizer)
+        elif self.reincarnated:
             models["reference"] = self.reference
         if self.critic is not None:
             models["critic"] = self.critic
@@ -440,10 +470,18 @@ class Trainer:
         )
 
     def load(self, checkpoint: Path) -> None:
+        if self.dist.enabled or (checkpoint / distributed.DCP_DIR).is_dir():
+            distributed.load_checkpoint(self, checkpoint)  # refuses another world size
+            return
         state = ckpt.load_state(checkpoint)
         self.counters = Counters(**state["counters"])
-        _load_weights(self.policy, checkpoint / "policy")
-        if self.reincarnated:
+        if self.cfg.lora_rank:
+            from remix_rft.engines import lora
+
+            lora.load_checkpoint(self.policy, checkpoint)
+        else:
+            _load_weights(self.policy, checkpoint / "policy")
+        if self.reincarnated and not self.cfg.lora_rank:
             _load_weights(self.reference, checkpoint / "reference")
         if self.critic is not None:
             loaded = ValueModel.from_pretrained(str(checkpoint / "critic"), dtype=self.cfg.dtype)
@@ -466,20 +504,20 @@ class Trainer:
         pre = self.precompute(batch, len(fresh))
         for i, s in enumerate(fresh):  # store μ = π_k as computed by the forward pass
             s.behavior_logprobs = batch.behavior_logprobs[i, : s.response_ids.numel()].clone()
-        stats = self.update(batch, pre, step)
+        stats = self.dist.merge_stats(self.update(batch, pre, step))
         self.buffer.add(fresh)
         self.buffer.evict(step)
         c = self.counters
         c.step = step
-        c.rollouts += len(fresh)
-        c.tokens += gen.num_tokens()
+        c.rollouts += len(fresh) * self.dist.world_size  # every rank samples as many
+        c.tokens += self.dist.sum_int(gen.num_tokens())
         lengths = [float(s.response_ids.numel()) for s in fresh]
         row: dict[str, Any] = {
             "step": step,
             "rollouts": c.rollouts,
             "tokens": c.tokens,
             "updates": c.updates,
-            "utd": self.cfg.updates_per_step(len(batch), self.epochs()),
+            "utd": self.cfg.updates_per_step(len(batch) * self.dist.world_size, self.epochs()),
             "reward/mean": sum(s.reward for s in fresh) / len(fresh),
             "response_length/mean": sum(lengths) / len(lengths),
             "response_length/max": max(lengths),
@@ -495,7 +533,7 @@ class Trainer:
         }
         row.update(stats.means())
         row["time/step_s"] = time.perf_counter() - started
-        return row
+        return self.dist.reduce_row(row)
 
     def run(self, on_step: StepCallback | None = None) -> dict[str, Any]:
         cfg = self.cfg
@@ -506,7 +544,7 @@ class Trainer:
         def wall() -> float:
             return wall_before + time.perf_counter() - session_start
 
-        if c.step == 0 and c.base_eval_accuracy is None:
+        if c.step == 0 and c.base_eval_accuracy is None and self.eval_problems:
             started = time.perf_counter()
             accuracy = self.evaluate()
             c.base_eval_accuracy = accuracy
@@ -518,7 +556,9 @@ class Trainer:
                 on_step(row0)
         for step in range(c.step + 1, cfg.steps + 1):
             row = self.iteration(step)
-            evaluated = step % cfg.eval_every == 0 or step == cfg.steps
+            evaluated = bool(self.eval_problems) and (
+                step % cfg.eval_every == 0 or step == cfg.steps
+            )
             if evaluated:
                 row["eval/accuracy"] = self.evaluate()
                 self.record_eval(row["eval/accuracy"])
@@ -533,7 +573,8 @@ class Trainer:
             if on_step:
                 on_step(row)
         summary = self.summary()
-        atomic_write_json(self.run_dir / "summary.json", summary)
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
 
     def summary(self) -> dict[str, Any]:
@@ -577,7 +618,9 @@ def _load_weights(model: Any, path: Path) -> None:
     # Tied embeddings are saved once; anything else missing means a wrong checkpoint.
     missing = [k for k in missing if "lm_head" not in k]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"checkpoint {path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 # ---- entry points ----------------------------------------------------------------
@@ -596,7 +639,9 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
 def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
     """Start a new run in ``cfg.out_dir`` and train it to ``cfg.steps``."""
     resolve_model_path(cfg.model)  # a missing model fails before the run directory exists
-    run_dir = prepare_run_dir(cfg)
+    env = distributed.setup(cfg.device)
+    distributed.check_config(cfg, env.world_size)
+    run_dir = env.on_main(lambda: prepare_run_dir(cfg))  # rank 0 writes; errors reach all ranks
     return Trainer(cfg, run_dir).run(on_step)
 
 
@@ -608,5 +653,6 @@ def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None)
         trainer.load(checkpoint)
         log.info("resuming %s from %s (step %d)", run_dir, checkpoint.name, trainer.counters.step)
     trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    if trainer.dist.is_main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     return trainer.run(on_step)

@@ -35,7 +35,11 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f"(minibatch {cfg.minibatch_size}, epochs {cfg.epochs})",
         f"KL             beta {cfg.kl_coef}, lambda {cfg.kl_lambda}, estimator {cfg.kl_estimator}",
         f"reincarnation  {cfg.reincarnation_step or 'never'}"
-        + (f" (or after {cfg.reincarnation_patience} evaluations without gain)" if cfg.reincarnation_patience else ""),
+        + (
+            f" (or after {cfg.reincarnation_patience} evaluations without gain)"
+            if cfg.reincarnation_patience
+            else ""
+        ),
         f"budget         {budget} rollouts ({budget / 1e6:.3f}M), "
         f"<= {budget * cfg.max_new_tokens / 1e6:.1f}M generated tokens",
         f"evaluation     every {cfg.eval_every} steps on {min(cfg.eval_problems, n_eval)} held-out problems",

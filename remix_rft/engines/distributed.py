@@ -1,0 +1,581 @@
+"""Data-parallel training on PyTorch's own engine: ``torchrun`` to launch, FSDP2 to shard.
+
+The trainer runs unchanged in one process when ``WORLD_SIZE`` is unset (every
+helper here is then the identity). Under ``torchrun`` every rank:
+
+* joins the process group (NCCL on CUDA, gloo on CPU), one device per rank;
+* takes its own contiguous slice of each iteration's prompts — all G responses of
+  a prompt stay on one rank, so GRPO groups are whole — and keeps its own replay
+  buffer of the data it generated;
+* shards policy, reference and critic with FSDP2 (``fully_shard`` per decoder
+  layer, then the root), fp32 master weights and, with ``dtype=bfloat16``, bf16
+  compute through :class:`~torch.distributed.fsdp.MixedPrecisionPolicy`;
+* divides every loss by the GLOBAL token (or sequence) count of the minibatch —
+  the all-reduced :func:`~remix_rft.algorithm.aggregation.aggregation_count` —
+  and sums, not averages, the gradient shards, so N ranks make exactly the update
+  one rank makes on the same global batch;
+* generates with full (unsharded) parameters and no collectives inside
+  ``generate``, because ranks stop decoding at different lengths.
+
+Metrics are reduced across ranks, evaluation is sharded and its correct answers
+summed, and only rank 0 writes the run directory. Checkpoints are sharded with
+``torch.distributed.checkpoint`` (DCP) plus one consolidated, Hugging-Face-loadable
+copy of the policy for ``remix eval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DCP_DIR = "dcp"
+RANK_STATE = "rank_{rank:05d}.pt"
+FORMAT = "dcp"
+
+
+# ---- the process group ---------------------------------------------------------------
+def launched_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: the rank's CUDA device when there is one, else the CPU."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for but torch sees no CUDA device")
+    return torch.device("cuda", local_rank)
+
+
+@dataclass
+class DistEnv:
+    """Where this process stands; the default is the single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    enabled: bool = False  # launched by torchrun: collectives, FSDP, DCP checkpoints
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- collectives (identity in one process) --
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def _reduce(self, values: Sequence[float], op: Any) -> list[float]:
+        t = torch.tensor(
+            [float(v) for v in values], dtype=torch.float64, device=self._comm_device()
+        )
+        dist.all_reduce(t, op=op)
+        return t.tolist()
+
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def sum(self, value: float) -> float:
+        return self._reduce([value], dist.ReduceOp.SUM)[0] if self.enabled else value
+
+    def sum_int(self, value: int) -> int:
+        return round(self.sum(float(value))) if self.enabled else value
+
+    def max(self, value: float) -> float:
+        return self._reduce([value], dist.ReduceOp.MAX)[0] if self.enabled else value
+
+    def gather(self, obj: T) -> list[T]:
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def on_main(self, fn: Any) -> Any:
+        """``fn()`` on rank 0 only; its result, or its exception, on every rank."""
+        if not self.enabled:
+            return fn()
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as err:  # re-raised on every rank below
+                error = err
+        result, error = self.broadcast((result, error))
+        if error is not None:
+            raise error
+        return result
+
+    # -- data sharding --
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's contiguous slice (sizes differ by at most one)."""
+        if not self.enabled:
+            return list(items)
+        n, w, r = len(items), self.world_size, self.rank
+        return list(items[r * n // w : (r + 1) * n // w])
+
+    def local_minibatch(self, minibatch_size: int) -> int:
+        return minibatch_size // self.world_size
+
+    def local_offpolicy(self, global_count: int) -> int:
+        return global_count // self.world_size
+
+    # -- helpers the loop calls around models --
+    @contextmanager
+    def full_params(self, model: Any) -> Iterator[None]:
+        """Unsharded weights on every rank for ``generate`` (no collectives inside)."""
+        if not self.enabled:
+            yield
+            return
+        with unsharded(model):
+            yield
+
+    def to_device(
+        self, batch: Any, pre: dict[str, torch.Tensor]
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
+        if self.device.type == "cpu":
+            return batch, pre
+        return move_batch(batch, self.device), {k: v.to(self.device) for k, v in pre.items()}
+
+    def masked_whiten(
+        self, values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8
+    ) -> torch.Tensor:
+        """Whitening with the statistics of the global batch (every rank's tokens)."""
+        from remix_rft.algorithm import masked_whiten
+
+        if not self.enabled:
+            return masked_whiten(values, mask, eps)
+        mask = mask.float()
+        total, count = self._reduce(
+            [float((values * mask).sum()), float(mask.sum())], dist.ReduceOp.SUM
+        )
+        count = max(count, 1.0)
+        mean = total / count
+        sq = self.sum(float((((values - mean) * mask) ** 2).sum()))
+        return (values - mean) * torch.rsqrt(torch.tensor(sq / count + eps)) * mask
+
+    def merge_stats(self, stats: T) -> T:
+        """Sum the running sums and counts of every rank's StepStats, take max of maxima."""
+        if not self.enabled:
+            return stats
+        merged = type(stats)()
+        for sums, counts, maxima in self.gather((stats.sums, stats.counts, stats.maxima)):  # type: ignore[attr-defined]
+            for key in sums:
+                merged.add(key, sums[key], counts[key])  # type: ignore[attr-defined]
+            for key, value in maxima.items():
+                merged.max(key, value)  # type: ignore[attr-defined]
+        return merged
+
+    def reduce_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One metrics row for the whole job from every rank's row of this iteration.
+
+        Every rank holds the same number of fresh samples and training rows, so the
+        mean of per-rank means is the global mean.
+        """
+        if not self.enabled:
+            return row
+        rows = self.gather(row)
+        out = dict(row)
+        for key, value in row.items():
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            values = [r.get(key, value) for r in rows]
+            if key in SUM_KEYS:
+                out[key] = sum(values)
+            elif key in MAX_KEYS or key.endswith("/max"):
+                out[key] = max(values)
+            elif key in SAME_KEYS:
+                continue
+            else:
+                out[key] = sum(float(v) for v in values) / len(values)
+        return out
+
+
+SUM_KEYS = {"offpolicy/samples", "time/gen_tokens_per_s"}
+MAX_KEYS = {"gen/logprob_diff_max", "time/gen_s", "time/step_s", "buffer/versions"}
+SAME_KEYS = {"step", "rollouts", "tokens", "updates", "utd", "lr"}
+
+_ENV: DistEnv | None = None
+
+
+def setup(device: str = "auto") -> DistEnv:
+    """Join the torchrun process group once per process; a no-op without torchrun."""
+    global _ENV
+    if _ENV is not None:
+        return _ENV
+    if not launched_by_torchrun():
+        return DistEnv(device=resolve_device(device))
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+            dist.init_process_group("nccl", device_id=dev)
+        else:
+            dist.init_process_group("gloo")
+    _ENV = DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev, enabled=True)
+    log.info("rank %d of %d on %s (%s)", rank, world, dev, dist.get_backend())
+    return _ENV
+
+
+def shutdown() -> None:
+    global _ENV
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _ENV = None
+
+
+def check_config(cfg: Any, world_size: int) -> None:
+    """What data parallelism needs of a config; raises ConfigError naming the key."""
+    from remix_rft.trainer.config import ConfigError
+
+    if world_size <= 1:
+        return
+    for key in ("prompts_per_step", "minibatch_size"):
+        value = getattr(cfg, key)
+        if value % world_size:
+            raise ConfigError(
+                f"config key '{key}': must be divisible by the world size {world_size} "
+                f"(each rank takes {key}/{world_size}), got {value}"
+            )
+    off = cfg.offpolicy_batch_size()
+    if off % world_size:
+        log.warning(
+            "%d off-policy samples per iteration do not split over %d ranks; each rank draws %d",
+            off, world_size, off // world_size,
+        )  # fmt: skip
+    if getattr(cfg, "lora_rank", 0):
+        raise ConfigError(
+            f"config key 'lora_rank': LoRA runs in one process only for now, got {cfg.lora_rank} "
+            f"with {world_size} ranks (launch without torchrun, or set lora_rank=0)"
+        )
+
+
+# ---- FSDP2 -------------------------------------------------------------------------------
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks to shard one by one (HF names them in ``_no_split_modules``)."""
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        for name, m in model.named_modules():
+            if name.endswith("layers") and isinstance(m, nn.ModuleList):
+                layers = list(m)
+                break
+    return layers
+
+
+def shard_model(model: nn.Module, env: DistEnv, *, dtype: str = "float32") -> nn.Module:
+    """``fully_shard`` every decoder layer, then the root; gradients are summed over ranks."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    model.to(env.device)
+    if dtype == "bfloat16":
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        mp = MixedPrecisionPolicy()
+    for layer in decoder_layers(model):
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    # The loss is already divided by the global count: sum the shards, do not average.
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)
+            if dist.get_backend() == "gloo":  # gloo has no PREMUL_SUM: plain SUM reductions
+                m.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def is_sharded(model: Any) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@contextmanager
+def unsharded(model: Any) -> Iterator[None]:
+    """All-gather every FSDP unit once and keep it gathered until the block ends."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    saved = []
+    for unit in units:
+        state = unit._get_fsdp_state()
+        groups = state._fsdp_param_groups
+        saved.append(
+            (state._auto_reshard_after_forward, [g.post_forward_mesh_info for g in groups])
+        )
+        unit.set_reshard_after_forward(False, recurse=False)
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit, (auto, infos) in zip(units, saved, strict=True):
+            unit.reshard()
+            state = unit._get_fsdp_state()
+            state._auto_reshard_after_forward = auto
+            for group, info in zip(state._fsdp_param_groups, infos, strict=True):
+                group.post_forward_mesh_info = info
+
+
+def move_batch(batch: Any, device: torch.device) -> Any:
+    values = {
+        f.name: getattr(batch, f.name).to(device)
+        for f in fields(batch)
+        if isinstance(getattr(batch, f.name), torch.Tensor)
+    }
+    return replace(batch, **values)
+
+
+# ---- model construction for the trainer ---------------------------------------------------
+def build_models(cfg: Any, env: DistEnv) -> tuple[Any, Any]:
+    """Policy and reference π_base, placed, sharded and cast as the config asks.
+
+    The default (one CPU process, float32, no LoRA) is exactly ``load_policy`` +
+    ``frozen_copy``. ``dtype=bfloat16``: FSDP2 mixed precision under torchrun; in one
+    process fp32 master weights with bf16 autocast around every forward.
+    """
+    from remix_rft.engines.policy import frozen_copy, load_policy
+
+    master = "float32" if (env.enabled or cfg.dtype == "bfloat16") else cfg.dtype
+    policy = load_policy(cfg.model, dtype=master, gradient_checkpointing=cfg.gradient_checkpointing)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    if getattr(cfg, "lora_rank", 0):
+        from remix_rft.engines import lora
+
+        policy = lora.wrap(policy, cfg)
+        policy.to(env.device)
+        reference = lora.AdapterDisabled(policy)
+    else:
+        reference = frozen_copy(policy)
+        if env.enabled:
+            shard_model(policy, env, dtype=cfg.dtype)
+            shard_model(reference, env, dtype=cfg.dtype)
+        elif env.device.type != "cpu":
+            policy.to(env.device)
+            reference.to(env.device)
+    if cfg.dtype == "bfloat16" and not env.enabled:
+        autocast_bf16(policy, env.device)
+        if not getattr(cfg, "lora_rank", 0):
+            autocast_bf16(reference, env.device)
+    return policy, reference
+
+
+def build_critic(cfg: Any, env: DistEnv) -> Any:
+    from remix_rft.engines.policy import ValueModel
+
+    master = "float32" if (env.enabled or cfg.dtype == "bfloat16") else cfg.dtype
+    critic = ValueModel.from_pretrained(cfg.critic_model or cfg.model, dtype=master)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(critic.backbone)
+    if env.enabled:
+        shard_model(critic, env, dtype=cfg.dtype)
+    else:
+        if env.device.type != "cpu":
+            critic.to(env.device)
+        if cfg.dtype == "bfloat16":
+            autocast_bf16(critic, env.device)
+    return critic
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute activations in backward; non-reentrant (composes with FSDP2 and LoRA)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def autocast_bf16(model: nn.Module, device: torch.device) -> None:
+    """fp32 weights, bf16 matmuls: wrap this module's ``forward`` in autocast."""
+    model.forward = torch.autocast(device_type=device.type, dtype=torch.bfloat16)(model.forward)
+
+
+# ---- checkpoints (DCP) --------------------------------------------------------------------
+def _hf_state(model: Any) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts)
+
+
+def save_hf_policy(model: Any, state: dict[str, torch.Tensor], tokenizer: Any, out: Path) -> None:
+    """A loadable HF model directory from a full state dict (the FSDP class name must not leak)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    if getattr(model.config, "tie_word_embeddings", False):
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _app_state(trainer: Any) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    state: dict[str, Any] = {
+        "policy": get_model_state_dict(trainer.policy),
+        "optimizer": get_optimizer_state_dict(trainer.policy, trainer.optimizer),
+    }
+    if trainer.reincarnated:
+        state["reference"] = get_model_state_dict(trainer.reference)
+    if trainer.critic is not None:
+        state["critic"] = get_model_state_dict(trainer.critic)
+        state["critic_optimizer"] = get_optimizer_state_dict(
+            trainer.critic, trainer.critic_optimizer
+        )
+    return state
+
+
+def _rank_state(trainer: Any) -> dict[str, Any]:
+    return {
+        "buffer": trainer.buffer.state_dict(),
+        "sampler": trainer.sampler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "shuffle_rng": trainer.shuffle_rng.get_state(),
+    }
+
+
+def save_checkpoint(trainer: Any, step: int) -> Path:
+    """Sharded DCP checkpoint + per-rank state + (rank 0) consolidated policy and counters."""
+    import torch.distributed.checkpoint as dcp
+
+    from remix_rft.trainer import checkpoint as ckpt
+
+    env: DistEnv = trainer.dist
+    root = ckpt.checkpoint_root(trainer.run_dir)
+    final = root / ckpt.step_dir_name(step)
+    tmp = root / (final.name + ".tmp")
+    if env.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    env.barrier()
+    dcp.save(_app_state(trainer), checkpoint_id=str(tmp / DCP_DIR))
+    torch.save(_rank_state(trainer), tmp / RANK_STATE.format(rank=env.rank))
+    full = _hf_state(trainer.policy)  # collective: every rank takes part
+    if env.is_main:
+        save_hf_policy(trainer.policy, full, trainer.tokenizer, tmp / "policy")
+        from dataclasses import asdict
+
+        torch.save(
+            {
+                "format": FORMAT,
+                "world_size": env.world_size,
+                "counters": asdict(trainer.counters),
+                "scheduler": trainer.scheduler.state_dict(),
+            },
+            tmp / ckpt.STATE_FILE,
+        )
+    env.barrier()
+    if env.is_main:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        from remix_rft.trainer.io import atomic_write_text
+
+        atomic_write_text(root / ckpt.LATEST, final.name + "\n")
+        ckpt._prune(root, trainer.cfg.keep_checkpoints)
+    env.barrier()
+    return final
+
+
+def checkpoint_world_size(checkpoint: Path) -> int | None:
+    """Ranks that wrote a DCP checkpoint; None for a single-process checkpoint."""
+    from remix_rft.trainer import checkpoint as ckpt
+
+    state = ckpt.load_state(checkpoint)
+    return int(state["world_size"]) if state.get("format") == FORMAT else None
+
+
+def check_resume(checkpoint: Path, world_size: int, distributed: bool) -> None:
+    saved = checkpoint_world_size(checkpoint)
+    saved_size = saved if saved is not None else 1
+    if (saved is not None) != distributed or saved_size != world_size:
+        raise ValueError(
+            f"checkpoint {checkpoint} was written by {saved_size} rank(s) "
+            f"({'sharded DCP' if saved is not None else 'single process'}) but this run has "
+            f"{world_size} rank(s); resume with the same world size "
+            f"(torchrun --nproc-per-node {saved_size} ...)"
+            + ("" if saved is not None else " or without torchrun")
+        )
+
+
+def load_checkpoint(trainer: Any, checkpoint: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    from remix_rft.trainer import checkpoint as ckpt
+
+    env: DistEnv = trainer.dist
+    check_resume(checkpoint, env.world_size, env.enabled)
+    shared = ckpt.load_state(checkpoint)
+    counters = type(trainer.counters)(**shared["counters"])
+    trainer.counters = counters
+    state = _app_state(trainer)  # shapes to load into (reference only when reincarnated)
+    dcp.load(state, checkpoint_id=str(checkpoint / DCP_DIR))
+    set_model_state_dict(trainer.policy, state["policy"])
+    set_optimizer_state_dict(trainer.policy, trainer.optimizer, state["optimizer"])
+    if "reference" in state:
+        set_model_state_dict(trainer.reference, state["reference"])
+    if trainer.critic is not None:
+        set_model_state_dict(trainer.critic, state["critic"])
+        set_optimizer_state_dict(
+            trainer.critic, trainer.critic_optimizer, state["critic_optimizer"]
+        )
+    trainer.scheduler.load_state_dict(shared["scheduler"])
+    mine = torch.load(checkpoint / RANK_STATE.format(rank=env.rank), weights_only=True)
+    trainer.buffer.load_state_dict(mine["buffer"])
+    trainer.sampler.load_state_dict(mine["sampler"])
+    torch.set_rng_state(mine["torch_rng"])
+    trainer.shuffle_rng.set_state(mine["shuffle_rng"])
+
+
+class NullMetrics:
+    """What ranks other than 0 hold instead of the metrics file."""
+
+    def append(self, row: dict[str, Any]) -> None:
+        pass
+
+    def truncate_after(self, step: int) -> list[dict[str, Any]]:
+        return []
+
+    def read(self) -> list[dict[str, Any]]:
+        return []

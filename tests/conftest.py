@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from remix_rft.trainer.config import load_config
+
+# Small, fast settings for end-to-end runs on the embedded model.
+TINY = [
+    "prompts_per_step=4",
+    "group_size=4",
+    "minibatch_size=16",
+    "max_new_tokens=40",
+    "eval_problems=16",
+    "eval_batch_size=16",
+    "eval_every=2",
+    "save_every=1",
+    "threads=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    def make(*overrides: str, out: str = "run"):
+        return load_config(None, [*TINY, f"out_dir={tmp_path / out}", *overrides])
+
+    return make

@@ -1,0 +1,190 @@
+"""Math datasets: file formats, answer normalisation, bad rows, the real benchmark files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from remix_rft.data.math_dataset import (
+    BENCHMARK_FILES,
+    DatasetError,
+    MathTask,
+    load_benchmark,
+    load_math_problems,
+    normalize_ground_truth,
+)
+from remix_rft.data.tasks import Task
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+BENCH_DIR = DATA_DIR / "benchmarks"
+needs_data = pytest.mark.skipif(not BENCH_DIR.is_dir(), reason=f"{BENCH_DIR} not present")
+
+ROWS = [
+    {"problem": "1+1?", "answer": "2"},
+    {"problem": "Half?", "answer": "\\frac{1}{2}\n"},
+    {"problem": "AMC style", "answer": 142.0},
+    {"problem": "Minerva style", "answer": ["0.01\n", "0.02\n"]},
+]
+
+
+def write_json(path: Path, rows: list) -> Path:
+    path.write_text(json.dumps(rows))
+    return path
+
+
+# ---------------------------------------------------------------------------- answers
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (142.0, "142"),
+        ("142.0", "142"),
+        (7, "7"),
+        (0.25, "0.25"),
+        ("  \\frac{1}{2}\n", "\\frac{1}{2}"),
+        ("$2^{1009}$", "2^{1009}"),
+        (["9.6\n"], "9.6"),
+        (["0.01\n", "0.02\n"], ["0.01", "0.02"]),
+        (["5", "5.0"], "5"),
+        ("025", "025"),
+    ],
+)
+def test_normalize_ground_truth(raw, expected):
+    assert normalize_ground_truth(raw) == expected
+
+
+def test_multiple_answer_parts_are_joined():
+    assert normalize_ground_truth(["$69$,$84$"], multiple_parts=True) == "69, 84"
+    assert normalize_ground_truth(["$(1,2),(3,4)$"], multiple_parts=True) == "(1,2),(3,4)"
+    prose = "$f(x)=ax$, where $a$ is odd"
+    assert normalize_ground_truth([prose], multiple_parts=True) == "f(x)=ax, where a is odd"
+
+
+@pytest.mark.parametrize(
+    "bad", [None, "", "   ", [], [None], [["x"]], True, float("nan"), {"a": 1}]
+)
+def test_bad_answers_raise(bad):
+    with pytest.raises(ValueError):
+        normalize_ground_truth(bad)
+
+
+# ---------------------------------------------------------------------------- formats
+
+
+def test_json_jsonl_parquet_agree(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    js = load_math_problems(write_json(tmp_path / "d.json", ROWS))
+    jsonl_path = tmp_path / "d.jsonl"
+    jsonl_path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n\n")
+    jl = load_math_problems(jsonl_path)
+    rows = [{"problem": r["problem"], "answer": json.dumps(r["answer"])} for r in ROWS]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    pa_rows = load_math_problems(tmp_path / "d.parquet")
+    assert [p.answer for p in js] == ["2", "\\frac{1}{2}", "142", ["0.01", "0.02"]]
+    assert [p.answer for p in jl] == [p.answer for p in js]
+    assert [p.prompt for p in pa_rows] == [p.prompt for p in js]
+    assert js[0].id == "d/0" and js.skipped == 0
+
+
+def test_custom_keys_and_limit(tmp_path):
+    rows = [{"question": f"q{i}", "final": str(i)} for i in range(10)]
+    probs = load_math_problems(
+        write_json(tmp_path / "c.json", rows), problem_key="question", answer_key="final", limit=3
+    )
+    assert [(p.prompt, p.answer) for p in probs] == [("q0", "0"), ("q1", "1"), ("q2", "2")]
+
+
+def test_bad_row_names_file_row_and_key(tmp_path):
+    rows = [*ROWS, {"problem": "no answer"}, {"problem": "", "answer": "1"}, ["not", "a dict"]]
+    path = write_json(tmp_path / "bad.json", rows)
+    with pytest.raises(DatasetError, match=r"bad\.json: row 4 has no key 'answer'"):
+        load_math_problems(path)
+    loaded = load_math_problems(path, on_bad_row="skip")
+    assert len(loaded) == 4 and loaded.skipped == 3
+    assert "row 5 key 'problem' is empty" in loaded.skipped_reasons[1]
+    with pytest.raises(DatasetError, match=r"row 0 key 'answer' is an empty list"):
+        load_math_problems(write_json(tmp_path / "e.json", [{"problem": "p", "answer": []}]))
+
+
+def test_unreadable_sources(tmp_path, monkeypatch):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_math_problems(tmp_path / "missing.json")
+    (tmp_path / "broken.jsonl").write_text('{"problem": "a", "answer": "1"}\n{oops\n')
+    with pytest.raises(DatasetError, match="line 2"):
+        load_math_problems(tmp_path / "broken.jsonl")
+    (tmp_path / "x.csv").write_text("problem,answer\n")
+    with pytest.raises(DatasetError, match="unsupported"):
+        load_math_problems(tmp_path / "x.csv")
+    with pytest.raises(ValueError, match="on_bad_row"):
+        load_math_problems(tmp_path / "x.csv", on_bad_row="ignore")  # type: ignore[arg-type]
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("no datasets")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError, match="`datasets` package"):
+        load_math_problems("someorg/some-math-set")
+
+
+def test_math_task(tmp_path):
+    train = write_json(tmp_path / "train.json", ROWS)
+    evals = write_json(tmp_path / "eval.json", ROWS[:2])
+    task = MathTask(train, evals, name="mymath")
+    task_view: Task = task  # structural: MathTask satisfies the Task protocol
+    assert callable(task_view.reward) and task.name == "mymath"
+    assert len(task.train_problems()) == 4 and len(task.eval_problems()) == 2
+    p = task.train_problems()[2]
+    assert task.reward("so \\boxed{142}", p) == 1.0
+    assert task.reward("so \\boxed{141}", p) == 0.0
+    assert task.reward("\\boxed{0.5}", task.eval_problems()[1]) == 1.0
+    assert MathTask(train).eval_problems() == []
+
+
+# ---------------------------------------------------------------------------- real files
+
+
+@needs_data
+@pytest.mark.parametrize("name", list(BENCHMARK_FILES))
+def test_real_benchmarks_load(name):
+    problems = load_benchmark(name, BENCH_DIR)
+    expected = {"aime24": 30, "amc23": 83, "math500": 500, "minerva": 272, "olympiadbench": 675}
+    assert len(problems) == expected[name] and problems.skipped == 0
+    for p in problems:
+        answers = p.answer if isinstance(p.answer, list) else [p.answer]
+        assert all(isinstance(a, str) and a and a == a.strip() for a in answers)
+        assert not any(a.endswith(".0") and a[:-2].isdigit() for a in answers)
+    if name == "amc23":
+        assert problems[0].answer == "142"
+
+
+@needs_data
+def test_real_olympiad_multiple_answers():
+    problems = load_benchmark("olympiadbench", BENCH_DIR)
+    answers = [p.answer for p in problems]
+    assert "69, 84" in answers
+    assert all("$" not in a for a in answers if isinstance(a, str))
+
+
+@needs_data
+def test_missing_benchmark_file(tmp_path):
+    with pytest.raises(DatasetError, match=str(tmp_path / "aime24.json")):
+        load_benchmark("aime24", tmp_path)
+    with pytest.raises(DatasetError, match="unknown benchmark"):
+        load_benchmark("gsm8k", BENCH_DIR)
+
+
+@needs_data
+def test_real_training_set():
+    problems = load_math_problems(DATA_DIR / "train" / "math_train.json", limit=50)
+    assert len(problems) == 50 and all(p.prompt and p.answer for p in problems)
