@@ -3,13 +3,18 @@
 ``math_reward`` is the verifier the trainer and ``remix eval`` use. It is built for
 untrusted model text:
 
-* only the LaTeX parser of math-verify ever sees the text (never ``eval``/``sympify``);
-* oversized responses, oversized boxed answers and absurdly long digit runs score 0
-  before any parsing;
-* each call has a hard wall-clock limit (SIGALRM in the main thread; elsewhere the size
-  caps bound the work, since signals cannot interrupt other threads);
 * plain integers on both sides are compared directly, without math-verify (the fast
-  path the embedded arithmetic task relies on).
+  path the embedded arithmetic task relies on);
+* only the LaTeX parser of math-verify ever sees the text (never ``eval``/``sympify``
+  of what the model wrote);
+* oversized responses and boxed answers, long digit runs, deep nesting and numeric
+  power towers or huge factorials score 0 before any parsing;
+* each call has a hard wall-clock limit, ``CALL_TIME_LIMIT_S``: math-verify runs in a
+  child process that is killed when a call overruns, which works in any thread and
+  also stops C-level big-integer work that no signal can interrupt. Starting that
+  process (once, and again after a kill) is not counted against the limit. With
+  ``REMIX_VERIFY_ISOLATION=inline`` it runs in-process instead, under SIGALRM in the
+  main thread and under the static guards alone elsewhere.
 """
 
 from __future__ import annotations
