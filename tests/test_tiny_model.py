@@ -73,7 +73,9 @@ def test_chat_template(tokenizer):
         {"role": "assistant", "content": "1*2=2 \\boxed{2}"},
     ]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
-    assert text == "<|system|>Be brief.<|end|><|user|>1*2=?<|end|><|assistant|>1*2=2 \\boxed{2}<|end|>"
+    assert (
+        text == "<|system|>Be brief.<|end|><|user|>1*2=?<|end|><|assistant|>1*2=2 \\boxed{2}<|end|>"
+    )
 
 
 def test_tokenizer_is_character_level_and_round_trips(tokenizer):
@@ -148,7 +150,9 @@ def test_sampled_logprobs_match_a_full_forward_pass(model, tokenizer, task):
     assert len(gen) == len(prompts)
     for p, text in zip(gen.prompt_ids, prompts, strict=True):
         assert tokenizer.decode(p) == text  # padding stripped
-    expected = _left_padded_logprobs(model, gen.prompt_ids, gen.response_ids, tokenizer.pad_token_id)
+    expected = _left_padded_logprobs(
+        model, gen.prompt_ids, gen.response_ids, tokenizer.pad_token_id
+    )
     for recorded, full, response in zip(gen.logprobs, expected, gen.response_ids, strict=True):
         assert recorded.shape == response.shape
         assert torch.isfinite(recorded).all()

@@ -52,7 +52,43 @@ ASSISTANT_TOKEN = "<|assistant|>"
 END_TOKEN = "<|end|>"  # EOS: ends every turn
 UNK_TOKEN = "<|unk|>"
 SPECIAL_TOKENS = (PAD_TOKEN, SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN, UNK_TOKEN)
-CHARACTERS = ("\n", *(chr(c) for c in range(32, 127)))  # newline + printable ASCII
+CHARACTERS = ("\n", *(chr(c) for c in range(32, 127)))  # one token each: newline + printable ASCII
+
+# The split pattern of Qwen2's tokenizer. transformers 5 loads any ``qwen2`` checkpoint's
+# tokenizer as ``Qwen2Tokenizer``, which rebuilds this exact pipeline (NFC, this split,
+# byte-level pre-tokenizer and decoder, BPE) around the saved vocabulary and merges; the
+# tokenizer is built the same way so that what is saved is what loads. With no merges,
+# BPE leaves every byte a token of its own: a character tokenizer for ASCII.
+QWEN2_SPLIT_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+
+def byte_symbols() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: the printable character that stands for each byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    symbols = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in symbols:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return symbols
+
+
+def tokenizer_vocab() -> dict[str, int]:
+    """Special tokens, then newline and printable ASCII, then every other byte (ids 102-261).
+
+    The other bytes (control characters, the UTF-8 bytes of non-ASCII text) keep any text
+    encodable and decodable without loss; the model never saw them in training.
+    """
+    symbols = byte_symbols()
+    ordered = [ord(c) for c in CHARACTERS]
+    ordered += [b for b in range(256) if b not in set(ordered)]
+    tokens = [*SPECIAL_TOKENS, *(symbols[b] for b in ordered)]
+    return {token: i for i, token in enumerate(tokens)}
+
 
 # <|role|>content<|end|> per message; the generation prompt opens the assistant turn.
 CHAT_TEMPLATE = (
@@ -69,7 +105,7 @@ MAX_POSITIONS = 256
 IGNORE_INDEX = -100
 
 # Defaults of the build (the shipped model was built with these; see build_info.json).
-DEFAULT_TARGET = (0.25, 0.40)  # stop window on the first EVAL_PROBLEMS held-out problems
+DEFAULT_TARGET = (0.28, 0.40)  # stop window on the first EVAL_PROBLEMS held-out problems
 ACCEPT_BAND = (0.15, 0.50)  # the promise about the shipped base (whole held-out split)
 EVAL_PROBLEMS = 200
 EVAL_MAX_NEW_TOKENS = 64  # the longest worked solution is 47 characters + <|end|>
@@ -81,15 +117,29 @@ EVAL_BATCH_SIZE = 100
 
 def build_tokenizer() -> Any:
     """The character-level tokenizer with the chat template, as a Hugging Face fast tokenizer."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+    )
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *CHARACTERS))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    # Every character is its own word; [\s\S] also matches the newline.
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()  # concatenate, no spaces between tokens
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    backend = Tokenizer(models.BPE(vocab=tokenizer_vocab(), merges=[], fuse_unk=False))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
+    )
     # No post-processor: encoding never inserts BOS/EOS, whatever add_special_tokens says.
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -100,15 +150,17 @@ def build_tokenizer() -> Any:
         chat_template=CHAT_TEMPLATE,
         model_max_length=MAX_POSITIONS,
         padding_side="right",
+        clean_up_tokenization_spaces=False,
     )
 
 
 def save_tokenizer(tokenizer: Any, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
-    # Name the class every transformers version knows (v5 maps it to its tokenizers backend).
+    # transformers 5 loads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer whatever this
+    # says; naming it keeps older versions (Qwen2TokenizerFast over tokenizer.json) the same.
     config_path = out_dir / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["tokenizer_class"] = "Qwen2Tokenizer"
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -241,13 +293,14 @@ def build_tiny(
     seed: int = 0,
     target_accuracy: Sequence[float] = DEFAULT_TARGET,
     accept_band: Sequence[float] = ACCEPT_BAND,
-    max_steps: int = 1500,
+    max_steps: int = 800,
     lr: float = 3e-3,
     warmup_steps: int = 50,
     min_lr_ratio: float = 0.05,
     weight_decay: float = 0.01,
     batch_size: int = 64,
     eval_every: int = 25,
+    eval_start: int = 150,
     fine_eval_every: int = 5,
     eval_problems: int = EVAL_PROBLEMS,
     spec: ArithmeticSpec | None = None,
@@ -337,7 +390,7 @@ def build_tiny(
         loss_value = float(out.loss.detach())
         if progress is not None:
             progress(step, {"loss": loss_value})
-        if step % interval and step != max_steps:
+        if (step < eval_start or step % interval) and step != max_steps:
             continue
         accuracy = evaluate(model, tokenizer, task, eval_set)
         record = {
@@ -347,7 +400,9 @@ def build_tiny(
             "accuracy": accuracy,
         }
         history.append(record)
-        log.info("step %d loss %.4f lr %.2e accuracy %.3f", step, loss_value, record["lr"], accuracy)
+        log.info(
+            "step %d loss %.4f lr %.2e accuracy %.3f", step, loss_value, record["lr"], accuracy
+        )
         if progress is not None:
             progress(step, record)
         if low <= accuracy <= high:
@@ -400,6 +455,7 @@ def build_tiny(
             "stop_accuracy": stop_accuracy,
             "final_loss": loss_value,
             "train_seconds": round(train_seconds, 1),
+            "threads": torch.get_num_threads(),
             "total_seconds": round(time.perf_counter() - started, 1),
             "target_accuracy": [low, high],
             "hyperparameters": {
@@ -410,6 +466,7 @@ def build_tiny(
                 "weight_decay": weight_decay,
                 "batch_size": batch_size,
                 "eval_every": eval_every,
+                "eval_start": eval_start,
                 "fine_eval_every": fine_eval_every,
                 "eval_max_new_tokens": EVAL_MAX_NEW_TOKENS,
             },
@@ -425,6 +482,7 @@ def build_tiny(
                 f"nothing was written to {out_dir}"
             )
         for path in sorted(staging.iterdir()):
+            path.chmod(0o644)  # package data: readable by everyone
             os.replace(path, out_dir / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -514,7 +572,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--max-steps",
         type=_positive_int,
-        default=1500,
+        default=800,
         help="length of the LR schedule and most steps trained (default: %(default)s)",
     )
     parser.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate")
@@ -522,6 +580,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="SFT batch size")
     parser.add_argument(
         "--eval-every", type=_positive_int, default=25, help="steps between evaluations"
+    )
+    parser.add_argument("--eval-start", type=int, default=150, help="first step that is evaluated")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's own choice)",
     )
     parser.add_argument(
         "--eval-problems",
@@ -536,6 +601,8 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``remix build-tiny``; returns the exit code."""
     from tqdm import tqdm
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     bar = tqdm(total=args.max_steps, desc="build-tiny", unit="step", dynamic_ncols=True)
     postfix: dict[str, str] = {}
 
@@ -558,6 +625,7 @@ def run(args: argparse.Namespace) -> int:
             warmup_steps=args.warmup_steps,
             batch_size=args.batch_size,
             eval_every=args.eval_every,
+            eval_start=args.eval_start,
             eval_problems=args.eval_problems,
             progress=progress,
         )

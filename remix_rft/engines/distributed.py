@@ -375,6 +375,8 @@ def build_models(cfg: Any, env: DistEnv) -> tuple[Any, Any]:
         from remix_rft.engines import lora
 
         policy = lora.wrap(policy, cfg)
+        trainable, total = lora.trainable_parameters(policy)
+        log.info("LoRA rank %d: %d of %d parameters trainable", cfg.lora_rank, trainable, total)
         policy.to(env.device)
         reference = lora.AdapterDisabled(policy)
     else:
@@ -518,6 +520,8 @@ def checkpoint_world_size(checkpoint: Path) -> int | None:
     """Ranks that wrote a DCP checkpoint; None for a single-process checkpoint."""
     from remix_rft.trainer import checkpoint as ckpt
 
+    if not (checkpoint / DCP_DIR).is_dir():
+        return None
     state = ckpt.load_state(checkpoint)
     return int(state["world_size"]) if state.get("format") == FORMAT else None
 

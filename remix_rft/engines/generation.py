@@ -85,8 +85,13 @@ def sample(
     temperature: float,
     top_p: float = 1.0,
     backend: str = "hf",
+    record_logprobs: bool = True,
 ) -> Generation:
     """Generate one response per prompt string (repeat prompts for groups).
+
+    ``record_logprobs`` keeps every step's logits to record sampled-token log-probs;
+    with a large vocabulary and long responses that costs B·T·V floats, so callers
+    that recompute log-probs with a forward pass anyway can turn it off (NaN then).
 
     ``backend="hf-static"``: a static KV cache, which ``generate`` compiles with
     ``torch.compile`` on GPUs; prompts are padded to a multiple of 16 tokens so
@@ -117,15 +122,18 @@ def sample(
         pad_token_id=pad_token_id(tokenizer),
         eos_token_id=sorted(eos_token_ids(model, tokenizer)),
         return_dict_in_generate=True,
-        output_logits=True,
+        output_logits=record_logprobs,
         **({"cache_implementation": "static"} if static else {}),
     )
     prompt_len = input_ids.shape[1]
     new_tokens = out.sequences[:, prompt_len:]
-    logits = torch.stack(out.logits, dim=1).float()  # [B, T, V]
-    scale = 1.0 if greedy else temperature
-    token_lp = torch.log_softmax(logits / scale, dim=-1)
-    token_lp = token_lp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+    if record_logprobs:
+        logits = torch.stack(out.logits, dim=1).float()  # [B, T, V]
+        scale = 1.0 if greedy else temperature
+        token_lp = torch.log_softmax(logits / scale, dim=-1)
+        token_lp = token_lp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+    else:
+        token_lp = torch.full(new_tokens.shape, float("nan"), device=new_tokens.device)
     return _split_generation(
         tokenizer,
         input_ids,

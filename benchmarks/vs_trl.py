@@ -1,0 +1,630 @@
+"""TRL's ``GRPOTrainer`` vs our GRPO and ReMix-GRPO on the embedded model and task.
+
+The same tiny model (``remix_rft/assets/tiny``) is trained on the same embedded
+arithmetic task with the settings of ``configs/tiny-grpo.yaml``: 16 prompts per
+iteration x 8 responses, at most 48 new tokens, temperature 1, the config's
+learning rate (constant), no KL (β = 0), ε = 0.2, one optimizer update per
+generation batch, the loss averaged over all tokens of the batch (TRL's
+``loss_type="dapo"`` = our ``token-mean``) and advantages scaled by the group std.
+Every ``--eval-every`` iterations all runs are evaluated the same way: greedy
+pass@1 on the first 200 held-out problems (``generate_texts`` + ``task.reward``).
+
+Reported for TRL GRPO, our GRPO and our ReMix-GRPO (``tiny-remix-grpo``):
+seconds per iteration (mean over iterations, evaluation excluded),
+rollouts-to-target and training-wall-clock-to-target (DESIGN §7: the first
+evaluation where the mean of two consecutive evaluations reaches the target),
+and the final accuracy::
+
+    pip install -e .[bench]
+    python benchmarks/vs_trl.py --steps 20 --seeds 0 --rounds 2 \\
+        --out benchmarks/results/vs_trl.md
+
+Runs are made one after the other in this process; ``--rounds 2`` repeats
+every run in reversed order (A B C, C B A) so that load from other processes
+on a shared machine weighs on every method alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a source checkout
+    sys.path.insert(0, str(ROOT))
+
+from remix_rft.apps.compare import plateau_accuracy, rollouts_to_target  # noqa: E402
+from remix_rft.data.arithmetic import ArithmeticTask  # noqa: E402
+from remix_rft.data.prompts import format_prompt  # noqa: E402
+from remix_rft.engines.generation import eos_token_ids, generate_texts  # noqa: E402
+from remix_rft.engines.models import resolve_model_path  # noqa: E402
+
+METHODS = ("trl", "ours", "remix")
+LABELS = {"trl": "TRL GRPO", "ours": "our GRPO", "remix": "our ReMix-GRPO"}
+CONFIGS = {"trl": "tiny-grpo", "ours": "tiny-grpo", "remix": "tiny-remix-grpo"}
+FALLBACK_MODEL = "/tmp/base"
+EVAL_KEY = "eval/accuracy"
+TRL_MISSING = "TRL is not installed; install the benchmark extra: pip install -e .[bench]"
+
+Row = dict[str, Any]
+
+
+@dataclass
+class RunResult:
+    """One training run, reduced to what the table needs."""
+
+    method: str
+    seed: int
+    round: int
+    rollouts_per_iter: int
+    rows: list[Row] = field(default_factory=list)  # step, rollouts, time/total_s, eval/accuracy
+    step_s: list[float] = field(default_factory=list)  # per iteration, evaluation excluded
+    gen_s: list[float] = field(default_factory=list)  # generation share of each iteration
+    rewards: list[float] = field(default_factory=list)  # mean training reward per iteration
+    eval_s: float = 0.0  # total time spent evaluating
+    run_s: float = 0.0  # wall-clock of the whole run, evaluation included
+    threads: int = 0
+    notes: str = ""
+
+    def evals(self) -> list[Row]:
+        return [r for r in self.rows if EVAL_KEY in r]
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def model_path(name: str) -> str:
+    try:
+        return resolve_model_path(name)
+    except FileNotFoundError:
+        if name in ("embedded", "tiny") and Path(FALLBACK_MODEL, "config.json").is_file():
+            return FALLBACK_MODEL
+        raise
+
+
+class HeldOut:
+    """Greedy pass@1 on the first ``n`` held-out problems, exactly as our trainer evaluates."""
+
+    def __init__(self, task: ArithmeticTask, tokenizer: Any, n: int, max_new_tokens: int) -> None:
+        self.task = task
+        self.tokenizer = tokenizer
+        self.problems = list(task.eval_problems())[:n]
+        self.prompts = [format_prompt(tokenizer, p.prompt) for p in self.problems]
+        self.max_new_tokens = max_new_tokens
+
+    @torch.no_grad()
+    def __call__(self, model: Any) -> float:
+        was_training = model.training
+        model.eval()
+        try:
+            texts = generate_texts(
+                model, self.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens,
+                temperature=0.0, batch_size=200,
+            )  # fmt: skip
+        finally:
+            model.train(was_training)
+        scores = [self.task.reward(t, p) for t, p in zip(texts, self.problems, strict=True)]
+        return sum(scores) / max(len(self.problems), 1)
+
+
+def with_training_clock(rows: list[Row], step_s: dict[int, float]) -> list[Row]:
+    """``time/total_s`` = cumulative iteration time up to each row (evaluation excluded)."""
+    total, out = 0.0, []
+    for row in sorted(rows, key=lambda r: r["step"]):
+        total += step_s.get(row["step"], 0.0)
+        out.append({**row, "time/total_s": total})
+    return out
+
+
+# --------------------------------------------------------------------------- our trainer
+
+
+def run_ours(method: str, seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunResult:
+    from remix_rft.trainer.config import load_config
+    from remix_rft.trainer.loop import train
+
+    out_dir = work / f"{method}-s{seed}-r{rnd}"
+    overrides = [
+        f"model={model_path(args.model)}", f"seed={seed}", f"steps={args.steps}",
+        f"eval_every={args.eval_every}", f"eval_problems={args.eval_problems}",
+        f"save_every={args.steps}", "keep_checkpoints=1", f"threads={args.threads}",
+        f"out_dir={out_dir}", f"name={method}",
+    ]  # fmt: skip
+    cfg = load_config(CONFIGS[method], overrides)
+    res = RunResult(method, seed, rnd, cfg.fresh_batch_size())
+    raw: list[Row] = []
+    step_s: dict[int, float] = {}
+
+    def on_step(row: Row) -> None:
+        step = int(row["step"])
+        keep = {"step": step, "rollouts": int(row.get("rollouts", 0))}
+        if EVAL_KEY in row:
+            keep[EVAL_KEY] = float(row[EVAL_KEY])
+        raw.append(keep)
+        if step > 0:
+            step_s[step] = float(row["time/step_s"])
+            res.step_s.append(step_s[step])
+            res.gen_s.append(float(row.get("time/gen_s", math.nan)))
+            res.rewards.append(float(row.get("reward/mean", math.nan)))
+        progress(method, seed, step, args.steps, keep.get(EVAL_KEY), step_s.get(step))
+
+    started = time.perf_counter()
+    summary = train(cfg, on_step=on_step)
+    res.run_s = time.perf_counter() - started
+    res.rows = with_training_clock(raw, step_s)
+    res.eval_s = max(summary.get("wall_time_s", res.run_s) - sum(res.step_s), 0.0)
+    res.threads = torch.get_num_threads()
+    return res
+
+
+# --------------------------------------------------------------------------- TRL
+
+
+def import_trl() -> Any:
+    try:
+        import trl
+    except ImportError as err:
+        raise SystemExit(TRL_MISSING) from err
+    if not hasattr(trl, "GRPOTrainer") or not hasattr(trl, "GRPOConfig"):
+        raise SystemExit(
+            f"TRL {getattr(trl, '__version__', '?')} has no GRPOTrainer; "
+            "pip install -e .[bench] for a recent TRL"
+        )
+    return trl
+
+
+def trl_config(trl: Any, cfg: Any, seed: int, args: argparse.Namespace, out_dir: Path) -> Any:
+    """GRPOConfig matching our config; fields this TRL version lacks are dropped with a note."""
+    fields = {
+        "output_dir": str(out_dir),
+        "seed": seed,
+        "max_steps": args.steps,
+        "learning_rate": cfg.lr,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": cfg.weight_decay,
+        "adam_beta1": cfg.adam_beta1,
+        "adam_beta2": cfg.adam_beta2,
+        "max_grad_norm": cfg.max_grad_norm,
+        "optim": "adamw_torch",  # ours: torch.optim.AdamW
+        # one iteration = 16 prompts x 8 = 128 rollouts = one optimizer update on all of them
+        "per_device_train_batch_size": cfg.fresh_batch_size(),
+        "gradient_accumulation_steps": 1,
+        "steps_per_generation": 1,
+        "num_iterations": 1,
+        "num_generations": cfg.group_size,
+        "max_completion_length": cfg.max_new_tokens,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "beta": cfg.kl_coef,
+        "epsilon": cfg.clip_eps_low,
+        "epsilon_high": cfg.clip_eps_high,
+        "loss_type": "dapo",  # token-mean over the whole (global) batch
+        "scale_rewards": "group" if cfg.scale_adv_by_std else "none",
+        "mask_truncated_completions": False,
+        "gradient_checkpointing": False,
+        "bf16": False,
+        "fp16": False,
+        "use_cpu": not torch.cuda.is_available(),
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "log_completions": False,
+    }
+    known = getattr(trl.GRPOConfig, "__dataclass_fields__", {})
+    dropped = sorted(k for k in fields if known and k not in known)
+    if "steps_per_generation" in dropped:  # older TRL: one generation per optimizer step anyway
+        dropped.remove("steps_per_generation")
+    if dropped:
+        log.warning("this TRL's GRPOConfig lacks %s; using its defaults", ", ".join(dropped))
+    kwargs = {k: v for k, v in fields.items() if not known or k in known}
+    if "loss_type" in dropped:
+        raise SystemExit("this TRL has no loss_type; token-mean aggregation cannot be matched")
+    return trl.GRPOConfig(**kwargs)
+
+
+def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunResult:
+    trl = import_trl()
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from remix_rft.trainer.config import load_config
+
+    cfg = load_config(CONFIGS["trl"], [f"seed={seed}"])
+    path = model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    task = ArithmeticTask()
+    problems = list(task.train_problems())
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [format_prompt(tokenizer, p.prompt) for p in problems],
+            "problem_index": list(range(len(problems))),
+        }
+    )
+    eos_ids = eos_token_ids(model, tokenizer)
+
+    def arithmetic_reward(
+        completions: Sequence[str],
+        completion_ids: Sequence[Sequence[int]],
+        problem_index: Sequence[int],
+        **_: Any,
+    ) -> list[float]:
+        rewards = []
+        for text, ids, idx in zip(completions, completion_ids, problem_index, strict=True):
+            finished = len(ids) > 0 and int(ids[-1]) in eos_ids  # TRL cuts after the first EOS
+            rewards.append(task.reward(text, problems[idx]) if finished else 0.0)
+        res.rewards.append(sum(rewards) / max(len(rewards), 1))
+        return rewards
+
+    res = RunResult("trl", seed, rnd, cfg.fresh_batch_size())
+    evaluate = HeldOut(task, tokenizer, args.eval_problems, cfg.max_new_tokens)
+    raw: list[Row] = []
+    step_s: dict[int, float] = {}
+    clock: dict[str, float] = {"begin": 0.0, "gen": 0.0}
+
+    class Timing(TrainerCallback):  # type: ignore[misc]
+        def _eval(self, model: Any, step: int) -> None:
+            started = time.perf_counter()
+            acc = evaluate(model)
+            res.eval_s += time.perf_counter() - started
+            raw[-1][EVAL_KEY] = acc
+            progress("trl", seed, step, args.steps, acc, step_s.get(step))
+
+        def on_train_begin(self, a: Any, state: Any, control: Any, model: Any = None, **kw: Any):
+            res.threads = torch.get_num_threads()
+            raw.append({"step": 0, "rollouts": 0})
+            self._eval(model, 0)
+
+        def on_step_begin(self, a: Any, state: Any, control: Any, **kw: Any):
+            clock["gen"] = 0.0
+            clock["begin"] = time.perf_counter()
+
+        def on_step_end(self, a: Any, state: Any, control: Any, model: Any = None, **kw: Any):
+            step = int(state.global_step)
+            step_s[step] = time.perf_counter() - clock["begin"]
+            res.step_s.append(step_s[step])
+            res.gen_s.append(clock["gen"] if gen_wrapped else math.nan)
+            raw.append({"step": step, "rollouts": step * res.rollouts_per_iter})
+            if step % args.eval_every == 0 or step == args.steps:
+                self._eval(model, step)
+            else:
+                progress("trl", seed, step, args.steps, None, step_s[step])
+
+    trainer = trl.GRPOTrainer(
+        model=model,
+        reward_funcs=arithmetic_reward,
+        args=trl_config(trl, cfg, seed, args, work / f"trl-s{seed}-r{rnd}"),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Timing()],
+    )
+    gen_wrapped = _time_generation(trainer, clock)
+    started = time.perf_counter()
+    trainer.train()
+    res.run_s = time.perf_counter() - started
+    res.rows = with_training_clock(raw, step_s)
+    if not gen_wrapped:
+        res.notes = "generation time not measured (TRL internals differ)"
+    return res
+
+
+def _time_generation(trainer: Any, clock: dict[str, float]) -> bool:
+    """Accumulate the time of TRL's generate call into ``clock['gen']`` (best effort)."""
+    for name in ("_generate_single_turn", "_generate"):
+        inner: Callable[..., Any] | None = getattr(trainer, name, None)
+        if inner is None:
+            continue
+
+        def timed(*a: Any, _inner: Callable[..., Any] = inner, **kw: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return _inner(*a, **kw)
+            finally:
+                clock["gen"] += time.perf_counter() - started
+
+        setattr(trainer, name, timed)
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- report
+
+log = logging.getLogger("vs_trl")
+
+
+def progress(method: str, seed: int, step: int, steps: int, acc: float | None, s: float | None):
+    parts = [f"[{LABELS[method]} seed {seed}] step {step}/{steps}"]
+    if s is not None:
+        parts.append(f"{s:.2f} s/iter")
+    if acc is not None:
+        parts.append(f"eval {acc:.3f}")
+    print("  ".join(parts), flush=True)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _fmt(mean: float | None, std: float | None, digits: int, n: int) -> str:
+    if mean is None:
+        return "—"
+    text = f"{mean:.{digits}f}"
+    if n > 1 and std is not None:
+        text += f" ± {std:.{digits}f}"
+    return text
+
+
+def summarize(results: Sequence[RunResult], target: float | None) -> list[dict[str, Any]]:
+    table = []
+    for method in METHODS:
+        runs = [r for r in results if r.method == method]
+        if not runs:
+            continue
+        per_run_s = [statistics.fmean(r.step_s) for r in runs if r.step_s]
+        all_steps = [s for r in runs for s in r.step_s]
+        gen = [g for r in runs for g in r.gen_s if not math.isnan(g)]
+        hits = [rollouts_to_target(r.rows, target) if target is not None else None for r in runs]
+        reached = [h for h in hits if h is not None]
+        finals = [r.evals()[-1][EVAL_KEY] for r in runs if r.evals()]
+        bases = [r.evals()[0][EVAL_KEY] for r in runs if r.evals()]
+        rewards = [statistics.fmean(r.rewards[-5:]) for r in runs if r.rewards]
+        n = len(runs)
+        table.append(
+            {
+                "method": LABELS[method],
+                "runs": n,
+                "rollouts_per_iter": runs[0].rollouts_per_iter,
+                "s_per_iter": _mean_std(per_run_s),
+                "s_per_iter_median": statistics.median(all_steps) if all_steps else None,
+                "gen_s_per_iter": statistics.fmean(gen) if gen else None,
+                "reached": f"{len(reached)}/{n}",
+                "rollouts_to_target": _mean_std([float(h.rollouts or 0) for h in reached]),
+                "wall_to_target_s": _mean_std([float(h.wall_s or 0.0) for h in reached]),
+                "base_acc": _mean_std(bases),
+                "final_acc": _mean_std(finals),
+                "train_reward_last5": _mean_std(rewards),
+            }
+        )
+    return table
+
+
+def format_table(table: Sequence[dict[str, Any]]) -> str:
+    header = [
+        "method", "runs", "rollouts/iter", "s/iter (mean)", "s/iter (median)", "gen s/iter",
+        "reached T", "rollouts→T", "train wall→T (s)", "base acc", "final acc",
+        "train reward (last 5)",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table:
+        n = row["runs"]
+        med, gen = row["s_per_iter_median"], row["gen_s_per_iter"]
+        cells = [
+            row["method"],
+            str(n),
+            str(row["rollouts_per_iter"]),
+            _fmt(*row["s_per_iter"], 2, n),
+            "—" if med is None else f"{med:.2f}",
+            "—" if gen is None else f"{gen:.2f}",
+            row["reached"],
+            _fmt(*row["rollouts_to_target"], 0, n),
+            _fmt(*row["wall_to_target_s"], 0, n),
+            _fmt(*row["base_acc"], 3, n),
+            _fmt(*row["final_acc"], 3, n),
+            _fmt(*row["train_reward_last5"], 3, n),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def speed_verdict(table: Sequence[dict[str, Any]]) -> str | None:
+    by = {row["method"]: row for row in table}
+    trl, ours = by.get(LABELS["trl"]), by.get(LABELS["ours"])
+    if not trl or not ours or trl["s_per_iter"][0] is None or ours["s_per_iter"][0] is None:
+        return None
+    t, o = trl["s_per_iter"][0], ours["s_per_iter"][0]
+    verdict = "at least as fast as" if o <= t else "SLOWER than"
+    return (
+        f"Our GRPO iteration ({o:.2f} s) is {verdict} TRL's ({t:.2f} s) on the same settings: "
+        f"TRL / ours = {t / o:.2f}x (means over iterations; medians "
+        f"{trl['s_per_iter_median']:.2f} s vs {ours['s_per_iter_median']:.2f} s)."
+    )
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = [f"torch {torch.__version__}"]
+    for mod in ("transformers", "trl", "accelerate"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            versions.append(f"{mod} not installed")
+    return f"{cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}; " + ", ".join(
+        versions
+    )
+
+
+def write_markdown(
+    path: Path,
+    table: Sequence[dict[str, Any]],
+    results: Sequence[RunResult],
+    target: float | None,
+    target_source: str,
+    args: argparse.Namespace,
+    loads: tuple[tuple[float, ...], tuple[float, ...]],
+) -> None:
+    verdict = speed_verdict(table)
+    order = ", ".join(f"{LABELS[r.method]} (seed {r.seed}, round {r.round})" for r in results)
+    lines = [
+        "# TRL GRPOTrainer vs our GRPO and ReMix-GRPO (embedded model and task)",
+        "",
+        f"Command: `{shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}`",
+        "",
+        f"Machine: {machine()}; torch threads per run: "
+        f"{sorted({r.threads for r in results})}; load average (1/5/15 min) at start "
+        f"{'/'.join(f'{x:.1f}' for x in loads[0])}, at end {'/'.join(f'{x:.1f}' for x in loads[1])}"
+        " (the machine is shared: other processes' load inflates all timings).",
+        "",
+        f"Settings: {args.steps} iterations, seeds {args.seeds}, {args.rounds} round(s); "
+        f"evaluation every {args.eval_every} iterations on the first {args.eval_problems} "
+        "held-out problems (greedy pass@1). Run order: " + order + ".",
+        "",
+        f"Target T = {target:.3f} ({target_source})." if target is not None else "No target.",
+        "",
+        format_table(table),
+        "",
+    ]
+    if verdict:
+        lines += [verdict, ""]
+    lines += [
+        "Columns: s/iter is the time of one iteration (generate → score → loss → one optimizer "
+        "update for GRPO; ReMix also recomputes log-probs of reused samples and takes its own "
+        "number of updates), evaluation and checkpointing excluded; gen s/iter is its "
+        "generation share. rollouts→T and train wall→T are read at the first evaluation "
+        "where the mean of two consecutive evaluations is ≥ T (DESIGN §7); train wall is "
+        "the cumulative iteration time (evaluation excluded) so the three are comparable. "
+        "Means ± std are over runs that reached T.",
+        "",
+        "What counts as an iteration: TRL with `per_device_train_batch_size=128`, "
+        "`steps_per_generation=1`, `gradient_accumulation_steps=1`, `num_iterations=1` "
+        "generates 16 prompts x 8 completions and takes one optimizer step per global step, "
+        "which is one of our iterations. Because its samples are exactly on-policy, TRL skips "
+        "the no-grad forward pass that recomputes log π_old (`old_per_token_logps = None`) "
+        "and uses the detached current log-probs; our trainer always runs that pass (it also "
+        "records the generation/forward log-prob mismatch). TRL computes token entropies in "
+        "its loss forward; we do not. Differences that remain: TRL `top_k=0` vs HF's "
+        "default in our sampler, TRL's dataloader order vs our prompt sampler, and TRL's "
+        "per-step logging.",
+        "",
+        "Per-run iteration times (s, mean / min / max):",
+        "",
+    ]
+    for r in results:
+        if r.step_s:
+            lines.append(
+                f"- {LABELS[r.method]} seed {r.seed} round {r.round}: "
+                f"{statistics.fmean(r.step_s):.2f} / {min(r.step_s):.2f} / {max(r.step_s):.2f}"
+                f" over {len(r.step_s)} iterations; run wall-clock {r.run_s:.0f} s incl. "
+                f"{r.eval_s:.0f} s evaluation" + (f" ({r.notes})" if r.notes else "")
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=20, help="iterations per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="repeat every run this many times, alternating the order (timing fairness)",
+    )  # fmt: skip
+    p.add_argument(
+        "--target", type=float, default=None,
+        help="target accuracy (default: our GRPO's plateau, mean of its last 3 evaluations, "
+        "averaged over seeds; TRL's if ours is not run)",
+    )  # fmt: skip
+    p.add_argument("--only", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--eval-problems", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_trl.md"))
+    p.add_argument("--json", type=Path, default=None, help="also write every run's rows here")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.eval_every < 1 or args.rounds < 1:
+        p.error("--steps, --eval-every and --rounds must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(args.threads)
+    methods = [m for m in METHODS if m in args.only]
+    if "trl" in methods:
+        import_trl()  # fail before anything trains
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    model_path(args.model)  # a missing model fails now
+    loads_start = os.getloadavg()
+    results: list[RunResult] = []
+    with tempfile.TemporaryDirectory(prefix="vs_trl-") as tmp:
+        work = Path(tmp)
+        runs = 0
+        for rnd in range(args.rounds):
+            for seed in args.seeds:
+                order = methods if runs % 2 == 0 else methods[::-1]
+                runs += 1
+                for method in order:
+                    torch.set_num_threads(args.threads)
+                    print(f"== {LABELS[method]}, seed {seed}, round {rnd}", flush=True)
+                    if method == "trl":
+                        results.append(run_trl(seed, rnd, args, work))
+                    else:
+                        results.append(run_ours(method, seed, rnd, args, work))
+    loads_end = os.getloadavg()
+
+    target, source = args.target, "--target"
+    if target is None:
+        ref = "ours" if "ours" in methods else methods[0]
+        plateaus = [plateau_accuracy(r.rows) for r in results if r.method == ref]
+        plateaus = [p for p in plateaus if p is not None]
+        if plateaus:
+            target = statistics.fmean(plateaus)
+            source = f"plateau of {LABELS[ref]}: mean of its last 3 evaluations, over its runs"
+    table = summarize(results, target)
+    print()
+    print(format_table(table))
+    verdict = speed_verdict(table)
+    if verdict:
+        print(verdict)
+    write_markdown(args.out, table, results, target, source, args, (loads_start, loads_end))
+    print(f"wrote {args.out}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps([r.__dict__ for r in results], indent=1, default=str), encoding="utf-8"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
