@@ -27,18 +27,21 @@ on a shared machine weighs on every method alike.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +79,7 @@ class RunResult:
     rows: list[Row] = field(default_factory=list)  # step, rollouts, time/total_s, eval/accuracy
     step_s: list[float] = field(default_factory=list)  # per iteration, evaluation excluded
     gen_s: list[float] = field(default_factory=list)  # generation share of each iteration
+    precompute_s: list[float] = field(default_factory=list)  # ours: no-grad log π_k (+ π_base)
     rewards: list[float] = field(default_factory=list)  # mean training reward per iteration
     eval_s: float = 0.0  # total time spent evaluating
     run_s: float = 0.0  # wall-clock of the whole run, evaluation included
@@ -137,7 +141,7 @@ def with_training_clock(rows: list[Row], step_s: dict[int, float]) -> list[Row]:
 
 def run_ours(method: str, seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunResult:
     from remix_rft.trainer.config import load_config
-    from remix_rft.trainer.loop import train
+    from remix_rft.trainer.loop import Trainer, train
 
     out_dir = work / f"{method}-s{seed}-r{rnd}"
     overrides = [
@@ -165,12 +169,32 @@ def run_ours(method: str, seed: int, rnd: int, args: argparse.Namespace, work: P
         progress(method, seed, step, args.steps, keep.get(EVAL_KEY), step_s.get(step))
 
     started = time.perf_counter()
-    summary = train(cfg, on_step=on_step)
+    with _timed_method(Trainer, "precompute", res.precompute_s):
+        summary = train(cfg, on_step=on_step)
     res.run_s = time.perf_counter() - started
     res.rows = with_training_clock(raw, step_s)
     res.eval_s = max(summary.get("wall_time_s", res.run_s) - sum(res.step_s), 0.0)
     res.threads = torch.get_num_threads()
     return res
+
+
+@contextmanager
+def _timed_method(cls: type, name: str, sink: list[float]) -> Iterator[None]:
+    """Record the duration of every call of ``cls.name`` into ``sink`` while active."""
+    inner = getattr(cls, name)
+
+    def timed(*a: Any, **kw: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return inner(*a, **kw)
+        finally:
+            sink.append(time.perf_counter() - started)
+
+    setattr(cls, name, timed)
+    try:
+        yield
+    finally:
+        setattr(cls, name, inner)
 
 
 # --------------------------------------------------------------------------- TRL
@@ -236,6 +260,9 @@ def trl_config(trl: Any, cfg: Any, seed: int, args: argparse.Namespace, out_dir:
     if dropped:
         log.warning("this TRL's GRPOConfig lacks %s; using its defaults", ", ".join(dropped))
     kwargs = {k: v for k, v in fields.items() if not known or k in known}
+    scale = known.get("scale_rewards")
+    if scale is not None and "bool" in str(scale.type) and "str" not in str(scale.type):
+        kwargs["scale_rewards"] = cfg.scale_adv_by_std  # TRL < 0.22: a bool
     if "loss_type" in dropped:
         raise SystemExit("this TRL has no loss_type; token-mean aggregation cannot be matched")
     return trl.GRPOConfig(**kwargs)
@@ -320,6 +347,12 @@ def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunRes
         processing_class=tokenizer,
         callbacks=[Timing()],
     )
+    try:  # no per-step log dicts on stdout; our progress lines say enough
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    except ImportError:
+        pass
     gen_wrapped = _time_generation(trainer, clock)
     started = time.perf_counter()
     trainer.train()
@@ -377,6 +410,11 @@ def _fmt(mean: float | None, std: float | None, digits: int, n: int) -> str:
     if n > 1 and std is not None:
         text += f" ± {std:.{digits}f}"
     return text
+
+
+def _mean_or_dash(values: Sequence[float]) -> str:
+    vals = [v for v in values if not math.isnan(v)]
+    return f"{statistics.fmean(vals):.2f}" if vals else "—"
 
 
 def summarize(results: Sequence[RunResult], target: float | None) -> list[dict[str, Any]]:
@@ -455,6 +493,18 @@ def speed_verdict(table: Sequence[dict[str, Any]]) -> str | None:
     )
 
 
+def describe_model(source: str, snapshot: Path) -> str:
+    weights = sorted(snapshot.glob("*.safetensors"))
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in weights)).hexdigest()[:12]
+    text = f"{source} (weights sha256 {digest}"
+    try:
+        info = json.loads((snapshot / "build_info.json").read_text(encoding="utf-8"))
+        text += f", {info.get('parameters', '?')} parameters"
+    except (OSError, ValueError):
+        pass
+    return text + ")"
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -470,8 +520,9 @@ def machine() -> str:
             versions.append(f"{mod} {__import__(mod).__version__}")
         except ImportError:
             versions.append(f"{mod} not installed")
-    return f"{cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}; " + ", ".join(
-        versions
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}; "
+        + ", ".join(versions)
     )
 
 
@@ -495,6 +546,8 @@ def write_markdown(
         f"{sorted({r.threads for r in results})}; load average (1/5/15 min) at start "
         f"{'/'.join(f'{x:.1f}' for x in loads[0])}, at end {'/'.join(f'{x:.1f}' for x in loads[1])}"
         " (the machine is shared: other processes' load inflates all timings).",
+        "",
+        f"Model: {getattr(args, 'model_desc', args.model)}.",
         "",
         f"Settings: {args.steps} iterations, seeds {args.seeds}, {args.rounds} round(s); "
         f"evaluation every {args.eval_every} iterations on the first {args.eval_problems} "
@@ -535,8 +588,14 @@ def write_markdown(
             lines.append(
                 f"- {LABELS[r.method]} seed {r.seed} round {r.round}: "
                 f"{statistics.fmean(r.step_s):.2f} / {min(r.step_s):.2f} / {max(r.step_s):.2f}"
-                f" over {len(r.step_s)} iterations; run wall-clock {r.run_s:.0f} s incl. "
-                f"{r.eval_s:.0f} s evaluation" + (f" ({r.notes})" if r.notes else "")
+                f" over {len(r.step_s)} iterations; generation {_mean_or_dash(r.gen_s)} s/iter"
+                + (
+                    f", no-grad log-prob pass {_mean_or_dash(r.precompute_s)} s/iter"
+                    if r.precompute_s
+                    else ""
+                )
+                + f"; run wall-clock {r.run_s:.0f} s incl. {r.eval_s:.0f} s evaluation"
+                + (f" ({r.notes})" if r.notes else "")
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -583,11 +642,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-    model_path(args.model)  # a missing model fails now
+    source_model = model_path(args.model)  # a missing model fails now
     loads_start = os.getloadavg()
     results: list[RunResult] = []
     with tempfile.TemporaryDirectory(prefix="vs_trl-") as tmp:
         work = Path(tmp)
+        # Every run trains a private snapshot: a rebuild of the embedded model while
+        # the benchmark runs must not hand later runs a different model.
+        args.model = str(work / "model")
+        shutil.copytree(source_model, args.model)
+        args.model_desc = describe_model(source_model, Path(args.model))
+        print(f"model: {args.model_desc}", flush=True)
         runs = 0
         for rnd in range(args.rounds):
             for seed in args.seeds:

@@ -101,7 +101,7 @@ def run_update(cfg, run_dir: Path, ranks: list[int]) -> dict:
     fresh = [s for rows in per_rank for s in rows if s.version == 1]
     old = [s for rows in per_rank for s in rows if s.version == 0]
     batch = collate(fresh + old, trainer.pad_id)
-    pre = trainer.precompute(batch, len(fresh))
+    pre = trainer.precompute(batch, len(fresh), step=1)
     stats = trainer.dist.merge_stats(trainer.update(batch, pre, step=1))
     out: dict = {"stats": stats.means(), "params": {}, "grads": {}}
     models = {"policy": trainer.policy}
@@ -161,7 +161,9 @@ def test_two_ranks_make_the_one_rank_update(model_dir, tmp_path, monkeypatch):
         print(
             f"{case}: max |param diff| {param_diff:.2e} ({worst}), max |grad diff| {grad_diff:.2e}"
         )
-        assert param_diff < 1e-5, (case, param_diff)
+        # Adam divides by sqrt(v) + eps: float noise in near-zero gradients moves a
+        # parameter by up to ~lr, so parameters get a looser bound than gradients.
+        assert param_diff < 5e-5, (case, param_diff)
         assert grad_diff < 1e-5, (case, grad_diff)  # Adam hides a gradient scale; grads do not
         for key in ("grad_norm", "ratio/mean", "clip/frac", "kl/base", "age1/ratio_mean"):
             if key in single["stats"]:

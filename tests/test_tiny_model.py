@@ -61,10 +61,6 @@ def test_special_tokens(tokenizer):
     assert len({tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}) == len(SPECIALS)
 
 
-def test_shipped_tokenizer_is_what_the_builder_makes(tokenizer):
-    assert build_tiny.build_tokenizer().get_vocab() == tokenizer.get_vocab()
-
-
 def test_chat_template(tokenizer):
     assert format_prompt(tokenizer, "(3*4+5*6)*2=?") == "<|user|>(3*4+5*6)*2=?<|end|><|assistant|>"
     messages = [
@@ -92,7 +88,19 @@ def test_tokenizer_is_character_level_and_round_trips(tokenizer):
     assert tokenizer.decode(ids, skip_special_tokens=True) == response
     prompt = format_prompt(tokenizer, "(3*4+5*6)*2=?")
     assert tokenizer.decode(tokenizer(prompt)["input_ids"]) == prompt
-    assert tokenizer("é")["input_ids"] == [tokenizer.unk_token_id]
+    # Other characters fall back to their UTF-8 bytes: nothing is lost.
+    text = "héllo\t∑ 😀"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+def test_loaded_tokenizer_encodes_like_the_builder(tokenizer):
+    """transformers rebuilds a qwen2 checkpoint's tokenizer pipeline; it must match ours."""
+    built = build_tiny.build_tokenizer()
+    assert built.get_vocab() == tokenizer.get_vocab()
+    assert len(tokenizer) == 262
+    prompt = format_prompt(tokenizer, "(8*7+5*8)*6=?", DEFAULT_MATH_INSTRUCTION)
+    for text in [prompt, "  a  b\n\n c's they'll ", "x<|end|><|pad|>y", "héllo\t∑ 😀"]:
+        assert built(text)["input_ids"] == tokenizer(text)["input_ids"], text
 
 
 def test_greedy_accuracy_is_partial(model, tokenizer, task):

@@ -1,20 +1,25 @@
 """`remix build-tiny`: build the embedded tiny base model shipped in ``remix_rft/assets/tiny``.
 
 The embedded model is a ~0.8M-parameter ``Qwen2ForCausalLM`` over a character-level
-tokenizer (every printable ASCII character and ``\\n`` is one token, plus six special
-tokens). It is trained by supervised finetuning on the worked solutions of the
-embedded arithmetic task's train split (loss on the response tokens only, the final
-``<|end|>`` included), with AdamW and a warmup + cosine-decay learning rate, and it is
-**stopped early**: greedy pass@1 on the first held-out problems is measured every few
-steps and training ends at the first evaluation inside the target window, so that the
-shipped base writes the format and the reasoning chain but still gets some arithmetic
-wrong -- room for RL to show itself.
+tokenizer: every printable ASCII character and ``\\n`` is one token, plus six special
+tokens (``<|pad|> <|system|> <|user|> <|assistant|> <|end|> <|unk|>``). It is a byte-level
+BPE without merges -- the pipeline transformers rebuilds for any ``qwen2`` checkpoint -- so
+the remaining bytes are tokens too and any text round-trips.
+
+The model is trained by supervised finetuning on the worked solutions of the embedded
+arithmetic task's train split (loss on the response tokens only, the final ``<|end|>``
+included), with AdamW and a warmup + cosine-decay learning rate, and it is **stopped
+early**: greedy pass@1 on the first held-out problems is measured every few steps, and
+training ends at the first evaluation inside the target window that the whole held-out
+split confirms. The shipped base writes the format and the reasoning chain but still gets
+some arithmetic wrong -- room for RL to show itself.
 
 If an evaluation jumps past the window, training rolls back to the previous
 evaluation and replays the same batches with evaluations closer together (training is
 deterministic given the seed: no dropout, a fixed batch order). The saved files are
-then reloaded from disk and evaluated on the whole held-out split, and
-``build_info.json`` records the seed, steps, accuracies, time and size.
+then reloaded from disk and evaluated again, and ``build_info.json`` records the seed,
+steps, accuracies (greedy on 200 and 500 held-out problems, sampled at temperature 1),
+time and size.
 
 Library functions log; only :func:`run` (the CLI entry point) prints and shows progress.
 """
@@ -106,6 +111,7 @@ IGNORE_INDEX = -100
 
 # Defaults of the build (the shipped model was built with these; see build_info.json).
 DEFAULT_TARGET = (0.28, 0.40)  # stop window on the first EVAL_PROBLEMS held-out problems
+DEFAULT_CONFIRM = (0.25, 0.40)  # ... and the whole held-out split, checked at a candidate
 ACCEPT_BAND = (0.15, 0.50)  # the promise about the shipped base (whole held-out split)
 EVAL_PROBLEMS = 200
 EVAL_MAX_NEW_TOKENS = 64  # the longest worked solution is 47 characters + <|end|>
@@ -292,6 +298,7 @@ def build_tiny(
     *,
     seed: int = 0,
     target_accuracy: Sequence[float] = DEFAULT_TARGET,
+    confirm_band: Sequence[float] = DEFAULT_CONFIRM,
     accept_band: Sequence[float] = ACCEPT_BAND,
     max_steps: int = 800,
     lr: float = 3e-3,
@@ -317,6 +324,7 @@ def build_tiny(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     low, high = _check_window("target_accuracy", target_accuracy)
+    confirm_low, confirm_high = _check_window("confirm_band", confirm_band)
     accept_low, accept_high = _check_window("accept_band", accept_band)
     if max_steps < 1 or batch_size < 1 or eval_every < 1 or fine_eval_every < 1:
         raise ValueError("max_steps, batch_size, eval_every and fine_eval_every must be >= 1")
@@ -405,10 +413,17 @@ def build_tiny(
         )
         if progress is not None:
             progress(step, record)
+        overshoot = accuracy > high
         if low <= accuracy <= high:
-            stop_accuracy = accuracy
-            break
-        if accuracy > high and interval > fine_eval_every:
+            # A candidate: confirm it on the whole held-out split (200 problems are noisy).
+            accuracy_all = evaluate(model, tokenizer, task, held_out)
+            record["accuracy_all"] = accuracy_all
+            log.info("step %d accuracy on %d: %.3f", step, len(held_out), accuracy_all)
+            if confirm_low <= accuracy_all <= confirm_high:
+                stop_accuracy = accuracy
+                break
+            overshoot = accuracy_all > confirm_high
+        if overshoot and interval > fine_eval_every:
             # Jumped past the window: replay the same batches, evaluating more often.
             log.info("accuracy %.3f > %.2f: back to step %d", accuracy, high, last_good["step"])
             rollbacks += 1
@@ -418,13 +433,14 @@ def build_tiny(
             step = last_good["step"]
             interval = fine_eval_every
             continue
-        if accuracy > high:
+        if overshoot:
             break  # even the fine evaluations skip the window
         last_good = snapshot(step)
     train_seconds = time.perf_counter() - started
     if stop_accuracy is None:
         raise RuntimeError(
-            f"no evaluation landed in the target window [{low}, {high}] within {max_steps} "
+            f"no evaluation landed in the target window [{low}, {high}] (confirmed in "
+            f"[{confirm_low}, {confirm_high}] on the whole held-out split) within {max_steps} "
             f"steps (last accuracy {history[-1]['accuracy'] if history else float('nan'):.3f}); "
             "change --seed, --lr or --max-steps"
         )
@@ -458,6 +474,7 @@ def build_tiny(
             "threads": torch.get_num_threads(),
             "total_seconds": round(time.perf_counter() - started, 1),
             "target_accuracy": [low, high],
+            "confirm_accuracy": [confirm_low, confirm_high],
             "hyperparameters": {
                 "lr": lr,
                 "warmup_steps": warmup_steps,
@@ -562,6 +579,15 @@ def add_parser(subparsers: Any) -> None:
         help="stop at the first evaluation with LOW <= accuracy <= HIGH (default: %(default)s)",
     )
     parser.add_argument(
+        "--confirm",
+        type=_fraction,
+        nargs=2,
+        default=list(DEFAULT_CONFIRM),
+        metavar=("LOW", "HIGH"),
+        help="a candidate stop must also be in this band on the whole held-out split "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--accept",
         type=_fraction,
         nargs=2,
@@ -619,6 +645,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             seed=args.seed,
             target_accuracy=args.target_accuracy,
+            confirm_band=args.confirm,
             accept_band=args.accept,
             max_steps=args.max_steps,
             lr=args.lr,
