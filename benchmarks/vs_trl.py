@@ -576,9 +576,9 @@ def write_markdown(
         "the no-grad forward pass that recomputes log π_old (`old_per_token_logps = None`) "
         "and uses the detached current log-probs; our trainer always runs that pass (it also "
         "records the generation/forward log-prob mismatch). TRL computes token entropies in "
-        "its loss forward; we do not. Differences that remain: TRL `top_k=0` vs HF's "
-        "default in our sampler, TRL's dataloader order vs our prompt sampler, and TRL's "
-        "per-step logging.",
+        "its loss forward; we do not. Both sample from the full distribution (TRL "
+        "`top_k=0`, ours `top_k=None`). Differences that remain: TRL's dataloader order vs "
+        "our prompt sampler, and TRL's per-step logging.",
         "",
         "Per-run iteration times (s, mean / min / max):",
         "",

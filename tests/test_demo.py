@@ -6,7 +6,7 @@ from remix_rft.cli import main
 def test_demo_trains_both_algorithms_and_writes_table_and_plot(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--steps", "2", "--target", "0.2"])
+    code = main(["demo", "--out", str(out), "--rollouts", "64", "--target", "0.2"])
     printed = capsys.readouterr().out
     assert code == 0
     assert (out / "grpo" / "summary.json").is_file()

@@ -18,6 +18,8 @@ from remix_rft.trainer.loop import train
 
 EXIT_USAGE = 2
 DEMO_RUNS = (("grpo", "tiny-grpo"), ("remix-grpo", "tiny-remix-grpo"))
+# Sized so that both runs together take about 10 minutes on 2 CPU cores.
+DEFAULT_BUDGET = 8192
 
 
 def add_parser(subparsers: Any) -> None:
@@ -26,7 +28,10 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="directory for both runs and the plot")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=0, help="iterations per run (0: the configs')")
+    p.add_argument(
+        "--rollouts", type=int, default=DEFAULT_BUDGET,
+        help="rollout budget of each run (responses sampled for training); sets its steps",
+    )  # fmt: skip
     p.add_argument(
         "--target", type=float, default=None,
         help="target held-out accuracy (default: GRPO's plateau, mean of its last 3 evaluations)",
@@ -42,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
     run_dirs: list[Path] = []
     for label, config_name in DEMO_RUNS:
         overrides = [f"out_dir={out / label}", f"seed={args.seed}", f"name={label}"]
-        if args.steps:
-            overrides.append(f"steps={args.steps}")
         try:
             cfg = load_config(config_name, overrides)
+            steps = max(1, args.rollouts // cfg.fresh_batch_size())
+            cfg = load_config(config_name, [*overrides, f"steps={steps}"])
         except ConfigError as err:
             print(f"remix demo: error: {err}", file=sys.stderr)
             return EXIT_USAGE

@@ -158,7 +158,8 @@ class DistEnv:
     ) -> tuple[Any, dict[str, torch.Tensor]]:
         if self.device.type == "cpu":
             return batch, pre
-        return move_batch(batch, self.device), {k: v.to(self.device) for k, v in pre.items()}
+        moved = {k: v.to(self.device) if v is not None else None for k, v in pre.items()}
+        return move_batch(batch, self.device), moved
 
     def masked_whiten(
         self, values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8
