@@ -21,7 +21,9 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
             f"chat template {'yes' if getattr(tokenizer, 'chat_template', None) else 'no'}"
         )
     except OSError as err:  # a hub id on a machine without the hub or a local copy
-        tokenizer_line = f"tokenizer NOT CHECKED: not available on this machine ({type(err).__name__})"
+        tokenizer_line = (
+            f"tokenizer NOT CHECKED: not available on this machine ({type(err).__name__})"
+        )
     task = build_task(cfg.task)
     n_train, n_eval = len(task.train_problems()), len(task.eval_problems())
     fresh = cfg.fresh_batch_size()
