@@ -112,6 +112,16 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def _quiet_library_progress() -> None:
+    """transformers draws a bar for every checkpoint write; ours is the one to watch."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -120,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    _quiet_library_progress()
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
