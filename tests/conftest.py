@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -31,3 +33,16 @@ def tiny_config(tmp_path):
         return load_config(None, [*TINY, f"out_dir={tmp_path / out}", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A random tiny model of the embedded architecture, for tests of mechanics, not learning."""
+    from remix_rft.apps.build_tiny import build_model, build_tokenizer, save_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-random")
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    save_tokenizer(tok, out)
+    build_model(tok).save_pretrained(out)
+    return out

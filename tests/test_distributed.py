@@ -40,19 +40,6 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A random tiny model (the embedded one need not exist for these tests)."""
-    from remix_rft.apps.build_tiny import build_model, build_tokenizer, save_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-random")
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    save_tokenizer(tok, out)
-    build_model(tok).save_pretrained(out)
-    return out
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,18 +15,6 @@ from remix_rft.trainer.config import ConfigError, load_config
 peft = pytest.importorskip("peft")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from remix_rft.apps.build_tiny import build_model, build_tokenizer, save_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-random")
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    save_tokenizer(tok, out)
-    build_model(tok).save_pretrained(out)
-    return out
-
-
 def lora_config(model: Path, out: Path, *extra: str):
     return load_config(
         None,
