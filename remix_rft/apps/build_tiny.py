@@ -550,6 +550,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_band(parser: Any, flag: str, default: Sequence[float], help_text: str) -> None:
+    """An accuracy window given as two fractions LOW HIGH."""
+    parser.add_argument(
+        flag,
+        type=_fraction,
+        nargs=2,
+        default=list(default),
+        metavar=("LOW", "HIGH"),
+        help=f"{help_text} (default: %(default)s)",
+    )
+
+
 def add_parser(subparsers: Any) -> None:
     """Add the ``build-tiny`` subcommand to an ``argparse`` subparsers object."""
     parser = subparsers.add_parser(
@@ -570,31 +582,19 @@ def add_parser(subparsers: Any) -> None:
         help="output directory (default: the package's embedded model directory)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument(
+    _add_band(
+        parser,
         "--target-accuracy",
-        type=_fraction,
-        nargs=2,
-        default=list(DEFAULT_TARGET),
-        metavar=("LOW", "HIGH"),
-        help="stop at the first evaluation with LOW <= accuracy <= HIGH (default: %(default)s)",
+        DEFAULT_TARGET,
+        "stop at the first evaluation with LOW <= accuracy <= HIGH",
     )
-    parser.add_argument(
+    _add_band(
+        parser,
         "--confirm",
-        type=_fraction,
-        nargs=2,
-        default=list(DEFAULT_CONFIRM),
-        metavar=("LOW", "HIGH"),
-        help="a candidate stop must also be in this band on the whole held-out split "
-        "(default: %(default)s)",
+        DEFAULT_CONFIRM,
+        "a candidate stop must also be in this band on the whole held-out split",
     )
-    parser.add_argument(
-        "--accept",
-        type=_fraction,
-        nargs=2,
-        default=list(ACCEPT_BAND),
-        metavar=("LOW", "HIGH"),
-        help="required accuracy on the whole held-out split (default: %(default)s)",
-    )
+    _add_band(parser, "--accept", ACCEPT_BAND, "required accuracy on the whole held-out split")
     parser.add_argument(
         "--max-steps",
         type=_positive_int,

@@ -310,6 +310,17 @@ def _unknown_key(key: str, known: list[str]) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint} (allowed: {', '.join(sorted(known))})")
 
 
+def _coerce_number(key: str, value: Any, cast: type, accepted: Any, allowed: str) -> Any:
+    """A number from YAML, or parsed from a command-line string; bools are not numbers."""
+    if isinstance(value, str):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    _check(isinstance(value, accepted) and not isinstance(value, bool), key, allowed, value)
+    return cast(value)
+
+
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Convert a YAML or command-line value to the field's type, or explain why not."""
     origin = typing.get_origin(typ)
@@ -327,23 +338,9 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         _check(isinstance(value, bool), key, "true or false", value)
         return value
     if typ is int:
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
-        return value
+        return _coerce_number(key, value, int, int, "an integer")
     if typ is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        _check(
-            isinstance(value, int | float) and not isinstance(value, bool), key, "a number", value
-        )
-        return float(value)
+        return _coerce_number(key, value, float, int | float, "a number")
     if typ is str:
         _check(
             isinstance(value, str | int | float) and not isinstance(value, bool),
