@@ -165,3 +165,26 @@ def test_sampled_logprobs_match_a_full_forward_pass(model, tokenizer, task):
         assert recorded.shape == response.shape
         assert torch.isfinite(recorded).all()
         torch.testing.assert_close(recorded, full, atol=1e-4, rtol=0)
+
+
+def test_build_tiny_writes_verified_files_and_refuses_out_of_band(tmp_path):
+    """The build machinery end to end on a few steps (the real build takes minutes)."""
+    from remix_rft.data.arithmetic import ArithmeticSpec
+
+    spec = ArithmeticSpec(n_train=256, n_eval=8)
+    out = tmp_path / "tiny"
+    info = build_tiny.build_tiny(
+        out, steps=3, batch_size=16, eval_every=2, eval_problems=4, spec=spec,
+        accept_band=(0.0, 1.0), shortcut_rates=(0.0, 1.0),
+    )  # fmt: skip
+    assert info["steps"] == 3 and [h["step"] for h in info["history"]] == [2, 3]
+    assert info["shortcut_rates"] == [0.0, 1.0]
+    saved = json.loads((out / "build_info.json").read_text())
+    assert saved["accuracy_500"] == info["accuracy_500"]
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"
+    with pytest.raises(RuntimeError, match="outside"):
+        build_tiny.build_tiny(
+            tmp_path / "never", steps=1, batch_size=16, eval_problems=4, spec=spec,
+            accept_band=(0.9, 1.0),
+        )  # fmt: skip
+    assert not (tmp_path / "never" / "model.safetensors").exists()

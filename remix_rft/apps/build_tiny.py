@@ -8,18 +8,19 @@ the remaining bytes are tokens too and any text round-trips.
 
 The model is trained by supervised finetuning on the worked solutions of the embedded
 arithmetic task's train split (loss on the response tokens only, the final ``<|end|>``
-included), with AdamW and a warmup + cosine-decay learning rate, and it is **stopped
-early**: greedy pass@1 on the first held-out problems is measured every few steps, and
-training ends at the first evaluation inside the target window that the whole held-out
-split confirms. The shipped base writes the format and the reasoning chain but still gets
-some arithmetic wrong -- room for RL to show itself.
+included), with AdamW and a warmup + cosine-decay learning rate, **to convergence**.
+The imperfection that leaves room for RL is in the data, not in an early stop: some
+solutions are sloppy -- they box the sum inside the parentheses and skip the final
+multiplication -- 15% of them when the final factor is 1-3 and 75% when it is 4-9
+(``--shortcut-rates``). The base model therefore knows every step but, greedily, takes
+the shortcut whenever the final factor is large, and the shortcut is right only when
+that factor is 1. RL has to learn that finishing the work pays. (An early-stopped base -- still bad at the arithmetic
+itself -- gave RL far less to work with: 0.36 -> 0.51 in 250 GRPO iterations.)
 
-If an evaluation jumps past the window, training rolls back to the previous
-evaluation and replays the same batches with evaluations closer together (training is
-deterministic given the seed: no dropout, a fixed batch order). The saved files are
-then reloaded from disk and evaluated again, and ``build_info.json`` records the seed,
-steps, accuracies (greedy on 200 and 500 held-out problems, sampled at temperature 1),
-time and size.
+The saved files are reloaded from disk and evaluated again, and ``build_info.json``
+records the seed, steps, accuracies (greedy on 200 and 500 held-out problems, sampled
+at temperature 1, the share of complete chains), time and size. Training is
+deterministic given the seed (no dropout, a fixed batch order).
 
 Library functions log; only :func:`run` (the CLI entry point) prints and shows progress.
 """
@@ -27,7 +28,6 @@ Library functions log; only :func:`run` (the CLI entry point) prints and shows p
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -110,8 +110,9 @@ MAX_POSITIONS = 256
 IGNORE_INDEX = -100
 
 # Defaults of the build (the shipped model was built with these; see build_info.json).
-DEFAULT_TARGET = (0.28, 0.40)  # stop window on the first EVAL_PROBLEMS held-out problems
-DEFAULT_CONFIRM = (0.25, 0.40)  # ... and the whole held-out split, checked at a candidate
+DEFAULT_STEPS = 1500  # to convergence: the complete chain is learned (~0.97 greedy)
+# Chance of a sloppy SFT solution for a small / large final factor (see sft_examples).
+DEFAULT_SHORTCUT_RATES = (0.15, 0.75)
 ACCEPT_BAND = (0.15, 0.50)  # the promise about the shipped base (whole held-out split)
 EVAL_PROBLEMS = 200
 EVAL_MAX_NEW_TOKENS = 64  # the longest worked solution is 47 characters + <|end|>
@@ -254,18 +255,16 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: floa
 # ------------------------------------------------------------------------------ evaluation
 
 
-def evaluate(
+def _responses(
     model: Any,
     tokenizer: Any,
-    task: ArithmeticTask,
     problems: Sequence[Problem],
     *,
     temperature: float = 0.0,
     seed: int | None = None,
     max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
     batch_size: int = EVAL_BATCH_SIZE,
-) -> float:
-    """pass@1 (greedy by default) of ``model`` on ``problems``."""
+) -> list[str]:
     was_training = model.training
     model.eval()
     prompts = [format_prompt(tokenizer, p.prompt) for p in problems]
@@ -279,8 +278,39 @@ def evaluate(
         seed=seed,
     )
     model.train(was_training)
+    return texts
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    task: ArithmeticTask,
+    problems: Sequence[Problem],
+    *,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> float:
+    """pass@1 (greedy by default) of ``model`` on ``problems``."""
+    texts = _responses(model, tokenizer, problems, temperature=temperature, seed=seed)
     rewards = [task.reward(t, p) for t, p in zip(texts, problems, strict=True)]
     return sum(rewards) / max(1, len(rewards))
+
+
+def greedy_stats(
+    model: Any, tokenizer: Any, task: ArithmeticTask, problems: Sequence[Problem]
+) -> dict[str, float]:
+    """Greedy accuracy, the share of answers that do every step of the chain, and the
+    accuracy of those complete answers (what RL can reach by dropping the shortcut)."""
+    texts = _responses(model, tokenizer, problems)
+    rewards = [task.reward(t, p) for t, p in zip(texts, problems, strict=True)]
+    complete = [t.count("=") >= task.spec.num_steps() for t in texts]
+    n_complete = sum(complete)
+    return {
+        "accuracy": sum(rewards) / max(1, len(rewards)),
+        "complete_rate": n_complete / max(1, len(texts)),
+        "accuracy_complete": sum(r for r, c in zip(rewards, complete, strict=True) if c)
+        / max(1, n_complete),
+    }
 
 
 # ----------------------------------------------------------------------------------- build
@@ -297,37 +327,34 @@ def build_tiny(
     out_dir: str | Path = EMBEDDED_MODEL_DIR,
     *,
     seed: int = 0,
-    target_accuracy: Sequence[float] = DEFAULT_TARGET,
-    confirm_band: Sequence[float] = DEFAULT_CONFIRM,
+    shortcut_rates: Sequence[float] = DEFAULT_SHORTCUT_RATES,
     accept_band: Sequence[float] = ACCEPT_BAND,
-    max_steps: int = 800,
+    steps: int = DEFAULT_STEPS,
     lr: float = 3e-3,
     warmup_steps: int = 50,
     min_lr_ratio: float = 0.05,
     weight_decay: float = 0.01,
     batch_size: int = 64,
-    eval_every: int = 25,
-    eval_start: int = 150,
-    fine_eval_every: int = 5,
+    eval_every: int = 250,
     eval_problems: int = EVAL_PROBLEMS,
     spec: ArithmeticSpec | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train the tiny base model, stop it inside the target window, save and verify it.
+    """Train the tiny base model to convergence on the SFT mixture, save and verify it.
 
     Returns the build metrics (also written to ``out_dir/build_info.json``), among them
-    ``accuracy_200`` (the stopping evaluation), ``accuracy_500`` (greedy pass@1 of the
-    reloaded files on the whole held-out split) and ``sampled_accuracy_200``
-    (temperature 1). Raises ``RuntimeError`` if no evaluation lands in the window within
-    ``max_steps`` or the reloaded model is outside ``accept_band``.
+    ``accuracy_200`` and ``accuracy_500`` (greedy pass@1 of the reloaded files on the
+    first 200 and on all held-out problems), ``sampled_accuracy_200`` (temperature 1)
+    and ``complete_rate_200`` (share of greedy answers that finish the work). Raises
+    ``RuntimeError`` -- and leaves ``out_dir`` untouched -- if the greedy accuracy on the
+    whole held-out split is outside ``accept_band``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    low, high = _check_window("target_accuracy", target_accuracy)
-    confirm_low, confirm_high = _check_window("confirm_band", confirm_band)
     accept_low, accept_high = _check_window("accept_band", accept_band)
-    if max_steps < 1 or batch_size < 1 or eval_every < 1 or fine_eval_every < 1:
-        raise ValueError("max_steps, batch_size, eval_every and fine_eval_every must be >= 1")
+    rates = (float(shortcut_rates[0]), float(shortcut_rates[1]))
+    if steps < 1 or batch_size < 1 or eval_every < 1:
+        raise ValueError("steps, batch_size and eval_every must be >= 1")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     out_dir = Path(out_dir)
@@ -342,46 +369,31 @@ def build_tiny(
     n_params = num_parameters(model)
     log.info("tiny model: %d parameters, vocabulary %d", n_params, len(tokenizer))
 
-    input_ids, attention_mask, labels = encode_sft(tokenizer, task.sft_examples())
+    examples = task.sft_examples(rates, seed=seed)
+    input_ids, attention_mask, labels = encode_sft(tokenizer, examples)
     n_examples = input_ids.shape[0]
     data_gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = n_examples // batch_size
-    orders: list[torch.Tensor] = []  # one permutation per epoch, drawn on demand
-
-    def batch_indices(step: int) -> torch.Tensor:
-        epoch, k = divmod(step, steps_per_epoch)
-        while len(orders) <= epoch:
-            orders.append(torch.randperm(n_examples, generator=data_gen))
-        return orders[epoch][k * batch_size : (k + 1) * batch_size]
+    order = torch.randperm(n_examples, generator=data_gen)
 
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay
     )
+    # Decay to a small LR: greedy accuracy at a constant LR swings by +-0.1 between steps.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: lr_factor(
-            s, warmup_steps=warmup_steps, total_steps=max_steps, min_ratio=min_lr_ratio
+            s, warmup_steps=warmup_steps, total_steps=steps, min_ratio=min_lr_ratio
         ),
     )
-
-    def snapshot(step: int) -> dict[str, Any]:
-        return {
-            "step": step,
-            "model": copy.deepcopy(model.state_dict()),
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "scheduler": copy.deepcopy(scheduler.state_dict()),
-        }
-
     history: list[dict[str, float]] = []
-    interval = eval_every
-    last_good = snapshot(0)
-    step = 0
-    stop_accuracy: float | None = None
-    rollbacks = 0
     loss_value = float("nan")
     model.train()
-    while step < max_steps:
-        idx = batch_indices(step)
+    for step in range(1, steps + 1):
+        k = (step - 1) % steps_per_epoch
+        if k == 0 and step > 1:
+            order = torch.randperm(n_examples, generator=data_gen)
+        idx = order[k * batch_size : (k + 1) * batch_size]
         mask = attention_mask[idx]
         width = int(mask.sum(1).max())
         out = model(
@@ -394,56 +406,16 @@ def build_tiny(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        step += 1
         loss_value = float(out.loss.detach())
-        if progress is not None:
-            progress(step, {"loss": loss_value})
-        if (step < eval_start or step % interval) and step != max_steps:
-            continue
-        accuracy = evaluate(model, tokenizer, task, eval_set)
-        record = {
-            "step": step,
-            "loss": loss_value,
-            "lr": optimizer.param_groups[0]["lr"],
-            "accuracy": accuracy,
-        }
-        history.append(record)
-        log.info(
-            "step %d loss %.4f lr %.2e accuracy %.3f", step, loss_value, record["lr"], accuracy
-        )
+        record: dict[str, float] = {"step": step, "loss": loss_value}
+        if step % eval_every == 0 or step == steps:
+            record["lr"] = optimizer.param_groups[0]["lr"]
+            record.update(greedy_stats(model, tokenizer, task, eval_set))
+            history.append(record)
+            log.info("step %d loss %.4f accuracy %.3f", step, loss_value, record["accuracy"])
         if progress is not None:
             progress(step, record)
-        overshoot = accuracy > high
-        if low <= accuracy <= high:
-            # A candidate: confirm it on the whole held-out split (200 problems are noisy).
-            accuracy_all = evaluate(model, tokenizer, task, held_out)
-            record["accuracy_all"] = accuracy_all
-            log.info("step %d accuracy on %d: %.3f", step, len(held_out), accuracy_all)
-            if confirm_low <= accuracy_all <= confirm_high:
-                stop_accuracy = accuracy
-                break
-            overshoot = accuracy_all > confirm_high
-        if overshoot and interval > fine_eval_every:
-            # Jumped past the window: replay the same batches, evaluating more often.
-            log.info("accuracy %.3f > %.2f: back to step %d", accuracy, high, last_good["step"])
-            rollbacks += 1
-            model.load_state_dict(last_good["model"])
-            optimizer.load_state_dict(last_good["optimizer"])
-            scheduler.load_state_dict(last_good["scheduler"])
-            step = last_good["step"]
-            interval = fine_eval_every
-            continue
-        if overshoot:
-            break  # even the fine evaluations skip the window
-        last_good = snapshot(step)
     train_seconds = time.perf_counter() - started
-    if stop_accuracy is None:
-        raise RuntimeError(
-            f"no evaluation landed in the target window [{low}, {high}] (confirmed in "
-            f"[{confirm_low}, {confirm_high}] on the whole held-out split) within {max_steps} "
-            f"steps (last accuracy {history[-1]['accuracy'] if history else float('nan'):.3f}); "
-            "change --seed, --lr or --max-steps"
-        )
 
     # Save next to the destination, verify the files from disk, then move them in place.
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -453,38 +425,35 @@ def build_tiny(
         save_tokenizer(tokenizer, staging)
         reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype=torch.float32)
         reloaded_tok = AutoTokenizer.from_pretrained(staging)
-        accuracy_eval = evaluate(reloaded, reloaded_tok, task, eval_set)
+        first = greedy_stats(reloaded, reloaded_tok, task, eval_set)
         accuracy_all = evaluate(reloaded, reloaded_tok, task, held_out)
         sampled = evaluate(reloaded, reloaded_tok, task, eval_set, temperature=1.0, seed=seed)
         weights_bytes = (staging / "model.safetensors").stat().st_size
         info = {
             "seed": seed,
-            "steps": step,
-            "rollbacks": rollbacks,
+            "steps": steps,
             "parameters": n_params,
             "weights_bytes": weights_bytes,
-            "accuracy_200": accuracy_eval,
+            "accuracy_200": first["accuracy"],
+            "complete_rate_200": first["complete_rate"],
+            "accuracy_complete_200": first["accuracy_complete"],
             "accuracy_500": accuracy_all,
             "eval_problems": len(eval_set),
             "final_eval_problems": len(held_out),
             "sampled_accuracy_200": sampled,
-            "stop_accuracy": stop_accuracy,
             "final_loss": loss_value,
             "train_seconds": round(train_seconds, 1),
             "threads": torch.get_num_threads(),
             "total_seconds": round(time.perf_counter() - started, 1),
-            "target_accuracy": [low, high],
-            "confirm_accuracy": [confirm_low, confirm_high],
+            "accept_band": [accept_low, accept_high],
+            "shortcut_rates": list(rates),
             "hyperparameters": {
                 "lr": lr,
                 "warmup_steps": warmup_steps,
-                "max_steps": max_steps,
                 "min_lr_ratio": min_lr_ratio,
                 "weight_decay": weight_decay,
                 "batch_size": batch_size,
                 "eval_every": eval_every,
-                "eval_start": eval_start,
-                "fine_eval_every": fine_eval_every,
                 "eval_max_new_tokens": EVAL_MAX_NEW_TOKENS,
             },
             "task": {"name": task.name, **vars(task.spec)},
@@ -496,7 +465,7 @@ def build_tiny(
             raise RuntimeError(
                 f"the built model's greedy accuracy on {len(held_out)} held-out problems is "
                 f"{accuracy_all:.3f}, outside [{accept_low}, {accept_high}]; "
-                f"nothing was written to {out_dir}"
+                f"nothing was written to {out_dir} (try other --shortcut-rates or another --seed)"
             )
         for path in sorted(staging.iterdir()):
             path.chmod(0o644)  # package data: readable by everyone
@@ -506,8 +475,8 @@ def build_tiny(
     log.info(
         "built %s: %d steps, accuracy %.3f (%d) / %.3f (%d), sampled %.3f, %.0fs",
         out_dir,
-        step,
-        accuracy_eval,
+        steps,
+        first["accuracy"],
         len(eval_set),
         accuracy_all,
         len(held_out),
@@ -550,28 +519,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_band(parser: Any, flag: str, default: Sequence[float], help_text: str) -> None:
-    """An accuracy window given as two fractions LOW HIGH."""
-    parser.add_argument(
-        flag,
-        type=_fraction,
-        nargs=2,
-        default=list(default),
-        metavar=("LOW", "HIGH"),
-        help=f"{help_text} (default: %(default)s)",
-    )
-
-
 def add_parser(subparsers: Any) -> None:
     """Add the ``build-tiny`` subcommand to an ``argparse`` subparsers object."""
     parser = subparsers.add_parser(
         "build-tiny",
-        help="rebuild the embedded tiny base model (SFT on arithmetic, stopped early)",
+        help="rebuild the embedded tiny base model (SFT on arithmetic, some solutions sloppy)",
         description=(
-            "Train the embedded ~0.8M-parameter Qwen2 model on the worked solutions of the "
-            "arithmetic task and stop at the first evaluation whose greedy accuracy on the "
-            "first held-out problems is inside the target window; then verify the saved "
-            "files on the whole held-out split and write build_info.json."
+            "Train the embedded ~0.8M-parameter Qwen2 model to convergence on the arithmetic "
+            "task's worked solutions, a fraction of which stop before the final "
+            "multiplication; then verify the saved files on the whole held-out split "
+            "and write build_info.json."
         ),
     )
     parser.add_argument(
@@ -582,32 +539,35 @@ def add_parser(subparsers: Any) -> None:
         help="output directory (default: the package's embedded model directory)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    _add_band(
-        parser,
-        "--target-accuracy",
-        DEFAULT_TARGET,
-        "stop at the first evaluation with LOW <= accuracy <= HIGH",
-    )
-    _add_band(
-        parser,
-        "--confirm",
-        DEFAULT_CONFIRM,
-        "a candidate stop must also be in this band on the whole held-out split",
-    )
-    _add_band(parser, "--accept", ACCEPT_BAND, "required accuracy on the whole held-out split")
     parser.add_argument(
-        "--max-steps",
+        "--shortcut-rates",
+        type=_fraction,
+        nargs=2,
+        default=list(DEFAULT_SHORTCUT_RATES),
+        metavar=("SMALL", "LARGE"),
+        help="chance that an SFT solution skips the final multiplication when the final "
+        "factor is small (1-3) / large (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--accept",
+        type=_fraction,
+        nargs=2,
+        default=list(ACCEPT_BAND),
+        metavar=("LOW", "HIGH"),
+        help="required greedy accuracy on the whole held-out split (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps",
         type=_positive_int,
-        default=800,
-        help="length of the LR schedule and most steps trained (default: %(default)s)",
+        default=DEFAULT_STEPS,
+        help="SFT steps; the LR decays to 5%% over them (default: %(default)s)",
     )
     parser.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate")
     parser.add_argument("--warmup-steps", type=int, default=50, help="linear LR warmup steps")
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="SFT batch size")
     parser.add_argument(
-        "--eval-every", type=_positive_int, default=25, help="steps between evaluations"
+        "--eval-every", type=_positive_int, default=250, help="steps between evaluations"
     )
-    parser.add_argument("--eval-start", type=int, default=150, help="first step that is evaluated")
     parser.add_argument(
         "--threads",
         type=_positive_int,
@@ -618,7 +578,7 @@ def add_parser(subparsers: Any) -> None:
         "--eval-problems",
         type=_positive_int,
         default=EVAL_PROBLEMS,
-        help="held-out problems of the stopping evaluation (default: %(default)s)",
+        help="held-out problems of the periodic evaluations (default: %(default)s)",
     )
     parser.set_defaults(func=run)
 
@@ -629,7 +589,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    bar = tqdm(total=args.max_steps, desc="build-tiny", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=args.steps, desc="build-tiny", unit="step", dynamic_ncols=True)
     postfix: dict[str, str] = {}
 
     def progress(step: int, metrics: dict[str, float]) -> None:
@@ -637,6 +597,7 @@ def run(args: argparse.Namespace) -> int:
         postfix["loss"] = f"{metrics['loss']:.3f}"
         if "accuracy" in metrics:
             postfix["acc"] = f"{metrics['accuracy']:.3f}"
+            postfix["complete"] = f"{metrics['complete_rate']:.2f}"
         bar.set_postfix(postfix, refresh=False)
         bar.refresh()
 
@@ -644,15 +605,13 @@ def run(args: argparse.Namespace) -> int:
         info = build_tiny(
             args.out,
             seed=args.seed,
-            target_accuracy=args.target_accuracy,
-            confirm_band=args.confirm,
+            shortcut_rates=args.shortcut_rates,
             accept_band=args.accept,
-            max_steps=args.max_steps,
+            steps=args.steps,
             lr=args.lr,
             warmup_steps=args.warmup_steps,
             batch_size=args.batch_size,
             eval_every=args.eval_every,
-            eval_start=args.eval_start,
             eval_problems=args.eval_problems,
             progress=progress,
         )
@@ -667,7 +626,9 @@ def run(args: argparse.Namespace) -> int:
         f"{info['total_seconds']:.0f}s\n"
         f"greedy pass@1: {info['accuracy_200']:.3f} on {info['eval_problems']} held-out, "
         f"{info['accuracy_500']:.3f} on {info['final_eval_problems']}; "
-        f"sampled (T=1): {info['sampled_accuracy_200']:.3f} on {info['eval_problems']}"
+        f"sampled (T=1): {info['sampled_accuracy_200']:.3f} on {info['eval_problems']}\n"
+        f"greedy answers doing every step: {info['complete_rate_200']:.2f}, "
+        f"of which correct: {info['accuracy_complete_200']:.3f}"
     )
     return 0
 

@@ -51,6 +51,15 @@ class ArithmeticSpec:
     def num_operands(self) -> int:
         return 2 * self.num_products + int(self.outer_multiply)
 
+    def num_steps(self) -> int:
+        """Operations in a complete worked chain: products, additions, final multiply."""
+        return 2 * self.num_products - 1 + int(self.outer_multiply)
+
+    def small_final_factor(self, operands: Sequence[int]) -> bool:
+        """The final factor is in the lowest third of the operand range (1-3 for 1-9)."""
+        span = self.max_operand - self.min_operand + 1
+        return operands[-1] < self.min_operand + max(1, span // 3)
+
     def num_distinct(self) -> int:
         return (self.max_operand - self.min_operand + 1) ** self.num_operands()
 
@@ -81,6 +90,20 @@ def solution_trace(operands: Sequence[int], spec: ArithmeticSpec) -> tuple[str, 
         total *= e
     steps.append(f"\\boxed{{{total}}}")
     return " ".join(steps), total
+
+
+def shortcut_trace(operands: Sequence[int], spec: ArithmeticSpec) -> str:
+    """A sloppy worked chain that stops before the final multiplication.
+
+    It boxes the sum inside the parentheses, which is the answer only when the final
+    factor is 1. Without a final multiplication there is nothing to skip: the full trace.
+    """
+    full, _ = solution_trace(operands, spec)
+    if not spec.outer_multiply:
+        return full
+    steps = full.split(" ")[:-2]  # drop "<sum>*e=<answer>" and the box
+    total = steps[-1].rsplit("=", 1)[1]
+    return " ".join([*steps, f"\\boxed{{{total}}}"])
 
 
 def prompt_text(expr: str) -> str:
@@ -131,12 +154,29 @@ class ArithmeticTask:
     def eval_problems(self) -> list[Problem]:
         return self._eval
 
-    def sft_examples(self) -> list[tuple[str, str]]:
-        """(prompt, worked solution) pairs of the train split, for building the base model."""
-        return [
-            (p.prompt, solution_trace(ops, self.spec)[0])
-            for p, ops in zip(self._train, self._train_ops, strict=True)
-        ]
+    def sft_examples(
+        self, shortcut_rates: tuple[float, float] = (0.0, 0.0), seed: int = 0
+    ) -> list[tuple[str, str]]:
+        """(prompt, worked solution) pairs of the train split, for building the base model.
+
+        Some solutions are sloppy (:func:`shortcut_trace`), drawn at random from ``seed``:
+        ``shortcut_rates = (small, large)`` are the chances of the shortcut when the final
+        factor is small (at most a third of the way up the operand range) and when it is
+        large. A model trained on the mixture knows every step but, on most problems,
+        prefers to skip the last one -- the habit RL has to break. Rates well away from
+        1/2 make the greedy choice per problem stable from one build to the next.
+        """
+        small, large = (float(r) for r in shortcut_rates)
+        if not (0.0 <= small <= 1.0 and 0.0 <= large <= 1.0):
+            raise ValueError(f"shortcut rates must be in [0, 1], got {shortcut_rates}")
+        rng = random.Random(seed)
+        examples = []
+        for problem, ops in zip(self._train, self._train_ops, strict=True):
+            rate = small if self.spec.small_final_factor(ops) else large
+            sloppy = rng.random() < rate
+            trace = shortcut_trace(ops, self.spec) if sloppy else solution_trace(ops, self.spec)[0]
+            examples.append((problem.prompt, trace))
+        return examples
 
     def reward(self, response: str, problem: Problem) -> float:
         return math_reward(response, problem.answer)
