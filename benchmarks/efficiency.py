@@ -28,9 +28,11 @@ from remix_rft.apps.compare import load_run, plateau_accuracy, rollouts_to_targe
 # name -> (config, overrides). Each baseline runs at the learning rate tuned for it.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "grpo": ("tiny-grpo", []),
-    # control 1: as many updates per iteration as ReMix, on fresh data only
-    "grpo-same-updates": ("tiny-grpo", ["minibatch_size=32"]),
-    # control 2: a smaller fresh batch (more updates per rollout, no reuse)
+    # control 1: ReMix's fresh batch (8 prompts x 8) and its 2 updates per iteration,
+    # on fresh data only -- the same rollouts and updates, without the reuse
+    "grpo-same-updates": ("tiny-grpo", ["prompts_per_step=8", "minibatch_size=32"]),
+    # control 2: a smaller fresh batch (4 x 8, one update each): as many updates per
+    # rollout as ReMix, no reuse
     "grpo-small-batch": ("tiny-grpo", ["prompts_per_step=4"]),
     "remix-grpo": ("tiny-remix-grpo", []),
     "remix-grpo-no-reincarnation": ("tiny-remix-grpo", ["reincarnation_step=0"]),
@@ -44,8 +46,9 @@ def run_dir_for(root: Path, variant: str, seed: int) -> Path:
     return root / variant / f"seed{seed}"
 
 
-def launch(root: Path, variant: str, seed: int, steps: int, threads: int) -> Path:
+def launch(root: Path, variant: str, seed: int, steps: int, threads: int, extra: list[str]) -> Path:
     config, overrides = VARIANTS[variant]
+    overrides = [*overrides, *extra]
     out = run_dir_for(root, variant, seed)
     if (out / "summary.json").is_file():
         return out
@@ -122,6 +125,11 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=0, help="iterations per run (0: the configs')")
     parser.add_argument("--target", type=float, default=None)
+    parser.add_argument(
+        "--eval-every", type=int, default=0,
+        help="iterations between evaluations for every variant (0: the configs'); "
+        "finer evaluation resolves rollouts-to-target more finely",
+    )  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/efficiency"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/efficiency.md"))
@@ -129,8 +137,9 @@ def main() -> int:
     started = time.perf_counter()
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     print(f"{len(jobs)} runs, {args.jobs} at a time, into {args.runs_dir}", flush=True)
+    extra = [f"eval_every={args.eval_every}"] if args.eval_every else []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(lambda j: launch(args.runs_dir, j[0], j[1], args.steps, 1), jobs))
+        list(pool.map(lambda j: launch(args.runs_dir, j[0], j[1], args.steps, 1, extra), jobs))
     table = summarize(args.runs_dir, args.variants, args.seeds, args.target)
     header = (
         f"# Rollout efficiency on the embedded task\n\nMachine: {platform.machine()}, "
