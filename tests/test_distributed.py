@@ -177,10 +177,12 @@ def test_two_rank_cli_run_writes_a_normal_run_directory(model_dir, tmp_path):
         "prompts_per_step=4", "group_size=4", "minibatch_size=16", "max_new_tokens=16",
         "eval_problems=10", "eval_every=1", "save_every=2", "threads=1", "window=2",
         "offpolicy_fraction=0.5", "task.n_train=200", "task.n_eval=10",
+        "reincarnation_step=2",  # copies sharded policy weights into the sharded reference
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
+    assert rows[2].get("reincarnated") is True
     assert [r["rollouts"] for r in rows[1:]] == [16, 32]  # global responses, not per rank
     assert rows[2]["offpolicy/samples"] == 16 and isinstance(rows[2]["offpolicy/samples"], int)
     assert all("eval/accuracy" in r for r in rows)

@@ -45,6 +45,14 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 def copy_weights(source: nn.Module, target: nn.Module) -> None:
+    from torch.distributed.fsdp import FSDPModule
+
+    # FSDP2 leaves the root's parameters unsharded after a forward (plain tensors while
+    # the other model's are DTensors): reshard both so that shards copy onto shards.
+    for model in (source, target):
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
     with torch.no_grad():
         for dst, src in zip(target.parameters(), source.parameters(), strict=True):
             dst.copy_(src)
