@@ -76,6 +76,8 @@ def main() -> int:
     if args.worker:
         worker(Path(args.worker), args.overrides)
         return 0
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        parser.error(f"{args.out} already holds runs: pass --out NEW_DIR or remove it")
     rows = []
     for ranks in (1, args.ranks):
         out = Path(args.out) / f"ranks{ranks}"
