@@ -37,6 +37,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "remix-grpo": ("tiny-remix-grpo", []),
     "remix-grpo-no-reincarnation": ("tiny-remix-grpo", ["reincarnation_step=0"]),
     "remix-grpo-no-klconvex": ("tiny-remix-grpo", ["kl_lambda=1.0"]),
+    # a larger learning rate: does reuse (and KL-Convex) keep it stable where fresh-only
+    # small batches are not? Each control then counts at its better learning rate.
+    "remix-grpo-lr2e-4": ("tiny-remix-grpo", ["lr=2e-4"]),
+    "grpo-same-updates-lr2e-4": (
+        "tiny-grpo",
+        ["prompts_per_step=8", "minibatch_size=32", "lr=2e-4"],
+    ),
+    "grpo-small-batch-lr2e-4": ("tiny-grpo", ["prompts_per_step=4", "lr=2e-4"]),
     "ppo": ("tiny-ppo", []),
     "remix-ppo": ("tiny-remix-ppo", []),
 }
