@@ -28,23 +28,43 @@ from remix_rft.apps.compare import load_run, plateau_accuracy, rollouts_to_targe
 # name -> (config, overrides). Each baseline runs at the learning rate tuned for it.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "grpo": ("tiny-grpo", []),
-    # control 1: ReMix's fresh batch (8 prompts x 8) and its 2 updates per iteration,
-    # on fresh data only -- the same rollouts and updates, without the reuse
-    "grpo-same-updates": ("tiny-grpo", ["prompts_per_step=8", "minibatch_size=32"]),
-    # control 2: a smaller fresh batch (4 x 8, one update each): as many updates per
-    # rollout as ReMix, no reuse
-    "grpo-small-batch": ("tiny-grpo", ["prompts_per_step=4"]),
+    # ReMix-GRPO as shipped: 4 prompts x 8 fresh + 32 reused from the last 3 iterations
+    # (window 4), one update of 64 per iteration, KL-Convex, reincarnation at 20.
     "remix-grpo": ("tiny-remix-grpo", []),
-    "remix-grpo-no-reincarnation": ("tiny-remix-grpo", ["reincarnation_step=0"]),
-    "remix-grpo-no-klconvex": ("tiny-remix-grpo", ["kl_lambda=1.0"]),
+    # control 1 = control 2 for it: the same fresh batch (4 x 8) and the same single
+    # update per iteration on fresh data only -- as many updates per rollout, no reuse
+    "grpo-small-batch": ("tiny-grpo", ["prompts_per_step=4"]),
+    # ReMix with 8 x 8 fresh + 64 reused (window 3), 2 updates of 64 per iteration ...
+    "remix-grpo-8x8": ("tiny-remix-grpo", ["prompts_per_step=8", "window=3"]),
+    # ... its control: the same fresh batch and 2 updates per iteration, fresh data only
+    "grpo-same-updates": ("tiny-grpo", ["prompts_per_step=8", "minibatch_size=32"]),
+    # ablations of the paper's parts (on the 8 x 8 setting)
+    "remix-grpo-8x8-no-reincarnation": (
+        "tiny-remix-grpo",
+        ["prompts_per_step=8", "window=3", "reincarnation_step=0"],
+    ),
+    "remix-grpo-8x8-no-klconvex": (
+        "tiny-remix-grpo",
+        ["prompts_per_step=8", "window=3", "kl_lambda=1.0"],
+    ),
     # a larger learning rate: does reuse (and KL-Convex) keep it stable where fresh-only
-    # small batches are not? Each control then counts at its better learning rate.
-    "remix-grpo-lr2e-4": ("tiny-remix-grpo", ["lr=2e-4"]),
+    # batches are not? Each control then counts at its better learning rate.
+    "remix-grpo-8x8-lr2e-4": ("tiny-remix-grpo", ["prompts_per_step=8", "window=3", "lr=2e-4"]),
     "grpo-same-updates-lr2e-4": (
         "tiny-grpo",
         ["prompts_per_step=8", "minibatch_size=32", "lr=2e-4"],
     ),
     "grpo-small-batch-lr2e-4": ("tiny-grpo", ["prompts_per_step=4", "lr=2e-4"]),
+    # 4 x 8 fresh + 32 reused (window 3), 2 updates of 32: one update per 16 rollouts ...
+    "remix-grpo-4x8-2updates": (
+        "tiny-remix-grpo",
+        ["prompts_per_step=4", "window=3", "minibatch_size=32"],
+    ),
+    # ... and its two controls: the same fresh batch and updates on fresh data only,
+    "grpo-4x8-2updates": ("tiny-grpo", ["prompts_per_step=4", "minibatch_size=16"]),
+    # and a 2 x 8 fresh batch (one update per 16 rollouts, no reuse); 80 iterations, as
+    # 40 would stop it at half the others' rollout budget.
+    "grpo-2x8": ("tiny-grpo", ["prompts_per_step=2", "steps=80"]),
     "ppo": ("tiny-ppo", []),
     "remix-ppo": ("tiny-remix-ppo", []),
 }
@@ -62,8 +82,8 @@ def launch(root: Path, variant: str, seed: int, steps: int, threads: int, extra:
         return out
     args = [sys.executable, "-m", "remix_rft", "train", config, *overrides,
             f"seed={seed}", f"out_dir={out}", f"name={variant}", f"threads={threads}"]  # fmt: skip
-    if steps:
-        args.append(f"steps={steps}")
+    if steps and not any(o.startswith("steps=") for o in overrides):
+        args.append(f"steps={steps}")  # a variant's own length wins
     if (out / "metrics.jsonl").is_file():
         args = [sys.executable, "-m", "remix_rft", "train", "--resume", str(out)]
     log = out.parent / f"seed{seed}.log"
