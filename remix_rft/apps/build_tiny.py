@@ -296,12 +296,11 @@ def evaluate(
     return sum(rewards) / max(1, len(rewards))
 
 
-def greedy_stats(
-    model: Any, tokenizer: Any, task: ArithmeticTask, problems: Sequence[Problem]
+def response_stats(
+    task: ArithmeticTask, texts: Sequence[str], problems: Sequence[Problem]
 ) -> dict[str, float]:
-    """Greedy accuracy, the share of answers that do every step of the chain, and the
-    accuracy of those complete answers (what RL can reach by dropping the shortcut)."""
-    texts = _responses(model, tokenizer, problems)
+    """Accuracy, the share of answers that do every step of the chain, and the accuracy
+    of those complete answers (what RL can reach by dropping the shortcut)."""
     rewards = [task.reward(t, p) for t, p in zip(texts, problems, strict=True)]
     complete = [t.count("=") >= task.spec.num_steps() for t in texts]
     n_complete = sum(complete)
@@ -311,6 +310,13 @@ def greedy_stats(
         "accuracy_complete": sum(r for r, c in zip(rewards, complete, strict=True) if c)
         / max(1, n_complete),
     }
+
+
+def greedy_stats(
+    model: Any, tokenizer: Any, task: ArithmeticTask, problems: Sequence[Problem]
+) -> dict[str, float]:
+    """:func:`response_stats` of the greedy responses to ``problems``."""
+    return response_stats(task, _responses(model, tokenizer, problems), problems)
 
 
 # ----------------------------------------------------------------------------------- build
@@ -425,8 +431,10 @@ def build_tiny(
         save_tokenizer(tokenizer, staging)
         reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype=torch.float32)
         reloaded_tok = AutoTokenizer.from_pretrained(staging)
-        first = greedy_stats(reloaded, reloaded_tok, task, eval_set)
-        accuracy_all = evaluate(reloaded, reloaded_tok, task, held_out)
+        # One greedy pass over the held-out split; the first problems are its head.
+        texts = _responses(reloaded, reloaded_tok, held_out)
+        first = response_stats(task, texts[: len(eval_set)], eval_set)
+        accuracy_all = response_stats(task, texts, held_out)["accuracy"]
         sampled = evaluate(reloaded, reloaded_tok, task, eval_set, temperature=1.0, seed=seed)
         weights_bytes = (staging / "model.safetensors").stat().st_size
         info = {

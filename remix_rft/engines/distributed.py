@@ -319,6 +319,19 @@ def is_sharded(model: Any) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def reshard(model: Any) -> None:
+    """Every FSDP unit back to sharded DTensor parameters (a no-op for a plain module).
+
+    FSDP2 keeps the root unit's parameters gathered after a forward; code that pairs
+    the parameters of two sharded models (a weight copy) needs both sharded alike.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 @contextmanager
 def unsharded(model: Any) -> Iterator[None]:
     """All-gather every FSDP unit once and keep it gathered until the block ends."""

@@ -12,6 +12,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from remix_rft.data.batch import TrainBatch
+from remix_rft.engines.distributed import reshard
 from remix_rft.engines.models import resolve_model_path
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -45,14 +46,8 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 def copy_weights(source: nn.Module, target: nn.Module) -> None:
-    from torch.distributed.fsdp import FSDPModule
-
-    # FSDP2 leaves the root's parameters unsharded after a forward (plain tensors while
-    # the other model's are DTensors): reshard both so that shards copy onto shards.
-    for model in (source, target):
-        for module in model.modules():
-            if isinstance(module, FSDPModule):
-                module.reshard()
+    for model in (source, target):  # under FSDP2: shards copy onto shards
+        reshard(model)
     with torch.no_grad():
         for dst, src in zip(target.parameters(), source.parameters(), strict=True):
             dst.copy_(src)

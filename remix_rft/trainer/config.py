@@ -140,9 +140,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda; under torchrun: the rank's GPU
-    generation_backend: str = (
-        "hf"  # hf: HF generate; hf-static: static KV cache (+ torch.compile on GPU)
-    )
+    # hf: HF generate; hf-static: static KV cache (+ torch.compile on GPU)
+    generation_backend: str = "hf"
     # LoRA (peft; lora_rank 0: full finetuning). The reference is the base with the adapter off.
     lora_rank: int = 0
     lora_alpha: float = 16.0
