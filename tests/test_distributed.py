@@ -203,7 +203,7 @@ def test_two_rank_cli_run_writes_a_normal_run_directory(model_dir, tmp_path):
 
 def test_checkpoint_from_two_ranks_loads_as_a_hf_model(model_dir, tmp_path):
     """Covered by the CLI run above; here the world-size rules of the config."""
-    from remix_rft.engines.distributed import check_config
+    from remix_rft.trainer.ranks import check_config
 
     cfg = load_config(None, [f"model={model_dir}", "prompts_per_step=6", "minibatch_size=64"])
     with pytest.raises(ConfigError, match="prompts_per_step.*divisible by the world size 4"):
@@ -256,7 +256,7 @@ def test_tiny_model_trains_end_to_end_on_gpu(model_dir, tmp_path, backend):
         None,
         [f"model={model_dir}", f"out_dir={tmp_path / backend}", "steps=2", "prompts_per_step=4",
          "group_size=4", "minibatch_size=16", "eval_problems=16", "dtype=bfloat16", "task.n_train=200",
-         f"generation_backend={backend}", "device=cuda"],
+         f"rollout_engine={backend}", "device=cuda"],
     )  # fmt: skip
     summary = train(cfg)
     rows = [

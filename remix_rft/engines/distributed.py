@@ -18,16 +18,15 @@ helper here is then the identity). Under ``torchrun`` every rank:
   ``generate``, because ranks stop decoding at different lengths.
 
 Metrics are reduced across ranks, evaluation is sharded and its correct answers
-summed, and only rank 0 writes the run directory. Checkpoints are sharded with
-``torch.distributed.checkpoint`` (DCP) plus one consolidated, Hugging-Face-loadable
-copy of the policy for ``remix eval``.
+summed, and only rank 0 writes the run directory. The trainer's sharded (DCP)
+checkpoints live in :mod:`remix_rft.trainer.ranks`; model construction in
+:mod:`remix_rft.engines.factory`. Of the project it imports only the algorithm layer.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -41,10 +40,6 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-DCP_DIR = "dcp"
-RANK_STATE = "rank_{rank:05d}.pt"
-FORMAT = "dcp"
 
 
 # ---- the process group ---------------------------------------------------------------
@@ -251,32 +246,6 @@ def shutdown() -> None:
     _ENV = None
 
 
-def check_config(cfg: Any, world_size: int) -> None:
-    """What data parallelism needs of a config; raises ConfigError naming the key."""
-    from remix_rft.trainer.config import ConfigError
-
-    if world_size <= 1:
-        return
-    for key in ("prompts_per_step", "minibatch_size"):
-        value = getattr(cfg, key)
-        if value % world_size:
-            raise ConfigError(
-                f"config key '{key}': must be divisible by the world size {world_size} "
-                f"(each rank takes {key}/{world_size}), got {value}"
-            )
-    off = cfg.offpolicy_batch_size()
-    if off % world_size:
-        log.warning(
-            "%d off-policy samples per iteration do not split over %d ranks; each rank draws %d",
-            off, world_size, off // world_size,
-        )  # fmt: skip
-    if getattr(cfg, "lora_rank", 0):
-        raise ConfigError(
-            f"config key 'lora_rank': LoRA runs in one process only for now, got {cfg.lora_rank} "
-            f"with {world_size} ranks (launch without torchrun, or set lora_rank=0)"
-        )
-
-
 # ---- FSDP2 -------------------------------------------------------------------------------
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks to shard one by one (HF names them in ``_no_split_modules``)."""
@@ -371,60 +340,6 @@ def move_batch(batch: Any, device: torch.device) -> Any:
     return replace(batch, **values)
 
 
-# ---- model construction for the trainer ---------------------------------------------------
-def build_models(cfg: Any, env: DistEnv) -> tuple[Any, Any]:
-    """Policy and reference π_base, placed, sharded and cast as the config asks.
-
-    The default (one CPU process, float32, no LoRA) is exactly ``load_policy`` +
-    ``frozen_copy``. ``dtype=bfloat16``: FSDP2 mixed precision under torchrun; in one
-    process fp32 master weights with bf16 autocast around every forward.
-    """
-    from remix_rft.engines.policy import frozen_copy, load_policy
-
-    master = "float32" if (env.enabled or cfg.dtype == "bfloat16") else cfg.dtype
-    policy = load_policy(cfg.model, dtype=master, gradient_checkpointing=cfg.gradient_checkpointing)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(policy)
-    if getattr(cfg, "lora_rank", 0):
-        from remix_rft.engines import lora
-
-        policy = lora.wrap(policy, cfg)
-        trainable, total = lora.trainable_parameters(policy)
-        log.info("LoRA rank %d: %d of %d parameters trainable", cfg.lora_rank, trainable, total)
-        policy.to(env.device)
-        reference = lora.AdapterDisabled(policy)
-    else:
-        reference = frozen_copy(policy)
-        if env.enabled:
-            shard_model(policy, env, dtype=cfg.dtype)
-            shard_model(reference, env, dtype=cfg.dtype)
-        elif env.device.type != "cpu":
-            policy.to(env.device)
-            reference.to(env.device)
-    if cfg.dtype == "bfloat16" and not env.enabled:
-        autocast_bf16(policy, env.device)
-        if not getattr(cfg, "lora_rank", 0):
-            autocast_bf16(reference, env.device)
-    return policy, reference
-
-
-def build_critic(cfg: Any, env: DistEnv) -> Any:
-    from remix_rft.engines.policy import ValueModel
-
-    master = "float32" if (env.enabled or cfg.dtype == "bfloat16") else cfg.dtype
-    critic = ValueModel.from_pretrained(cfg.critic_model or cfg.model, dtype=master)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(critic.backbone)
-    if env.enabled:
-        shard_model(critic, env, dtype=cfg.dtype)
-    else:
-        if env.device.type != "cpu":
-            critic.to(env.device)
-        if cfg.dtype == "bfloat16":
-            autocast_bf16(critic, env.device)
-    return critic
-
-
 def enable_gradient_checkpointing(model: Any) -> None:
     """Recompute activations in backward; non-reentrant (composes with FSDP2 and LoRA)."""
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -436,12 +351,20 @@ def autocast_bf16(model: nn.Module, device: torch.device) -> None:
     model.forward = torch.autocast(device_type=device.type, dtype=torch.bfloat16)(model.forward)
 
 
-# ---- checkpoints (DCP) --------------------------------------------------------------------
-def _hf_state(model: Any) -> dict[str, torch.Tensor]:
+# ---- full weights from shards ---------------------------------------------------------------
+def full_state_dict(model: Any, *, every_rank: bool = False) -> dict[str, torch.Tensor]:
+    """Unsharded parameters on the CPU (a collective under FSDP2: every rank must call it).
+
+    By default only rank 0 receives them (what a checkpoint needs); ``every_rank`` gives
+    each rank the full tensors (what a per-rank rollout engine needs).
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=opts)
+    if not is_sharded(model):
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
+    state = get_model_state_dict(model, options=opts)
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def save_hf_policy(model: Any, state: dict[str, torch.Tensor], tokenizer: Any, out: Path) -> None:
@@ -456,144 +379,3 @@ def save_hf_policy(model: Any, state: dict[str, torch.Tensor], tokenizer: Any, o
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
-
-
-def _app_state(trainer: Any) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    state: dict[str, Any] = {
-        "policy": get_model_state_dict(trainer.policy),
-        "optimizer": get_optimizer_state_dict(trainer.policy, trainer.optimizer),
-    }
-    if trainer.reincarnated:
-        state["reference"] = get_model_state_dict(trainer.reference)
-    if trainer.critic is not None:
-        state["critic"] = get_model_state_dict(trainer.critic)
-        state["critic_optimizer"] = get_optimizer_state_dict(
-            trainer.critic, trainer.critic_optimizer
-        )
-    return state
-
-
-def _rank_state(trainer: Any) -> dict[str, Any]:
-    return {
-        "buffer": trainer.buffer.state_dict(),
-        "sampler": trainer.sampler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "shuffle_rng": trainer.shuffle_rng.get_state(),
-    }
-
-
-def save_checkpoint(trainer: Any, step: int) -> Path:
-    """Sharded DCP checkpoint + per-rank state + (rank 0) consolidated policy and counters."""
-    import torch.distributed.checkpoint as dcp
-
-    from remix_rft.trainer import checkpoint as ckpt
-
-    env: DistEnv = trainer.dist
-    root = ckpt.checkpoint_root(trainer.run_dir)
-    final = root / ckpt.step_dir_name(step)
-    tmp = root / (final.name + ".tmp")
-    if env.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    env.barrier()
-    dcp.save(_app_state(trainer), checkpoint_id=str(tmp / DCP_DIR))
-    torch.save(_rank_state(trainer), tmp / RANK_STATE.format(rank=env.rank))
-    full = _hf_state(trainer.policy)  # collective: every rank takes part
-    if env.is_main:
-        save_hf_policy(trainer.policy, full, trainer.tokenizer, tmp / "policy")
-        from dataclasses import asdict
-
-        torch.save(
-            {
-                "format": FORMAT,
-                "world_size": env.world_size,
-                "counters": asdict(trainer.counters),
-                "scheduler": trainer.scheduler.state_dict(),
-            },
-            tmp / ckpt.STATE_FILE,
-        )
-    env.barrier()
-    if env.is_main:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        from remix_rft.trainer.io import atomic_write_text
-
-        atomic_write_text(root / ckpt.LATEST, final.name + "\n")
-        ckpt._prune(root, trainer.cfg.keep_checkpoints)
-    env.barrier()
-    return final
-
-
-def checkpoint_world_size(checkpoint: Path) -> int | None:
-    """Ranks that wrote a DCP checkpoint; None for a single-process checkpoint."""
-    from remix_rft.trainer import checkpoint as ckpt
-
-    if not (checkpoint / DCP_DIR).is_dir():
-        return None
-    state = ckpt.load_state(checkpoint)
-    return int(state["world_size"]) if state.get("format") == FORMAT else None
-
-
-def check_resume(checkpoint: Path, world_size: int, distributed: bool) -> None:
-    saved = checkpoint_world_size(checkpoint)
-    saved_size = saved if saved is not None else 1
-    if (saved is not None) != distributed or saved_size != world_size:
-        raise ValueError(
-            f"checkpoint {checkpoint} was written by {saved_size} rank(s) "
-            f"({'sharded DCP' if saved is not None else 'single process'}) but this run has "
-            f"{world_size} rank(s); resume with the same world size "
-            f"(torchrun --nproc-per-node {saved_size} ...)"
-            + ("" if saved is not None else " or without torchrun")
-        )
-
-
-def load_checkpoint(trainer: Any, checkpoint: Path) -> None:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    from remix_rft.trainer import checkpoint as ckpt
-
-    env: DistEnv = trainer.dist
-    check_resume(checkpoint, env.world_size, env.enabled)
-    shared = ckpt.load_state(checkpoint)
-    counters = type(trainer.counters)(**shared["counters"])
-    trainer.counters = counters
-    state = _app_state(trainer)  # shapes to load into (reference only when reincarnated)
-    dcp.load(state, checkpoint_id=str(checkpoint / DCP_DIR))
-    set_model_state_dict(trainer.policy, state["policy"])
-    set_optimizer_state_dict(trainer.policy, trainer.optimizer, state["optimizer"])
-    if "reference" in state:
-        set_model_state_dict(trainer.reference, state["reference"])
-    if trainer.critic is not None:
-        set_model_state_dict(trainer.critic, state["critic"])
-        set_optimizer_state_dict(
-            trainer.critic, trainer.critic_optimizer, state["critic_optimizer"]
-        )
-    trainer.scheduler.load_state_dict(shared["scheduler"])
-    mine = torch.load(checkpoint / RANK_STATE.format(rank=env.rank), weights_only=True)
-    trainer.buffer.load_state_dict(mine["buffer"])
-    trainer.sampler.load_state_dict(mine["sampler"])
-    torch.set_rng_state(mine["torch_rng"])
-    trainer.shuffle_rng.set_state(mine["shuffle_rng"])
-
-
-class NullMetrics:
-    """What ranks other than 0 hold instead of the metrics file."""
-
-    def append(self, row: dict[str, Any]) -> None:
-        pass
-
-    def truncate_after(self, step: int) -> list[dict[str, Any]]:
-        return []
-
-    def read(self) -> list[dict[str, Any]]:
-        return []

