@@ -11,7 +11,7 @@ import pytest
 from remix_rft.apps import evaluate
 from remix_rft.data.math_dataset import BENCHMARK_FILES, load_benchmark
 from remix_rft.data.tasks import Problem
-from remix_rft.engines import generation
+from remix_rft.engines.rollout import Generation
 from remix_rft.engines.models import EMBEDDED_MODEL_DIR
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
@@ -29,7 +29,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 class FakeModel:
-    """Stands in for model + generate_texts: answers right when the problem's index is even."""
+    """Stands in for a rollout engine: answers right when the problem's index is even."""
 
     def __init__(self, problems: dict[str, list[Problem]], fail_after_batches: int | None = None):
         self.answer_of = {}
@@ -40,13 +40,14 @@ class FakeModel:
         self.fail_after = fail_after_batches
         self.prompts_seen: list[str] = []
 
-    def generate_texts(self, model, tokenizer, prompts, **kwargs):
+    def generate(self, prompts, settings):
         if self.fail_after is not None and self.fail_after <= 0:
             raise KeyboardInterrupt  # the kill
         if self.fail_after is not None:
             self.fail_after -= 1
         self.prompts_seen.extend(prompts)
-        return [f"work... \\boxed{{{self.answer_of[p.split(chr(10))[0]]}}}" for p in prompts]
+        texts = [f"work... \\boxed{{{self.answer_of[p.split(chr(10))[0]]}}}" for p in prompts]
+        return Generation([], [], [], [], texts)
 
 
 def small_benchmarks(tmp_path: Path) -> Path:
@@ -65,8 +66,7 @@ def fake_env(tmp_path, monkeypatch):
     data = small_benchmarks(tmp_path)
     problems = {n: list(load_benchmark(n, data)) for n in ("amc23", "minerva")}
     fake = FakeModel(problems)
-    monkeypatch.setattr(generation, "generate_texts", fake.generate_texts)
-    monkeypatch.setattr(evaluate, "_load_model", lambda name, dtype: (object(), object()))
+    monkeypatch.setattr(evaluate, "_load_engine", lambda args: (fake, object()))
     return data, fake
 
 

@@ -205,7 +205,7 @@ def load_benchmarks(
 
 
 def evaluate(
-    model: Any,
+    engine: Any,
     tokenizer: Any,
     benchmarks: dict[str, list[Problem]],
     settings: EvalSettings,
@@ -246,7 +246,7 @@ def evaluate(
     with responses_file.open("a", encoding="utf-8") as fh:
         if stored is None:
             _append(fh, {META_KEY: mine})
-        _generate_missing(model, tokenizer, todo, settings, batch_size, fh, records, on_progress)
+        _generate_missing(engine, tokenizer, todo, settings, batch_size, fh, records, on_progress)
 
     per = {
         name: benchmark_metrics(problems, records, name, settings.samples)
@@ -262,7 +262,7 @@ def evaluate(
 
 
 def _generate_missing(
-    model: Any,
+    engine: Any,
     tokenizer: Any,
     todo: list[tuple[str, Problem, int]],
     settings: EvalSettings,
@@ -271,7 +271,7 @@ def _generate_missing(
     records: dict[Key, dict[str, Any]],
     on_progress: Callable[[int], None] | None,
 ) -> None:
-    from remix_rft.engines.generation import generate_texts
+    from remix_rft.engines.rollout import SamplingSettings
 
     prompt_cache: dict[str, str] = {}
     for begin in range(0, len(todo), batch_size):
@@ -284,16 +284,14 @@ def _generate_missing(
                 )
             prompts.append(prompt_cache[problem.prompt])
         start = time.perf_counter()
-        texts = generate_texts(
-            model,
-            tokenizer,
-            prompts,
+        sampling = SamplingSettings(
             max_new_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
             top_p=settings.top_p,
-            batch_size=batch_size,
             seed=settings.seed + begin,
+            logprobs=False,
         )
+        texts = engine.generate(prompts, sampling).texts
         log.debug("generated %d responses in %.1fs", len(texts), time.perf_counter() - start)
         for (name, problem, s), text in zip(chunk, texts, strict=True):
             record = {
@@ -337,24 +335,44 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--instruction", default=DEFAULT_MATH_INSTRUCTION, help="appended to problems")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
+    p.add_argument(
+        "--engine", default="hf", help="rollout engine: hf, hf-static or vllm (pip extra)"
+    )
+    p.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.5, help="vllm: share of GPU memory"
+    )
+    p.add_argument(
+        "--max-model-len", type=int, default=0, help="vllm: prompt + response tokens (0: model's)"
+    )
     p.add_argument("--out", type=Path, default=Path("results.json"), help="results JSON path")
     p.add_argument("--overwrite", action="store_true", help="discard saved responses first")
     p.set_defaults(func=run)
 
 
-def _load_model(name: str, dtype: str) -> tuple[Any, Any]:
+def _load_engine(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(rollout engine, tokenizer) for ``--model`` with ``--engine``."""
     import torch
 
+    from remix_rft.engines.models import resolve_model_path
     from remix_rft.engines.policy import load_policy, load_tokenizer
+    from remix_rft.engines.rollout import EngineOptions, build_engine
 
     cuda = torch.cuda.is_available()
-    if dtype == "auto":
-        dtype = "bfloat16" if cuda else "float32"
-    tokenizer = load_tokenizer(name)
-    model = load_policy(name, dtype=dtype)
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if cuda else "float32")
+    tokenizer = load_tokenizer(args.model)
+    model = load_policy(args.model, dtype=dtype)
     model.to("cuda" if cuda else "cpu")
     model.eval()
-    return model, tokenizer
+    options = EngineOptions(
+        model_path=resolve_model_path(args.model),
+        dtype=dtype,
+        seed=args.seed,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        sleep_between_rollouts=False,  # nothing trains in between
+        batch_size=args.batch_size,
+    )
+    return build_engine(args.engine, policy=model, tokenizer=tokenizer, options=options), tokenizer
 
 
 def run(args: argparse.Namespace) -> int:
@@ -382,8 +400,8 @@ def run(args: argparse.Namespace) -> int:
         if args.overwrite and responses_file.exists():
             responses_file.unlink()
         read_responses(responses_file)  # fail on a foreign file before loading a model
-        model, tokenizer = _load_model(args.model, args.dtype)
-    except (EvalError, FileNotFoundError, OSError) as exc:
+        engine, tokenizer = _load_engine(args)
+    except (EvalError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
         print(f"remix eval: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if settings.greedy and settings.samples > 1:
@@ -401,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         results = evaluate(
-            model,
+            engine,
             tokenizer,
             benchmarks,
             settings,

