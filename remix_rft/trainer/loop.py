@@ -685,6 +685,10 @@ class Trainer:
             atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
 
+    def close(self) -> None:
+        """Release the rollout engine (last: vLLM's shutdown also ends the process group)."""
+        self.engine.close()
+
     def summary(self) -> dict[str, Any]:
         c = self.counters
         return {
@@ -762,7 +766,11 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, An
     env = distributed.setup(cfg.device)
     ranks.check_config(cfg, env.world_size)
     run_dir = env.on_main(lambda: prepare_run_dir(cfg))  # rank 0 writes; errors reach all ranks
-    return Trainer(cfg, run_dir).run(on_step)
+    trainer = Trainer(cfg, run_dir)
+    try:
+        return trainer.run(on_step)
+    finally:
+        trainer.close()
 
 
 def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
@@ -778,4 +786,7 @@ def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None)
     trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
     if trainer.dist.is_main:
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    return trainer.run(on_step)
+    try:
+        return trainer.run(on_step)
+    finally:
+        trainer.close()
