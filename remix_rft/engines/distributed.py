@@ -432,8 +432,12 @@ def enable_gradient_checkpointing(model: Any) -> None:
 
 
 def autocast_bf16(model: nn.Module, device: torch.device) -> None:
-    """fp32 weights, bf16 matmuls: wrap this module's ``forward`` in autocast."""
+    """fp32 weights, bf16 matmuls: wrap this module's ``forward`` in autocast.
+
+    ``autocast_dtype`` tells code that applies a submodule outside ``forward`` (the
+    chunked output head of ``engines/policy.py``) to run it under the same autocast."""
     model.forward = torch.autocast(device_type=device.type, dtype=torch.bfloat16)(model.forward)
+    model.autocast_dtype = torch.bfloat16
 
 
 # ---- checkpoints (DCP) --------------------------------------------------------------------
