@@ -118,7 +118,7 @@ class _LogprobEntropy(torch.autograd.Function):
         ctx: Any, logits: torch.Tensor, targets: torch.Tensor, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.set_materialize_grads(False)  # None tells backward that a term is unused
-        z = logits.float()
+        z = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32
         if temperature != 1.0:
             z = z / temperature
         lse = torch.logsumexp(z, dim=-1)
