@@ -3,6 +3,7 @@ the compact per-micro-batch layout, token-budget micro-batches and entropy metri
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -87,7 +88,9 @@ def test_chunked_logprobs_entropy_and_grads_equal_unchunked(big_vocab_model):
     ref = values_and_grads(model, lambda: naive_stats(model, batch, temperature), weights)
     assert float(ref[1][batch.response_mask.bool()].min()) > 1.0  # a real entropy, not zeros
     for chunk in (7, 4096, 0):  # chunks that do not divide N, one chunk, full logits
-        stats = lambda c=chunk: response_stats(model, batch, temperature=temperature, chunk_tokens=c)  # noqa: E731
+        stats = lambda c=chunk: response_stats(
+            model, batch, temperature=temperature, chunk_tokens=c
+        )  # noqa: E731
         got = values_and_grads(model, lambda s=stats: (s().logprobs, s().entropy), weights)
         assert (got[0] - ref[0]).abs().max() <= 1e-5, chunk
         # Entropies near log(50k) = 10.8 are fp32 sums over 50k terms: compare relatively.
@@ -102,8 +105,6 @@ def test_chunked_logprobs_entropy_and_grads_equal_unchunked(big_vocab_model):
 def test_chunked_path_runs_through_lora_policy_and_adapter_free_reference(big_vocab_model):
     peft = pytest.importorskip("peft")
     from remix_rft.engines.lora import AdapterDisabled
-
-    import copy
 
     base = copy.deepcopy(big_vocab_model)
     config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "lm_head"])
@@ -218,7 +219,9 @@ def test_entropy_is_logged_overall_and_by_data_age(tiny_config):
         "micro_batch_tokens=400", "eval_every=10",
     )  # fmt: skip
     train(cfg)
-    rows = [json.loads(x) for x in (cfg.resolved_out_dir() / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(x) for x in (cfg.resolved_out_dir() / "metrics.jsonl").read_text().splitlines()
+    ]
     second = rows[2]
     assert 0.0 < second["entropy/mean"] < torch.log(torch.tensor(1000.0))
     assert second["age0/entropy"] > 0 and second["age1/entropy"] > 0

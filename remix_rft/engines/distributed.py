@@ -332,6 +332,19 @@ def reshard(model: Any) -> None:
             module.reshard()
 
 
+def gather_root(model: Any) -> None:
+    """All-gather the root FSDP unit (embeddings, final norm, ``lm_head``) ahead of a forward.
+
+    Code that applies the output head itself, after the forward (the chunked log-probs
+    of ``engines/policy.py``), needs the full head weight; FSDP2 keeps the root
+    gathered after its forward and reshards it after the backward. No-op unsharded.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.unshard()
+
+
 @contextmanager
 def unsharded(model: Any) -> Iterator[None]:
     """All-gather every FSDP unit once and keep it gathered until the block ends."""

@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from remix_rft.data.batch import MicroBatching, TrainBatch, compact
-from remix_rft.engines.distributed import reshard
+from remix_rft.engines.distributed import gather_root, reshard
 from remix_rft.engines.models import resolve_model_path
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -199,7 +199,8 @@ def output_head(model: Any) -> nn.Module | None:
 
 
 def _is_sharded_weight(head: nn.Module) -> bool:
-    """A head whose weight is still an FSDP shard cannot be applied outside the forward."""
+    """A head whose weight is still an FSDP shard cannot be applied outside the forward
+    (a model sharded otherwise than by ``shard_model``): then the full-logits path runs."""
     from torch.distributed.tensor import DTensor
 
     return isinstance(getattr(head, "weight", None), DTensor)
@@ -236,6 +237,8 @@ def response_stats(
     columns = rows.response_columns.to(device)
     targets = batch.input_ids[:, batch.prompt_len :].to(device)[mask]
     head = output_head(model) if chunk_tokens > 0 else None
+    if head is not None:
+        gather_root(model)  # under FSDP2: the full head weight, for use after the forward
     if head is not None and not _is_sharded_weight(head):
         # logits_to_keep=1: the model's own head runs on one position; the hidden states
         # come back through the root's output, where FSDP2 hooks its backward.
