@@ -88,10 +88,12 @@ def test_chunked_logprobs_entropy_and_grads_equal_unchunked(big_vocab_model):
     ref = values_and_grads(model, lambda: naive_stats(model, batch, temperature), weights)
     assert float(ref[1][batch.response_mask.bool()].min()) > 1.0  # a real entropy, not zeros
     for chunk in (7, 4096, 0):  # chunks that do not divide N, one chunk, full logits
-        stats = lambda c=chunk: response_stats(
-            model, batch, temperature=temperature, chunk_tokens=c
-        )  # noqa: E731
-        got = values_and_grads(model, lambda s=stats: (s().logprobs, s().entropy), weights)
+
+        def chunked(c: int = chunk) -> tuple[torch.Tensor, torch.Tensor]:
+            out = response_stats(model, batch, temperature=temperature, chunk_tokens=c)
+            return out.logprobs, out.entropy
+
+        got = values_and_grads(model, chunked, weights)
         assert (got[0] - ref[0]).abs().max() <= 1e-5, chunk
         # Entropies near log(50k) = 10.8 are fp32 sums over 50k terms: compare relatively.
         assert ((got[1] - ref[1]).abs() / ref[1].abs().clamp(min=1.0)).max() <= 1e-5, chunk
@@ -226,3 +228,13 @@ def test_entropy_is_logged_overall_and_by_data_age(tiny_config):
     assert 0.0 < second["entropy/mean"] < torch.log(torch.tensor(1000.0))
     assert second["age0/entropy"] > 0 and second["age1/entropy"] > 0
     assert 0.0 <= second["padding/frac"] < 0.5
+
+
+def test_new_keys_are_validated():
+    from remix_rft.trainer.config import ConfigError, load_config
+
+    for bad in ("micro_batch_tokens=-1", "logprob_chunk_tokens=-8", "entropy_coef=-0.1"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(None, [bad])
+    cfg = load_config(None, ["micro_batch_tokens=16384", "entropy_coef=0.001"])
+    assert cfg.micro_batch_tokens == 16384 and cfg.logprob_chunk_tokens == 1024
