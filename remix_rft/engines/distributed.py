@@ -333,11 +333,13 @@ def reshard(model: Any) -> None:
 
 
 def gather_root(model: Any) -> None:
-    """All-gather the root FSDP unit (embeddings, final norm, ``lm_head``) ahead of a forward.
+    """All-gather the root FSDP unit (embeddings, final norm, ``lm_head``) after a forward.
 
     Code that applies the output head itself, after the forward (the chunked log-probs
-    of ``engines/policy.py``), needs the full head weight; FSDP2 keeps the root
-    gathered after its forward and reshards it after the backward. No-op unsharded.
+    of ``engines/policy.py``), needs the full head weight. FSDP2 keeps the root gathered
+    after its forward only while the root is set not to reshard then (its default, which
+    ``unsharded`` can change), so gather it explicitly; the backward reshards it as usual.
+    No-op for a module that is not sharded.
     """
     from torch.distributed.fsdp import FSDPModule
 

@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from remix_rft.data.batch import MicroBatching, TrainBatch, compact
-from remix_rft.engines.distributed import gather_root, reshard
+from remix_rft.engines.distributed import gather_root, is_sharded, reshard
 from remix_rft.engines.models import resolve_model_path
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -198,12 +198,12 @@ def output_head(model: Any) -> nn.Module | None:
     return head if isinstance(head, nn.Module) else None
 
 
-def _is_sharded_weight(head: nn.Module) -> bool:
-    """A head whose weight is still an FSDP shard cannot be applied outside the forward
-    (a model sharded otherwise than by ``shard_model``): then the full-logits path runs."""
+def _is_sharded_weight(head: nn.Module, model: Any) -> bool:
+    """A sharded head that ``gather_root`` cannot gather (a model sharded otherwise than by
+    ``shard_model``) cannot be applied outside the forward: the full-logits path runs."""
     from torch.distributed.tensor import DTensor
 
-    return isinstance(getattr(head, "weight", None), DTensor)
+    return isinstance(getattr(head, "weight", None), DTensor) and not is_sharded(model)
 
 
 def _at_response(values: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -237,14 +237,13 @@ def response_stats(
     columns = rows.response_columns.to(device)
     targets = batch.input_ids[:, batch.prompt_len :].to(device)[mask]
     head = output_head(model) if chunk_tokens > 0 else None
-    if head is not None:
-        gather_root(model)  # under FSDP2: the full head weight, for use after the forward
-    if head is not None and not _is_sharded_weight(head):
+    if head is not None and not _is_sharded_weight(head, model):
         # logits_to_keep=1: the model's own head runs on one position; the hidden states
         # come back through the root's output, where FSDP2 hooks its backward.
         out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
         hidden = _at_response(out.hidden_states[-1], columns, mask)
         del out
+        gather_root(model)  # under FSDP2: the full head weight until the backward is done
         autocast_dtype = getattr(model, "autocast_dtype", None)
         logprobs, entropy = _chunked_head_stats(
             hidden, targets, head, temperature, chunk_tokens, autocast_dtype
