@@ -33,6 +33,12 @@ CASES = {
         "offpolicy_clip_eps_high=0.1", "kl_coef=0.1", "kl_lambda=0.5", "loss_agg=token-mean",
         "micro_batch_size=2",
     ],
+    # Token-budget micro-batches (ranks cut theirs differently but run as many) and an
+    # entropy bonus through the chunked output head of the sharded root.
+    "remix-grpo-tokens": [
+        "algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5", "kl_coef=0.1",
+        "micro_batch_tokens=24", "entropy_coef=0.01", "logprob_chunk_tokens=5",
+    ],
     # Critic, GAE with globally whitened advantages, sequence-mean aggregation.
     "remix-ppo": [
         "algorithm=remix-ppo", "window=2", "offpolicy_fraction=0.5", "loss_agg=seq-mean-token-mean",
@@ -152,7 +158,9 @@ def test_two_ranks_make_the_one_rank_update(model_dir, tmp_path, monkeypatch):
         # parameter by up to ~lr, so parameters get a looser bound than gradients.
         assert param_diff < 5e-5, (case, param_diff)
         assert grad_diff < 1e-5, (case, grad_diff)  # Adam hides a gradient scale; grads do not
-        for key in ("grad_norm", "ratio/mean", "clip/frac", "kl/base", "age1/ratio_mean"):
+        for key in (
+            "grad_norm", "ratio/mean", "clip/frac", "kl/base", "age1/ratio_mean", "entropy/mean",
+        ):  # fmt: skip
             if key in single["stats"]:
                 assert multi["stats"][key] == pytest.approx(
                     single["stats"][key], rel=1e-4, abs=1e-6

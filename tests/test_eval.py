@@ -11,8 +11,8 @@ import pytest
 from remix_rft.apps import evaluate
 from remix_rft.data.math_dataset import BENCHMARK_FILES, load_benchmark
 from remix_rft.data.tasks import Problem
-from remix_rft.engines.rollout import Generation
 from remix_rft.engines.models import EMBEDDED_MODEL_DIR
+from remix_rft.engines.rollout import Generation
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 needs_data = pytest.mark.skipif(not BENCH_DIR.is_dir(), reason=f"{BENCH_DIR} not present")

@@ -72,9 +72,16 @@ def tiny():
 
 def as_batch(gen) -> object:
     samples = [
-        Sample(prompt_ids=gen.prompt_ids[i], response_ids=gen.response_ids[i],
-               behavior_logprobs=gen.logprobs[i], reward=0.0, advantage=0.0, version=1,
-               group=i, finished=gen.finished[i])  # fmt: skip
+        Sample(
+            prompt_ids=gen.prompt_ids[i],
+            response_ids=gen.response_ids[i],
+            behavior_logprobs=gen.logprobs[i],
+            reward=0.0,
+            advantage=0.0,
+            version=1,
+            group=i,
+            finished=gen.finished[i],
+        )  # fmt: skip
         for i in range(len(gen))
     ]
     return collate(samples, 0)
@@ -102,7 +109,9 @@ def test_engine_logprobs_equal_the_trainer_forward(tiny, temperature):
 def test_same_seed_same_samples_and_greedy_matches_hf(tiny):
     policy, tokenizer, prompts, engine = tiny
     sampled = SamplingSettings(max_new_tokens=32, temperature=1.0, n=2, seed=11)
-    assert engine.generate(prompts[:8], sampled).texts == engine.generate(prompts[:8], sampled).texts
+    assert (
+        engine.generate(prompts[:8], sampled).texts == engine.generate(prompts[:8], sampled).texts
+    )
     greedy = SamplingSettings(max_new_tokens=48, temperature=0.0, logprobs=False)
     hf = build_engine("hf", policy=policy, tokenizer=tokenizer, options=engine_options())
     assert engine.generate(prompts, greedy).texts == hf.generate(prompts, greedy).texts

@@ -301,6 +301,21 @@ def reshard(model: Any) -> None:
             module.reshard()
 
 
+def gather_root(model: Any) -> None:
+    """All-gather the root FSDP unit (embeddings, final norm, ``lm_head``) after a forward.
+
+    Code that applies the output head itself, after the forward (the chunked log-probs
+    of ``engines/policy.py``), needs the full head weight. FSDP2 keeps the root gathered
+    after its forward only while the root is set not to reshard then (its default, which
+    ``unsharded`` can change), so gather it explicitly; the backward reshards it as usual.
+    No-op for a module that is not sharded.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.unshard()
+
+
 @contextmanager
 def unsharded(model: Any) -> Iterator[None]:
     """All-gather every FSDP unit once and keep it gathered until the block ends."""
@@ -347,8 +362,12 @@ def enable_gradient_checkpointing(model: Any) -> None:
 
 
 def autocast_bf16(model: nn.Module, device: torch.device) -> None:
-    """fp32 weights, bf16 matmuls: wrap this module's ``forward`` in autocast."""
+    """fp32 weights, bf16 matmuls: wrap this module's ``forward`` in autocast.
+
+    ``autocast_dtype`` tells code that applies a submodule outside ``forward`` (the
+    chunked output head of ``engines/policy.py``) to run it under the same autocast."""
     model.forward = torch.autocast(device_type=device.type, dtype=torch.bfloat16)(model.forward)
+    model.autocast_dtype = torch.bfloat16
 
 
 # ---- full weights from shards ---------------------------------------------------------------

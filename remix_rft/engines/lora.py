@@ -77,6 +77,16 @@ class AdapterDisabled(nn.Module):
         with self._policy.disable_adapter():
             return self._policy(**kwargs)
 
+    def get_output_embeddings(self) -> nn.Module:
+        """The policy's output head without its adapter (for the chunked log-prob path)."""
+        head = self._policy.get_output_embeddings()
+        get_base = getattr(head, "get_base_layer", None)  # a LoRA-wrapped head
+        return get_base() if callable(get_base) else head
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return getattr(self._policy, "autocast_dtype", None)
+
 
 def _lora_layers(model: nn.Module) -> list[tuple[str, Any]]:
     from peft.tuners.lora import LoraLayer

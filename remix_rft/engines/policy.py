@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from remix_rft.data.batch import TrainBatch
-from remix_rft.engines.distributed import reshard
+from remix_rft.data.batch import MicroBatching, TrainBatch, compact
+from remix_rft.engines.distributed import gather_root, is_sharded, reshard
 from remix_rft.engines.models import resolve_model_path
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -90,43 +93,201 @@ class ValueModel(nn.Module):
         return self.head(hidden).squeeze(-1).float()
 
 
-def _response_slice(batch: TrainBatch) -> slice:
-    """Columns whose outputs score the response tokens (each predicts the next token)."""
-    width = batch.response_mask.shape[1]
-    return slice(batch.prompt_len - 1, batch.prompt_len - 1 + width)
+# Response tokens per output-head chunk: one [1024, V] fp32 tensor is 0.6 GB at V = 152k.
+DEFAULT_CHUNK_TOKENS = 1024
 
 
-def response_logprobs(model: Any, batch: TrainBatch, *, temperature: float) -> torch.Tensor:
-    """log π(y_t | x, y_<t) for every response token, at the sampling temperature: [B, R]."""
+@dataclass
+class TokenStats:
+    """Per response token, at the sampling temperature: [B, R] each, 0 on padding."""
+
+    logprobs: torch.Tensor  # log π(y_t | x, y_<t)
+    entropy: torch.Tensor  # H(π(· | x, y_<t))
+
+
+class _LogprobEntropy(torch.autograd.Function):
+    """Log-softmax at a temperature, taken at the targets, and the entropy, from logits [N, V].
+
+    Autograd through ``log_softmax`` + an entropy keeps ~5 [N, V] fp32 tensors alive in
+    the backward; this keeps only the scaled fp32 logits and builds the gradient in
+    place, so that one chunk costs ~3 [N, V] fp32 tensors at its peak.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: torch.Tensor, targets: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)  # None tells backward that a term is unused
+        z = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32
+        if temperature != 1.0:
+            z = z / temperature
+        lse = torch.logsumexp(z, dim=-1)
+        picked = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+        entropy = lse - (z - lse.unsqueeze(-1)).exp_().mul_(z).sum(dim=-1)  # lse - E_p[z]
+        ctx.save_for_backward(z, targets, lse, entropy)
+        ctx.temperature, ctx.dtype = temperature, logits.dtype
+        return picked, entropy
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_logprob: torch.Tensor | None, grad_entropy: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, None, None]:
+        z, targets, lse, entropy = ctx.saved_tensors
+        g_lp = torch.zeros_like(lse) if grad_logprob is None else grad_logprob
+        probs = (z - lse.unsqueeze(-1)).exp_()
+        # d logp_y/dz = onehot(y) - p;  dH/dz = -p (log p + H), with log p = z - lse.
+        if grad_entropy is None:
+            grad = probs.mul_(g_lp.unsqueeze(-1))
+        else:
+            grad = z - (lse - entropy).unsqueeze(-1)
+            grad.mul_(grad_entropy.unsqueeze(-1)).add_(g_lp.unsqueeze(-1)).mul_(probs)
+            del probs
+        grad.neg_().scatter_add_(-1, targets.unsqueeze(-1), g_lp.unsqueeze(-1))
+        if ctx.temperature != 1.0:
+            grad.div_(ctx.temperature)
+        return grad.to(ctx.dtype), None, None
+
+
+def _head_stats(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module,
+    temperature: float,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output head and token statistics of one chunk of response positions [n, H]."""
+    # A model whose forward runs under autocast (bf16 in one process) gets its head's too.
+    cast = (
+        torch.autocast(hidden.device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with cast:
+        logits = head(hidden)
+    return _LogprobEntropy.apply(logits, targets, temperature)
+
+
+def _chunked_head_stats(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module,
+    temperature: float,
+    chunk_tokens: int,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_head_stats`` a chunk at a time; with gradients, each chunk is recomputed in the
+    backward (activation checkpointing), so no two chunks' logits are ever alive at once."""
+    grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or any(p.requires_grad for p in head.parameters())
+    )
+    parts = []
+    for begin in range(0, max(hidden.shape[0], 1), chunk_tokens):  # one empty chunk if N = 0
+        end = begin + chunk_tokens
+        args = (hidden[begin:end], targets[begin:end], head, temperature, autocast_dtype)
+        parts.append(
+            checkpoint(_head_stats, *args, use_reentrant=False) if grad else _head_stats(*args)
+        )
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def output_head(model: Any) -> nn.Module | None:
+    """The vocabulary projection (HF ``get_output_embeddings``; peft forwards the call to
+    the wrapped model), or None where a model does not expose one."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, nn.Module) else None
+
+
+def _is_sharded_weight(head: nn.Module, model: Any) -> bool:
+    """A sharded head that ``gather_root`` cannot gather (a model sharded otherwise than by
+    ``shard_model``) cannot be applied outside the forward: the full-logits path runs."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(getattr(head, "weight", None), DTensor) and not is_sharded(model)
+
+
+def _at_response(values: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Rows of ``values`` [B, W, ...] at the real response positions, in row-major order: [N, ...]."""
+    rows, tokens = mask.nonzero(as_tuple=True)
+    return values[rows, columns[rows, tokens]]
+
+
+def response_stats(
+    model: Any,
+    batch: TrainBatch,
+    *,
+    temperature: float,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> TokenStats:
+    """Log-probs and entropy of every response token, at the sampling temperature.
+
+    The backbone runs on the batch's compact layout (no padding beyond its own longest
+    row); the output head then runs on the response positions only, ``chunk_tokens`` at
+    a time, so no [B, T, V] tensor is ever built. ``chunk_tokens=0``, or a model without
+    a usable head, takes the full logits from the model's own forward instead.
+    """
     device = next(model.parameters()).device
-    logits = model(
-        input_ids=batch.input_ids.to(device),
-        attention_mask=batch.attention_mask.to(device),
-        position_ids=batch.position_ids.to(device),
-        use_cache=False,
-    ).logits
-    logits = logits[:, _response_slice(batch)].float() / temperature
-    targets = batch.input_ids[:, batch.prompt_len :].to(device)
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (picked - torch.logsumexp(logits, dim=-1)) * batch.response_mask.to(device)
+    rows = compact(batch)
+    inputs = {
+        "input_ids": rows.input_ids.to(device),
+        "attention_mask": rows.attention_mask.to(device),
+        "position_ids": rows.position_ids.to(device),
+    }
+    mask = batch.response_mask.to(device).bool()
+    columns = rows.response_columns.to(device)
+    targets = batch.input_ids[:, batch.prompt_len :].to(device)[mask]
+    head = output_head(model) if chunk_tokens > 0 else None
+    if head is not None and not _is_sharded_weight(head, model):
+        # logits_to_keep=1: the model's own head runs on one position; the hidden states
+        # come back through the root's output, where FSDP2 hooks its backward.
+        out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        hidden = _at_response(out.hidden_states[-1], columns, mask)
+        del out
+        gather_root(model)  # under FSDP2: the full head weight until the backward is done
+        autocast_dtype = getattr(model, "autocast_dtype", None)
+        logprobs, entropy = _chunked_head_stats(
+            hidden, targets, head, temperature, chunk_tokens, autocast_dtype
+        )
+    else:
+        logits = model(**inputs, use_cache=False).logits
+        logprobs, entropy = _LogprobEntropy.apply(
+            _at_response(logits, columns, mask), targets, temperature
+        )
+    zeros = torch.zeros(mask.shape, device=device)
+    return TokenStats(zeros.masked_scatter(mask, logprobs), zeros.masked_scatter(mask, entropy))
+
+
+def response_logprobs(
+    model: Any, batch: TrainBatch, *, temperature: float, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+) -> torch.Tensor:
+    """log π(y_t | x, y_<t) for every response token, at the sampling temperature: [B, R]."""
+    return response_stats(model, batch, temperature=temperature, chunk_tokens=chunk_tokens).logprobs
 
 
 def response_values(critic: ValueModel, batch: TrainBatch) -> torch.Tensor:
     """V of the state before each response token: [B, R]."""
     device = next(critic.parameters()).device
+    rows = compact(batch)
     values = critic(
-        batch.input_ids.to(device), batch.attention_mask.to(device), batch.position_ids.to(device)
+        rows.input_ids.to(device), rows.attention_mask.to(device), rows.position_ids.to(device)
     )
-    return values[:, _response_slice(batch)] * batch.response_mask.to(device)
+    mask = batch.response_mask.to(device)
+    return values.gather(1, rows.response_columns.to(device)) * mask
 
 
 @torch.no_grad()
 def batched_no_grad(
-    fn: Any, model: Any, batch: TrainBatch, micro: int, **kwargs: Any
+    fn: Any, model: Any, batch: TrainBatch, micro: MicroBatching | int, **kwargs: Any
 ) -> torch.Tensor:
-    """Apply ``fn(model, sub_batch)`` over micro-batches without gradients; concatenate rows."""
-    outs = []
-    for begin in range(0, len(batch), micro):
-        index = torch.arange(begin, min(begin + micro, len(batch)))
-        outs.append(fn(model, batch.select(index), **kwargs).cpu())
-    return torch.cat(outs, dim=0)
+    """Apply ``fn(model, sub_batch)`` over micro-batches without gradients; rows in batch order.
+
+    ``micro``: a :class:`MicroBatching` plan, or a number of rows per micro-batch."""
+    plan = micro if isinstance(micro, MicroBatching) else MicroBatching(rows=micro)
+    out: torch.Tensor | None = None
+    for index in plan.split(batch):
+        part = fn(model, batch.select(index), **kwargs).cpu()
+        if out is None:
+            out = part.new_zeros((len(batch), *part.shape[1:]))
+        out[index] = part
+    assert out is not None  # split() yields at least one micro-batch
+    return out

@@ -101,6 +101,12 @@ class TrainConfig:
     lr_schedule: str = "constant"
     minibatch_size: int = 128  # samples per optimizer update
     micro_batch_size: int = 0  # samples per forward pass (0: the whole minibatch)
+    # Per-device budget of padded tokens (rows x longest row) per forward pass: rows are
+    # sorted by length and packed up to it (0: micro_batch_size rows at a time).
+    micro_batch_tokens: int = 0
+    # Response tokens per chunk of the output head when computing log-probs and entropy
+    # (0: full logits from the model's forward, [B, T, V] at once).
+    logprob_chunk_tokens: int = 1024
     epochs: int = 1  # passes over each iteration's training batch
 
     # losses
@@ -112,6 +118,7 @@ class TrainConfig:
     kl_coef: float = 0.0  # β
     kl_estimator: str = "k3"
     kl_lambda: float = 1.0  # KL-Convex λ: 1 = base KL only, 0 = precedent KL only
+    entropy_coef: float = 0.0  # entropy bonus: loss − entropy_coef · H(π_θ) on response tokens
 
     # PPO critic
     gamma: float = 1.0
@@ -254,7 +261,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "micro_batch_size", "warmup_steps", "weight_decay", "kl_coef", "critic_warmup_steps",
         "reincarnation_step", "reincarnation_patience", "post_reincarnation_epochs",
         "eval_max_new_tokens", "norm_length", "threads", "max_grad_norm", "seed",
-        "vllm_max_model_len",
+        "vllm_max_model_len", "micro_batch_tokens", "logprob_chunk_tokens", "entropy_coef",
     )  # fmt: skip
     for key in non_negative:
         _check(getattr(cfg, key) >= 0, key, ">= 0", getattr(cfg, key))

@@ -28,7 +28,7 @@ from remix_rft.algorithm import (
     value_loss,
 )
 from remix_rft.algorithm.aggregation import aggregate, aggregation_count
-from remix_rft.data.batch import TrainBatch, collate
+from remix_rft.data.batch import MicroBatching, TrainBatch, collate, padding_counts, row_lengths
 from remix_rft.data.buffer import ReplayBuffer, Sample
 from remix_rft.data.prompts import format_prompt
 from remix_rft.data.sampler import PromptSampler
@@ -42,6 +42,7 @@ from remix_rft.engines.policy import (
     copy_weights,
     load_tokenizer,
     response_logprobs,
+    response_stats,
     response_values,
 )
 from remix_rft.engines.rollout import (
@@ -271,8 +272,12 @@ class Trainer:
         n_past = self.dist.local_offpolicy(self.offpolicy_batch_size())
         return fresh + self.buffer.sample_past(n_past, step)
 
-    def micro(self) -> int:
-        return self.cfg.micro_batch_size or self.dist.local_minibatch(self.cfg.minibatch_size)
+    def micro(self) -> MicroBatching:
+        """Forward passes of ``micro_batch_size`` rows, or within a ``micro_batch_tokens`` budget;
+        every rank runs as many (each forward pass of a sharded model is a collective)."""
+        cfg = self.cfg
+        rows = cfg.micro_batch_size or self.dist.local_minibatch(cfg.minibatch_size)
+        return MicroBatching(rows=rows, tokens=cfg.micro_batch_tokens, agree=self.dist.max)
 
     def needs_base(self, step: int) -> bool:
         """log π_base is needed by the KL term, and for the ``kl/base`` diagnostic on eval steps."""
@@ -287,13 +292,15 @@ class Trainer:
         precedent = None
         if not self.single_onpolicy_update(len(batch), n_fresh):
             precedent = batched_no_grad(
-                response_logprobs, self.policy, batch, self.micro(), temperature=cfg.temperature
-            )
+                response_logprobs, self.policy, batch, self.micro(), temperature=cfg.temperature,
+                chunk_tokens=cfg.logprob_chunk_tokens,
+            )  # fmt: skip
         base = None
         if self.needs_base(step):
             base = batched_no_grad(
-                response_logprobs, self.reference, batch, self.micro(), temperature=cfg.temperature
-            )
+                response_logprobs, self.reference, batch, self.micro(), temperature=cfg.temperature,
+                chunk_tokens=cfg.logprob_chunk_tokens,
+            )  # fmt: skip
         out: dict[str, Any] = {"precedent": precedent, "base": base}
         if precedent is not None:
             out["gen_mismatch"] = logprob_mismatch(
@@ -381,11 +388,13 @@ class Trainer:
         # Global count (summed over ranks): N ranks make one rank's update on the same batch.
         denominator = self.dist.sum(aggregation_count(batch.response_mask[mb], cfg.loss_agg))
         self.optimizer.zero_grad(set_to_none=True)
-        for begin in range(0, len(mb), self.micro()):
-            idx = mb[begin : begin + self.micro()]
+        for idx in self.micro().split(batch, mb):
             sub = batch.select(idx)
             mask = sub.response_mask
-            logprob = response_logprobs(self.policy, sub, temperature=cfg.temperature)
+            token = response_stats(
+                self.policy, sub, temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens
+            )
+            logprob = token.logprobs
             precedent, behavior = self.proximal_logprobs(pre, sub, idx, logprob, stats)
             out = mix_ppg_policy_loss(
                 logprob, behavior, precedent, sub.advantages, mask,
@@ -400,10 +409,16 @@ class Trainer:
                 loss = loss + cfg.kl_coef * aggregate(
                     kl, mask, cfg.loss_agg, denominator=denominator, norm_length=norm_length
                 )
+            if cfg.entropy_coef > 0:  # a bonus: more entropy, lower loss
+                loss = loss - cfg.entropy_coef * aggregate(
+                    token.entropy, mask, cfg.loss_agg, denominator=denominator,
+                    norm_length=norm_length,
+                )  # fmt: skip
             loss.backward()
             self.record_policy_stats(
                 stats, out, logprob.detach(), precedent, behavior, pre, sub, idx, step
             )
+            self.record_entropy(stats, token.entropy.detach(), sub, step)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
         stats.add("grad_norm", float(grad_norm), 1)
         self.optimizer.step()
@@ -472,6 +487,20 @@ class Trainer:
             stats.add(f"age{age}/log_ratio_abs", float(log_ratio[rows].sum()), m)
             stats.add(f"age{age}/tokens", m, 1)
 
+    def record_entropy(
+        self, stats: StepStats, entropy: torch.Tensor, sub: TrainBatch, step: int
+    ) -> None:
+        """Policy entropy on response tokens, overall and by data age (k − j), and how much
+        of this forward pass was padding."""
+        mask = sub.response_mask.bool()
+        stats.add("entropy/mean", float(entropy[mask].sum()), float(mask.sum()))
+        ages = step - sub.versions
+        for age in ages.unique().tolist():
+            rows = mask & (ages == age).unsqueeze(1)
+            stats.add(f"age{age}/entropy", float(entropy[rows].sum()), float(rows.sum()))
+        real, padded = padding_counts(row_lengths(sub))
+        stats.add("padding/frac", padded - real, padded)
+
     def critic_update(
         self, batch: TrainBatch, pre: dict[str, torch.Tensor], mb: torch.Tensor, stats: StepStats
     ) -> None:
@@ -479,8 +508,7 @@ class Trainer:
         assert self.critic is not None
         denominator = self.dist.sum(aggregation_count(batch.response_mask[mb], "token-mean"))
         self.critic_optimizer.zero_grad(set_to_none=True)
-        for begin in range(0, len(mb), self.micro()):
-            idx = mb[begin : begin + self.micro()]
+        for idx in self.micro().split(batch, mb):
             sub = batch.select(idx)
             values = response_values(self.critic, sub)
             loss, clipped = value_loss(
