@@ -128,6 +128,8 @@ def run_one(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
     model = build_model(args.shape, dtype, args.device)
+    if args.gradient_checkpointing:  # how long responses train: activations recomputed
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     micro_step(model, one_row(8, 16), args.method, args.chunk)  # warm-up: kernels, allocator
     model.zero_grad(set_to_none=False)  # gradient buffers exist in both methods' step
@@ -151,6 +153,7 @@ def measure(args: argparse.Namespace, method: str, tokens: int, chunk: int) -> d
         sys.executable, __file__, "--one", method, "--chunk", str(chunk), "--tokens", str(tokens),
         "--device", args.device, "--dtype", args.dtype, "--shape", args.shape,
         "--prompt", str(args.prompt), "--threads", str(args.threads),
+        *(["--gradient-checkpointing"] if args.gradient_checkpointing else []),
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -166,7 +169,8 @@ def memory_table(args: argparse.Namespace) -> list[str]:
     lines = [
         f"One micro-step, 1 x ({args.prompt} prompt + T response) tokens, V = {VOCAB}, "
         f"shape {args.shape} (hidden, layers, heads, kv heads, intermediate = "
-        f"{SHAPES[args.shape]}), {args.dtype}, {args.device}, {args.threads} threads:",
+        f"{SHAPES[args.shape]}), {args.dtype}, {args.device}, {args.threads} threads"
+        f"{', gradient checkpointing' if args.gradient_checkpointing else ''}:",
         "",
         "| method | T | chunk | peak memory (GiB) | step: peak above model (GiB) | vs before | time (s) |",
         "|---|---|---|---|---|---|---|",
@@ -263,6 +267,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens of the row")
     parser.add_argument("--chunks", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute decoder activations"
+    )
     parser.add_argument("--rows", type=int, default=512, help="padding table: batch rows")
     parser.add_argument("--minibatch", type=int, default=128)
     parser.add_argument("--micro-rows", type=int, default=2)

@@ -112,7 +112,8 @@ def main() -> None:
                     results[name] = f"n/a ({type(err).__name__}: {str(err)[:60]})"
             for name, (engine, tokenizer) in built.items():
                 prompts = prompts_for(tokenizer, args.prompts)
-                time_generation(engine, prompts[:2], 1, 8)  # warm-up (graphs, caches)
+                # warm-up at full size: kernels, CUDA graphs, allocator, prefix cache
+                time_generation(engine, prompts, args.samples, args.tokens)
                 results[name] = []
             order = list(built)
             for r in range(args.rounds):

@@ -108,11 +108,12 @@ def compact(batch: TrainBatch) -> CompactRows:
     lengths = row_lengths(batch)
     width = max(int(lengths.max()), 1)
     start = batch.prompt_len - prompt_lengths(batch)  # first real column of each row
-    columns = torch.arange(width).unsqueeze(0)
+    device = batch.input_ids.device  # the update compacts batches already on the GPU
+    columns = torch.arange(width, device=device).unsqueeze(0)
     real = columns < lengths.unsqueeze(1)
     source = (start.unsqueeze(1) + columns).clamp(max=batch.input_ids.shape[1] - 1)
     input_ids = torch.where(real, batch.input_ids.gather(1, source), 0)
-    respond = torch.arange(batch.response_mask.shape[1]).unsqueeze(0)
+    respond = torch.arange(batch.response_mask.shape[1], device=device).unsqueeze(0)
     response_columns = (batch.prompt_len - start - 1).unsqueeze(1) + respond
     response_columns = torch.where(batch.response_mask.bool(), response_columns, 0)
     return CompactRows(

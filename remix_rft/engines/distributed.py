@@ -366,8 +366,30 @@ def autocast_bf16(model: nn.Module, device: torch.device) -> None:
 
     ``autocast_dtype`` tells code that applies a submodule outside ``forward`` (the
     chunked output head of ``engines/policy.py``) to run it under the same autocast."""
+    model.forward_without_autocast = model.forward
     model.forward = torch.autocast(device_type=device.type, dtype=torch.bfloat16)(model.forward)
     model.autocast_dtype = torch.bfloat16
+
+
+@contextmanager
+def without_autocast(model: Any) -> Iterator[None]:
+    """Run ``model``'s plain fp32 forward for the block (a no-op without autocast_bf16).
+
+    HF ``generate`` under CUDA autocast meets key/value states of mixed dtypes that
+    its KV cache refuses ("index_copy_(): ... Float and BFloat16", seen with
+    transformers 5.17 on an H200, for both the dynamic and the static cache), so the
+    HF engine decodes with the fp32 master weights; the update keeps bf16 compute.
+    """
+    plain = getattr(model, "forward_without_autocast", None)
+    if plain is None:
+        yield
+        return
+    wrapped = model.forward
+    model.forward = plain
+    try:
+        yield
+    finally:
+        model.forward = wrapped
 
 
 # ---- full weights from shards ---------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from remix_rft.engines.distributed import unsharded
+from remix_rft.engines.distributed import unsharded, without_autocast
 from remix_rft.engines.rollout import (
     EngineOptions,
     Generation,
@@ -203,7 +203,7 @@ class HFEngine(RolloutEngine):
             ):
                 if settings.seed is not None:
                     torch.manual_seed(settings.seed)
-                with unsharded(self.model):
+                with unsharded(self.model), without_autocast(self.model):
                     parts = [
                         sample(
                             self.model,
