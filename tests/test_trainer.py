@@ -75,6 +75,8 @@ def test_replay_batches_hold_stored_samples_with_their_behaviour_logprobs(tiny_c
     original = Trainer.update
 
     def spy(self, batch, pre, step):
+        # After the update: a single update takes the fresh rows' μ = π_k from its own forward.
+        stats = original(self, batch, pre, step)
         seen[step] = {"versions": batch.versions.tolist(), "reused": []}
         for i, version in enumerate(batch.versions.tolist()):
             tokens = tuple(batch.input_ids[i][batch.attention_mask[i].bool()].tolist())
@@ -83,7 +85,7 @@ def test_replay_batches_hold_stored_samples_with_their_behaviour_logprobs(tiny_c
                 generated[tokens] = (version, mu)
             else:
                 seen[step]["reused"].append((tokens, version, mu))
-        return original(self, batch, pre, step)
+        return stats
 
     monkeypatch.setattr(Trainer, "update", spy)
     cfg = tiny_config("algorithm=remix-grpo", "window=3", "offpolicy_fraction=0.5", "steps=4")
@@ -120,7 +122,7 @@ def test_reincarnation_copies_policy_into_reference_and_empties_buffer(tiny_conf
     monkeypatch.setattr(Trainer, "reincarnate", spy)
     cfg = tiny_config(
         "algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5",
-        "reincarnation_step=2", "steps=3",
+        "reincarnation_step=2", "steps=3", "kl_coef=0.02",  # β > 0: π_base is kept
     )  # fmt: skip
     summary = train(cfg)
     assert all(
@@ -134,7 +136,7 @@ def test_reincarnation_copies_policy_into_reference_and_empties_buffer(tiny_conf
     # a resumed run stays reincarnated, with the reincarnated reference restored
     more = tiny_config(
         "algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5",
-        "reincarnation_step=2", "steps=4",
+        "reincarnation_step=2", "steps=4", "kl_coef=0.02",
     )  # fmt: skip
     resume(more.resolved_out_dir(), more)
     rows = read_metrics(more.resolved_out_dir())

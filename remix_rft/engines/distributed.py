@@ -372,12 +372,13 @@ def move_batch(batch: Any, device: torch.device) -> Any:
 
 
 # ---- model construction for the trainer ---------------------------------------------------
-def build_models(cfg: Any, env: DistEnv) -> tuple[Any, Any]:
+def build_models(cfg: Any, env: DistEnv) -> tuple[Any, Any | None]:
     """Policy and reference π_base, placed, sharded and cast as the config asks.
 
     The default (one CPU process, float32, no LoRA) is exactly ``load_policy`` +
     ``frozen_copy``. ``dtype=bfloat16``: FSDP2 mixed precision under torchrun; in one
-    process fp32 master weights with bf16 autocast around every forward.
+    process fp32 master weights with bf16 autocast around every forward. No reference
+    copy (None) when nothing uses π_base (``cfg.needs_reference``); LoRA's costs nothing.
     """
     from remix_rft.engines.policy import frozen_copy, load_policy
 
@@ -394,16 +395,17 @@ def build_models(cfg: Any, env: DistEnv) -> tuple[Any, Any]:
         policy.to(env.device)
         reference = lora.AdapterDisabled(policy)
     else:
-        reference = frozen_copy(policy)
-        if env.enabled:
-            shard_model(policy, env, dtype=cfg.dtype)
-            shard_model(reference, env, dtype=cfg.dtype)
-        elif env.device.type != "cpu":
-            policy.to(env.device)
-            reference.to(env.device)
+        reference = frozen_copy(policy) if cfg.needs_reference else None
+        for model in (policy, reference):
+            if model is None:
+                continue
+            if env.enabled:
+                shard_model(model, env, dtype=cfg.dtype)
+            elif env.device.type != "cpu":
+                model.to(env.device)
     if cfg.dtype == "bfloat16" and not env.enabled:
         autocast_bf16(policy, env.device)
-        if not getattr(cfg, "lora_rank", 0):
+        if not getattr(cfg, "lora_rank", 0) and reference is not None:
             autocast_bf16(reference, env.device)
     return policy, reference
 
@@ -468,7 +470,7 @@ def _app_state(trainer: Any) -> dict[str, Any]:
         "policy": get_model_state_dict(trainer.policy),
         "optimizer": get_optimizer_state_dict(trainer.policy, trainer.optimizer),
     }
-    if trainer.reincarnated:
+    if trainer.reincarnated and trainer.reference is not None:
         state["reference"] = get_model_state_dict(trainer.reference)
     if trainer.critic is not None:
         state["critic"] = get_model_state_dict(trainer.critic)
