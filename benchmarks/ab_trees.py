@@ -70,7 +70,9 @@ def main() -> None:
     for name, values in times.items():
         print(f"{name}: mean {statistics.mean(values):.3f} s/iter over {len(values)} rounds "
               f"({', '.join(f'{v:.3f}' for v in values)})")  # fmt: skip
-    print(f"after / before: {statistics.mean(times['after']) / statistics.mean(times['before']):.3f}")
+    print(
+        f"after / before: {statistics.mean(times['after']) / statistics.mean(times['before']):.3f}"
+    )
     worst = differences(metrics["before"], metrics["after"])
     differing = {k: v for k, v in sorted(worst.items()) if v > 0}
     print("metrics identical on every step" if not differing else f"differences: {differing}")

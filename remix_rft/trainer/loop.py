@@ -524,7 +524,7 @@ class Trainer:
             copy_weights(self.policy, self.reference)
         # The new phase starts like a run from a new base: fresh AdamW moments on both paths
         # (full finetuning and LoRA). The learning-rate schedule keeps counting across the run.
-        self.optimizer.state.clear()
+        reset_optimizer_state(self.optimizer)
         self.buffer.clear()
         self.counters.reincarnated_at = step
         self.schedule_total = self.cfg.planned_updates(reincarnated_at=step)
@@ -712,6 +712,19 @@ class Trainer:
             "reincarnated_at": c.reincarnated_at or None,
             "wall_time_s": c.wall_time_s,
         }
+
+
+@torch.no_grad()
+def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Zero every per-parameter state (AdamW: step, exp_avg, exp_avg_sq): the next step is
+    exactly a fresh optimizer's first, and the state keeps its layout, which sharded (DCP)
+    checkpoints need; an emptied state would be refilled there by a zero-gradient step."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                value.zero_()
+            elif isinstance(value, int | float):
+                state[key] = type(value)(0)
 
 
 class _WithTokenizer:
