@@ -574,9 +574,9 @@ def write_markdown(
         "generates 16 prompts x 8 completions and takes one optimizer step per global step, "
         "which is one of our iterations. Because its samples are exactly on-policy, TRL skips "
         "the no-grad forward pass that recomputes log π_old (`old_per_token_logps = None`) "
-        "and uses the detached current log-probs; so does our trainer for a single on-policy "
-        "update (`Trainer.single_onpolicy_update`), while ReMix, whose batches hold reused "
-        "samples, needs that pass. TRL computes token entropies in "
+        "and uses the detached current log-probs; so does our trainer whenever an iteration "
+        "takes a single update (`Trainer.single_update`), reused samples included. "
+        "TRL computes token entropies in "
         "its loss forward; we do not. Both sample from the full distribution (TRL "
         "`top_k=0`, ours `top_k=None`). Differences that remain: TRL's dataloader order vs "
         "our prompt sampler, and TRL's per-step logging.",

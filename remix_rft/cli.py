@@ -23,7 +23,7 @@ def _train_command(args: argparse.Namespace) -> int:
         parse_overrides,
         read_yaml,
     )
-    from remix_rft.trainer.loop import resume, train
+    from remix_rft.trainer.loop import NonFiniteTrainingError, resume, train
 
     try:
         if args.resume:
@@ -54,12 +54,12 @@ def _train_command(args: argparse.Namespace) -> int:
             summary = resume(Path(args.resume), cfg, on_step=progress)
         else:
             summary = train(cfg, on_step=progress)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, NonFiniteTrainingError) as err:
         if progress is not None:
             progress.close()
         print(f"remix train: error: {err}", file=sys.stderr)
         shutdown()
-        return EXIT_USAGE
+        return 1 if isinstance(err, NonFiniteTrainingError) else EXIT_USAGE
     shutdown()
     if progress is None:
         return 0

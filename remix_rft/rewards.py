@@ -151,6 +151,11 @@ _UNIT_WORD_RE = re.compile(
 )
 _THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _THOUSANDS_LATEX_RE = re.compile(r"(?<=\d)\{,\}(?=\d{3})")
+# MATH writes thousands as 10,\! 080 (a comma and a negative thin space)
+_THOUSANDS_THIN_RE = re.compile(r"(?<=\d),\s*\\!\s*(?=\d{3}(?!\d))")
+# x_{1} is x_1 and 10^{8} is 10^8: one character needs no braces (E_1 is not parsed by
+# math-verify, so only the text comparison can tell E_{1} and E_1 apart)
+_ONE_CHAR_SCRIPT_RE = re.compile(r"([_^])\{\s*([A-Za-z0-9])\s*\}")
 _SPACE_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\\[,;: !]|\\ |~)(?=\d{3}\b)")
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\^\s*\{\s*\\text\{\s*o\s*\}\s*\}|\\degree|°")
 _SCI_E_RE = re.compile(r"([+-]?\d+(?:\.\d+)?)\s*[eE]\s*([+-]?\d{1,3})")
@@ -167,7 +172,9 @@ def normalize_answer(text: str) -> str:
     s = s.replace("\\%", "").replace("%", "")
     s = s.replace("\\$", "").replace("$", "")
     s = _THOUSANDS_LATEX_RE.sub("", s)
+    s = _THOUSANDS_THIN_RE.sub(",", s)
     s = _SPACE_THOUSANDS_RE.sub("", s)
+    s = _ONE_CHAR_SCRIPT_RE.sub(r"\1\2", s)
     s = _SPACING_RE.sub(" ", s)
     s = _strip_text_units(s)
     s = s.strip().rstrip(".").strip()
@@ -191,12 +198,36 @@ def _strip_text_units(s: str) -> str:
     return s
 
 
-_LOOSE_SPACE_RE = re.compile(r"(?<![A-Za-z])\s+|\s+(?![A-Za-z])")
+# A control word with the whitespace after it, any other control symbol, or whitespace.
+_LATEX_TOKEN_RE = re.compile(r"\\(?:[A-Za-z]+\s*|.)|\s+", re.S)
+# Groups whose spaces are text: kept as they are.
+_TEXT_GROUP_RE = re.compile(r"\\(?:text|textbf|textit|mbox|mathrm|operatorname)\s*\{[^{}]*\}")
 
 
 def _squeeze(s: str) -> str:
-    """Whitespace removed except between two letters (``a x`` keeps its meaning)."""
-    return _LOOSE_SPACE_RE.sub("", s)
+    """Whitespace is not significant in LaTeX math (``e^{i t}`` is ``e^{it}``): drop it,
+    except where it ends a control word before a letter (``\\pi r``) and inside
+    ``\\text{}``-like groups."""
+    out, last = [], 0
+    for m in _TEXT_GROUP_RE.finditer(s):
+        out += [_squeeze_math(s[last : m.start()]), m.group(0)]
+        last = m.end()
+    return "".join(out) + _squeeze_math(s[last:])
+
+
+def _squeeze_math(s: str) -> str:
+    def token(m: re.Match[str]) -> str:
+        tok = m.group(0)
+        if tok[0] != "\\":
+            return ""  # plain whitespace
+        if not tok[1:2].isalpha():
+            return tok  # a control symbol (\{, \\, a backslash-space) as written
+        word = tok.rstrip()
+        if word != tok and s[m.end() : m.end() + 1].isalpha():
+            return word + " "  # pi r must not become a control word pir
+        return word
+
+    return _LATEX_TOKEN_RE.sub(token, s)
 
 
 def _as_plain_int(s: str) -> int | None:
@@ -545,7 +576,10 @@ def _quick_match(pred: str, gold: str) -> bool | tuple[str, str]:
     p_int, g_int = _as_plain_int(pred_n), _as_plain_int(gold_n)
     if p_int is not None and g_int is not None:
         return p_int == g_int
-    if pred_n == gold_n or _squeeze(pred_n) == _squeeze(gold_n):
+    if pred_n == gold_n:
+        return True
+    pred_n, gold_n = _squeeze(pred_n), _squeeze(gold_n)  # math-verify sees the same spacing
+    if pred_n == gold_n:
         return True
     if not (_is_verifiable(pred_n) and _is_verifiable(gold_n)):
         return False

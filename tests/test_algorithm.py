@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from remix_rft.algorithm import (
+    ADVANTAGE_ESTIMATORS,
+    advantage_estimator,
     aggregate,
     clip_centre,
     gae_advantages,
@@ -20,6 +22,7 @@ from remix_rft.algorithm import (
     kl_estimate,
     masked_whiten,
     mix_ppg_policy_loss,
+    rloo_advantages,
     value_loss,
 )
 from remix_rft.algorithm.aggregation import aggregation_count
@@ -28,6 +31,33 @@ from remix_rft.algorithm.aggregation import aggregation_count
 def close(actual: torch.Tensor, expected, atol: float = 1e-5) -> None:
     expected = torch.as_tensor(expected, dtype=actual.dtype)
     torch.testing.assert_close(actual, expected, atol=atol, rtol=0.0)
+
+
+# --------------------------------------------------------------------------------------
+# Advantage estimators by name; RLOO
+# --------------------------------------------------------------------------------------
+
+
+def test_rloo_advantages_hand_values():
+    # A_i = r_i − mean of the other G − 1 rewards of the group (G = 4):
+    # [1, 0, 0, 1]: others' means [1/3, 2/3, 2/3, 1/3] -> [2/3, −2/3, −2/3, 2/3];
+    # [3, 1, 0, 2] (sum 6): others' means [1, 5/3, 2, 4/3] -> [2, −2/3, −2, 2/3].
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 1.0, 0.0, 2.0])
+    third = 1.0 / 3.0
+    expected = [2 * third, -2 * third, -2 * third, 2 * third, 2.0, -2 * third, -2.0, 2 * third]
+    close(rloo_advantages(rewards, group_size=4), expected, atol=1e-6)
+    # G = 2: the baseline is the other reward: [1, 0] -> [1, −1]; equal rewards -> 0.
+    close(rloo_advantages(torch.tensor([1.0, 0.0, 5.0, 5.0]), 2), [1.0, -1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="group_size"):
+        rloo_advantages(torch.zeros(4), group_size=1)
+
+
+def test_estimators_are_one_registry_by_name():
+    assert {"grpo", "rloo", "gae"} <= set(ADVANTAGE_ESTIMATORS)
+    assert advantage_estimator("gae").uses_critic and not advantage_estimator("rloo").uses_critic
+    assert advantage_estimator("grpo").fn is grpo_advantages
+    with pytest.raises(ValueError, match="allowed"):
+        advantage_estimator("vtrace")
 
 
 # --------------------------------------------------------------------------------------

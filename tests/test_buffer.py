@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from remix_rft.data.batch import collate
@@ -33,9 +34,13 @@ def test_window_one_keeps_only_fresh_data_and_has_no_past():
     for step in (1, 2):
         buf.add([make_sample(step, i) for i in range(3)])
         buf.evict(step)
-    assert buf.versions() == [2]
-    assert buf.past(3) == [] or {s.version for s in buf.past(3)} == {2}
+    assert buf.versions() == [2] and len(buf) == 3
+    assert buf.past(2) == []  # at iteration 2 its own samples are fresh, not past
     assert buf.sample_past(5, 2) == []
+    # At iteration 3, before eviction, the iteration-2 samples are the past ones.
+    assert [s.version for s in buf.past(3)] == [2, 2, 2]
+    buf.evict(3)
+    assert buf.past(3) == [] and len(buf) == 0
 
 
 def test_sample_past_draws_only_older_versions_without_replacement():
@@ -56,9 +61,8 @@ def test_state_roundtrip_is_bit_for_bit_including_the_sampling_rng():
     buf.sample_past(2, 2)  # advance the RNG
     state = buf.state_dict()
     path_state = {k: v for k, v in state.items()}
-    restored = ReplayBuffer(window=1)
+    restored = ReplayBuffer(window=2)
     restored.load_state_dict(path_state)
-    assert restored.window == 2
     for a, b in zip(buf._samples, restored._samples, strict=True):
         for key in Sample._TENSORS:
             assert torch.equal(getattr(a, key), getattr(b, key))
@@ -104,3 +108,10 @@ def test_prompt_sampler_is_deterministic_and_resumable():
     b.load_state_dict(state)
     assert b.next(8) == rest
     assert sorted(first + rest[:3]) == list(range(10))  # one epoch covers every problem once
+
+
+def test_loading_a_buffer_of_another_window_names_the_key_and_both_values():
+    buf = ReplayBuffer(window=2)
+    buf.add([make_sample(1, i) for i in range(2)])
+    with pytest.raises(ValueError, match=r"'window'.*window=2.*window=4"):
+        ReplayBuffer(window=4).load_state_dict(buf.state_dict())

@@ -31,6 +31,8 @@ def test_defaults_and_overrides(tmp_path):
         ("window=3", "window"),  # replay needs a remix-* algorithm
         ("steps=0", "steps"),
         ("loss_agg=sum", "loss_agg"),
+        ("advantage_estimator=vtrace", "advantage_estimator"),
+        ("max_nonfinite_updates=-1", "max_nonfinite_updates"),
     ],
 )
 def test_invalid_values_name_the_key(override, key):
@@ -66,3 +68,44 @@ def test_cli_missing_model_path_names_it(tmp_path, capsys):
 def test_every_shipped_config_is_valid():
     for path in sorted(CONFIGS.glob("*.yaml")):
         load_config(path)
+
+
+def test_advantage_estimator_defaults_to_the_algorithm_and_is_a_key():
+    assert load_config(None, ["algorithm=remix-grpo"]).estimator == "grpo"
+    ppo = load_config(None, ["algorithm=remix-ppo"])
+    assert ppo.estimator == "gae" and ppo.uses_critic
+    rloo = load_config(None, ["advantage_estimator=rloo"])
+    assert rloo.estimator == "rloo" and not rloo.uses_critic
+    with pytest.raises(ConfigError, match="'group_size'.*rloo"):
+        load_config(None, ["advantage_estimator=rloo", "group_size=1"])
+
+
+def test_a_registered_estimator_is_accepted_by_name(monkeypatch):
+    """Adding an estimator is one function plus its registration."""
+    from remix_rft.algorithm import advantages
+
+    monkeypatch.setattr(advantages, "ADVANTAGE_ESTIMATORS", dict(advantages.ADVANTAGE_ESTIMATORS))
+    monkeypatch.setattr(
+        "remix_rft.trainer.config.ADVANTAGE_ESTIMATORS", advantages.ADVANTAGE_ESTIMATORS
+    )
+
+    @advantages.register_advantage("sign")
+    def sign(rewards, group_size, **_):
+        return rewards.sign()
+
+    assert load_config(None, ["advantage_estimator=sign"]).estimator == "sign"
+
+
+def test_planned_updates_count_the_growing_buffer_and_reincarnation():
+    cfg = load_config(
+        None,
+        ["algorithm=remix-grpo", "prompts_per_step=4", "group_size=4", "minibatch_size=16",
+         "window=3", "offpolicy_fraction=0.5", "steps=6", "reincarnation_step=4",
+         "post_reincarnation_epochs=2"],
+    )  # fmt: skip
+    # steps 1-4: 16 fresh + 0 / 16 / 16 / 16 reused -> 1, 2, 2, 2 updates;
+    # steps 5-6 on-policy (16 fresh, 2 epochs) -> 2, 2. Old count: 6 × 2 = 12.
+    assert cfg.planned_updates() == 11
+    assert cfg.planned_updates(reincarnated_at=2) == 1 + 2 + 4 * 2
+    ppo = load_config(None, ["algorithm=ppo", "steps=5", "critic_warmup_steps=2"])
+    assert ppo.planned_updates() == 3  # warmup iterations train only the critic

@@ -10,9 +10,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from remix_rft.apps import build_tiny
 from remix_rft.data.arithmetic import ArithmeticTask
+from remix_rft.data.batch import collate
+from remix_rft.data.buffer import Sample
 from remix_rft.data.prompts import DEFAULT_MATH_INSTRUCTION, format_prompt
 from remix_rft.engines.generation import generate_texts, sample
 from remix_rft.engines.models import EMBEDDED_MODEL_DIR
+from remix_rft.engines.policy import response_logprobs
 
 MAX_WEIGHT_BYTES = 20 * 1024 * 1024
 SPECIALS = ["<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|unk|>"]
@@ -113,8 +116,9 @@ def test_greedy_accuracy_is_partial(model, tokenizer, task):
     assert sum("\\boxed{" in t for t in texts) >= 90
 
 
-def _left_padded_logprobs(model, prompt_ids, response_ids, pad_id):
-    """Per-token log-probs of each response under one left-padded full forward pass."""
+def _left_padded_logprobs(model, prompt_ids, response_ids, pad_id, temperature=1.0):
+    """Per-token log-probs of each response under one left-padded full forward pass, of the
+    distribution sampled at ``temperature``."""
     seqs = [torch.cat([p, r]) for p, r in zip(prompt_ids, response_ids, strict=True)]
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -127,7 +131,7 @@ def _left_padded_logprobs(model, prompt_ids, response_ids, pad_id):
         logits = model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1)
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
     out = []
     for i, r in enumerate(response_ids):
         n = len(r)
@@ -137,7 +141,8 @@ def _left_padded_logprobs(model, prompt_ids, response_ids, pad_id):
     return out
 
 
-def test_sampled_logprobs_match_a_full_forward_pass(model, tokenizer, task):
+@pytest.mark.parametrize("temperature", [1.0, 0.6])  # 0.6: the R1 recipes' sampling temperature
+def test_sampled_logprobs_match_a_full_forward_pass(model, tokenizer, task, temperature):
     problems = [p.prompt for p in task.eval_problems()[:3]]
     prompts = [
         format_prompt(tokenizer, problems[0]),
@@ -154,17 +159,26 @@ def test_sampled_logprobs_match_a_full_forward_pass(model, tokenizer, task):
     prompts = prompts * 2  # two samples per prompt
     assert len({len(p) for p in prompts}) > 3  # really different lengths: padding is exercised
     torch.manual_seed(0)
-    gen = sample(model, tokenizer, prompts, max_new_tokens=48, temperature=1.0)
+    gen = sample(model, tokenizer, prompts, max_new_tokens=48, temperature=temperature)
     assert len(gen) == len(prompts)
     for p, text in zip(gen.prompt_ids, prompts, strict=True):
         assert tokenizer.decode(p) == text  # padding stripped
     expected = _left_padded_logprobs(
-        model, gen.prompt_ids, gen.response_ids, tokenizer.pad_token_id
+        model, gen.prompt_ids, gen.response_ids, tokenizer.pad_token_id, temperature
     )
-    for recorded, full, response in zip(gen.logprobs, expected, gen.response_ids, strict=True):
-        assert recorded.shape == response.shape
+    # ... and the trainer's own forward pass (collated batch, temperature-scaled log-softmax)
+    samples = [
+        Sample(p, r, lp, 0.0, 0.0, 1, 0, True)
+        for p, r, lp in zip(gen.prompt_ids, gen.response_ids, gen.logprobs, strict=True)
+    ]
+    batch = collate(samples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        trainer = response_logprobs(model, batch, temperature=temperature)
+    for i, (recorded, full) in enumerate(zip(gen.logprobs, expected, strict=True)):
+        assert recorded.shape == gen.response_ids[i].shape
         assert torch.isfinite(recorded).all()
         torch.testing.assert_close(recorded, full, atol=1e-4, rtol=0)
+        torch.testing.assert_close(recorded, trainer[i, : len(recorded)], atol=1e-4, rtol=0)
 
 
 def test_build_tiny_writes_verified_files_and_refuses_out_of_band(tmp_path):

@@ -8,9 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
+from remix_rft.engines.policy import response_logprobs
 from remix_rft.trainer import loop
+from remix_rft.trainer.checkpoint import latest_checkpoint
 from remix_rft.trainer.loop import Trainer, resume, train
 
 
@@ -43,14 +46,267 @@ def test_grpo_run_writes_every_artifact(tiny_config):
     assert (run_dir / "checkpoints" / "step_000003" / "policy" / "model.safetensors").is_file()
 
 
-def test_fresh_data_first_update_has_ratio_one_and_no_clipping(tiny_config):
-    """One update per iteration on fresh data: π_θ = π_k = μ at the update, so r ≡ 1."""
+def test_sampling_logprobs_match_the_update_forward_pass(tiny_config):
     cfg = tiny_config("steps=1", "minibatch_size=16")
     train(cfg)
     row = read_metrics(cfg.resolved_out_dir())[1]
-    assert row["ratio/mean"] == 1.0 and row["ratio/max"] == 1.0
-    assert row["clip/frac"] == 0.0 and row["kl/precedent"] == 0.0
     assert row["gen/logprob_diff_max"] < 1e-4  # sampling log-probs = forward-pass log-probs
+
+
+def _perturb_policy_before_update(monkeypatch, at_step: int, std: float = 0.02) -> None:
+    """Move π_θ between generation and the update of iteration ``at_step``: fresh samples
+    then were drawn from another policy than the π_k the update starts from."""
+    original = Trainer.precompute
+
+    def perturbed(self, batch, n_fresh, step):
+        if step == at_step:
+            gen = torch.Generator().manual_seed(step)
+            with torch.no_grad():
+                for p in self.policy.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen) * std)
+        return original(self, batch, n_fresh, step)
+
+    monkeypatch.setattr(Trainer, "precompute", perturbed)
+
+
+def _count_policy_no_grad_passes(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = loop.batched_no_grad
+
+    def counting(fn, model, batch, micro, **kwargs):
+        if fn is response_logprobs and any(p.requires_grad for p in model.parameters()):
+            calls.append(len(batch))  # the policy's no-grad π_k pass (the reference is frozen)
+        return original(fn, model, batch, micro, **kwargs)
+
+    monkeypatch.setattr(loop, "batched_no_grad", counting)
+    return calls
+
+
+def test_ratios_of_fresh_data_are_one_only_because_mu_is_pi_k(tiny_config, monkeypatch):
+    """Perturb π_θ after sampling: the sampling log-probs no longer match, so the trainer must
+    measure that and use log π_k as fresh data's μ (r = 1 at the first update), and ratios
+    must move once an update has moved π_θ away from π_k."""
+    _perturb_policy_before_update(monkeypatch, at_step=1, std=0.005)
+    passes = _count_policy_no_grad_passes(monkeypatch)
+    # max_new_tokens 64: the base finishes some answers, so advantages are not all zero
+    single = tiny_config("steps=1", "minibatch_size=16", "max_new_tokens=64", out="single")
+    train(single)
+    row = read_metrics(single.resolved_out_dir())[1]
+    assert row["gen/logprob_diff_max"] > 0.05  # the perturbation is seen
+    assert row["ratio/mean"] == 1.0 and row["age0/log_ratio_abs"] == 0.0  # μ = π_k = π_θ here
+    assert passes == []  # one update: π_k from the update's own forward, no separate pass
+    # Two updates (minibatch 8): the second sees π_θ ≠ π_k after the first one.
+    several = tiny_config(
+        "steps=1", "minibatch_size=8", "max_new_tokens=64", "lr=1e-4", out="several"
+    )
+    train(several)
+    row = read_metrics(several.resolved_out_dir())[1]
+    assert row["reward/mean"] > 0
+    assert passes == [16]  # the no-grad π_k pass over the whole batch
+    assert row["gen/logprob_diff_max"] > 0.05
+    assert row["kl/precedent"] > 1e-7 and row["age0/log_ratio_abs"] > 1e-5
+    assert row["ratio/mean"] != 1.0 and row["ratio/max"] > 1.0
+
+
+def test_single_update_with_reused_data_keeps_their_stored_mu(tiny_config, monkeypatch):
+    """#15.5: one update over fresh + reused rows skips the π_k pass; reused rows keep their
+    stored μ, so their ratios and clip centres move with the policy, fresh rows' stay 1."""
+    _perturb_policy_before_update(monkeypatch, at_step=2)
+    passes = _count_policy_no_grad_passes(monkeypatch)
+    cfg = tiny_config(
+        "algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5", "minibatch_size=32",
+        "steps=2",
+    )  # fmt: skip
+    train(cfg)
+    row = read_metrics(cfg.resolved_out_dir())[2]
+    assert passes == []
+    assert row["offpolicy/samples"] == 16 and row["utd"] == 1
+    assert row["age0/ratio_mean"] == 1.0 and row["age0/log_ratio_abs"] == 0.0
+    assert row["age1/log_ratio_abs"] > 1e-3  # π_θ (perturbed) against the stored μ of step 1
+    assert row["age1/ratio_mean"] != 1.0
+    assert row["clip/frac"] == 0.0  # first update: r = π_k/μ is the clip centre itself
+
+
+def _capture_trainer(monkeypatch) -> dict:
+    captured: dict = {}
+    original = Trainer.run
+
+    def run(self, on_step=None):
+        captured["trainer"] = self
+        return original(self, on_step)
+
+    monkeypatch.setattr(Trainer, "run", run)
+    return captured
+
+
+def test_fresh_mu_is_stored_finite_without_sampling_logprobs(tiny_config, monkeypatch):
+    """#13.1: without sampling log-probs (large vocabularies) a single update must store the
+    detached log π_k of its own forward, not the NaN placeholders, as μ of fresh samples."""
+    monkeypatch.setattr(Trainer, "record_gen_logprobs", lambda self: False)
+    captured = _capture_trainer(monkeypatch)
+    pi_k: dict[int, dict] = {}
+    original = Trainer.update
+
+    def spy(self, batch, pre, step):
+        fresh = (batch.versions == step).nonzero().squeeze(1)
+        with torch.no_grad():
+            lp = response_logprobs(self.policy, batch.select(fresh), temperature=1.0)
+        mask = batch.response_mask[fresh].bool()
+        pi_k[step] = {tuple(batch.input_ids[i].tolist()): lp[j][mask[j]] for j, i in
+                      enumerate(fresh.tolist())}  # fmt: skip
+        return original(self, batch, pre, step)
+
+    monkeypatch.setattr(Trainer, "update", spy)
+    cfg = tiny_config(
+        "algorithm=remix-grpo", "window=3", "offpolicy_fraction=0.5", "steps=3",
+        "minibatch_size=16",  # step 1 (fresh only) takes a single update, later steps two
+    )  # fmt: skip
+    train(cfg)
+    trainer = captured["trainer"]
+    stored = trainer.buffer._samples
+    assert {s.version for s in stored} == {1, 2, 3}
+    for s in stored:
+        assert torch.isfinite(s.behavior_logprobs).all(), s.version
+    for s in (s for s in stored if s.version == 1):  # μ = log π_k of the update's own forward
+        key = next(k for k in pi_k[1] if _holds(k, s))
+        torch.testing.assert_close(s.behavior_logprobs, pi_k[1][key], atol=1e-5, rtol=0)
+    assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
+    rows = read_metrics(cfg.resolved_out_dir())
+    assert all(r["nonfinite/skipped_updates"] == 0 for r in rows[1:])
+    assert all(r["ratio/mean"] == r["ratio/mean"] for r in rows[1:])  # no NaN ratio
+
+
+def _holds(row_ids: tuple, sample) -> bool:
+    ids = torch.cat([sample.prompt_ids, sample.response_ids]).tolist()
+    n = len(ids)
+    return any(list(row_ids[i : i + n]) == ids for i in range(len(row_ids) - n + 1))
+
+
+def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tiny_config, monkeypatch):
+    original = loop.mix_ppg_policy_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):  # from the second update on, the loss is NaN
+        calls.append(1)
+        out = original(*args, **kwargs)
+        if len(calls) > 1:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(loop, "mix_ppg_policy_loss", poisoned)
+    cfg = tiny_config("steps=5", "max_nonfinite_updates=2", "save_every=1")
+    with pytest.raises(loop.NonFiniteTrainingError, match="max_nonfinite_updates=2"):
+        train(cfg)
+    run_dir = cfg.resolved_out_dir()
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [0, 1, 2]  # step 3 (the second NaN in a row) stopped it
+    assert rows[1]["nonfinite/skipped_updates"] == 0 and rows[1]["updates"] == 1
+    assert rows[2]["nonfinite/skipped_updates"] == 1 and rows[2]["updates"] == 1
+    assert "grad_norm" not in rows[2]
+    last = latest_checkpoint(run_dir)
+    assert last is not None and last.name == "step_000002"
+    from safetensors.torch import load_file
+
+    def weights(step_dir: Path) -> dict:
+        return load_file(str(step_dir / "policy" / "model.safetensors"))
+
+    w1, w2 = weights(last.parent / "step_000001"), weights(last)
+    assert all(torch.isfinite(v).all() for v in w2.values())
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)  # the skipped update changed nothing
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_lr_schedule_spans_the_updates_the_run_takes(tiny_config, monkeypatch, schedule):
+    """#13.2: the buffer fills over ν − 1 steps and batches are fresh-only after
+    reincarnation, so the run takes fewer updates than steps × full-batch UTD."""
+    captured = _capture_trainer(monkeypatch)
+    cfg = tiny_config(
+        "algorithm=remix-grpo", "window=3", "offpolicy_fraction=0.5", "reincarnation_step=3",
+        "steps=5", f"lr_schedule={schedule}", "lr=1e-4", "eval_every=10",
+    )  # fmt: skip
+    # updates per step: 1 (16 fresh) · 2 (+16 reused) · 2 · reincarnation · 1 · 1
+    assert cfg.planned_updates() == 7
+    summary = train(cfg)
+    assert summary["updates"] == 7
+    rows = read_metrics(cfg.resolved_out_dir())
+    assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the schedule ran to its end
+    assert captured["trainer"].scheduler.last_epoch == 7
+    assert rows[1]["lr"] > rows[3]["lr"] > rows[4]["lr"] > 0
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_reincarnation_starts_fresh_adam_moments_and_keeps_the_schedule(
+    tiny_config, monkeypatch, lora_rank
+):
+    """#13.3: full finetuning and LoRA agree: after reincarnation AdamW starts from fresh
+    moments (a restart from a new base); the learning-rate schedule keeps counting."""
+    if lora_rank:
+        pytest.importorskip("peft")
+    seen: dict = {}
+    original = Trainer.reincarnate
+
+    def spy(self, step):
+        seen["updates_before"] = self.counters.updates
+        seen["schedule_before"] = self.scheduler.last_epoch
+        original(self, step)
+        seen["trainer"] = self
+        seen["state_after"] = [
+            float(v.abs().max()) for st in self.optimizer.state.values() for v in st.values()
+        ]
+        seen["schedule_after"] = self.scheduler.last_epoch
+
+    monkeypatch.setattr(Trainer, "reincarnate", spy)
+    cfg = tiny_config(
+        "algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5", "reincarnation_step=2",
+        "steps=3", f"lora_rank={lora_rank}", "lr_schedule=linear",
+    )  # fmt: skip
+    train(cfg)
+    trainer = seen["trainer"]
+    assert seen["state_after"] and max(seen["state_after"]) == 0.0  # step and both moments
+    assert seen["schedule_after"] == seen["schedule_before"] == seen["updates_before"] == 3
+    taken_after = trainer.counters.updates - seen["updates_before"]
+    assert taken_after == 1
+    steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
+    assert steps == {taken_after}  # Adam's bias correction restarted with the new phase
+    assert trainer.scheduler.last_epoch == trainer.counters.updates == 4
+
+
+def test_changed_window_on_resume_is_refused(tiny_config):
+    first = tiny_config("algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5", "steps=2")
+    train(first)
+    more = tiny_config("algorithm=remix-grpo", "window=3", "offpolicy_fraction=0.5", "steps=3")
+    with pytest.raises(ValueError, match=r"'window'.*window=2.*window=3"):
+        resume(more.resolved_out_dir(), more)
+    rows = read_metrics(first.resolved_out_dir())
+    assert [r["step"] for r in rows] == [0, 1, 2]  # nothing ran
+
+
+def test_reference_model_only_when_something_uses_it(tiny_config, monkeypatch):
+    """#13.5: β = 0 builds and runs no reference (kl/base only when asked for);
+    β > 0 with λ > 0 uses it every step."""
+    captured = _capture_trainer(monkeypatch)
+    plain = tiny_config("steps=2", out="plain")  # eval_every=2: step 2 is an eval step
+    train(plain)
+    assert captured["trainer"].reference is None
+    assert not any("kl/base" in r for r in read_metrics(plain.resolved_out_dir()))
+    asked = tiny_config("steps=2", "log_kl_base=true", out="asked")
+    train(asked)
+    assert captured["trainer"].reference is not None
+    rows = read_metrics(asked.resolved_out_dir())
+    assert "kl/base" not in rows[1] and "kl/base" in rows[2]  # eval steps only
+    used = tiny_config("steps=1", "kl_coef=0.05", out="used")
+    train(used)
+    assert "kl/base" in read_metrics(used.resolved_out_dir())[1]
+
+
+def test_reincarnation_without_a_reference_runs_and_resumes(tiny_config):
+    cfg = tiny_config("algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5",
+                      "reincarnation_step=1", "steps=2")  # fmt: skip
+    assert train(cfg)["reincarnated_at"] == 1
+    assert not (cfg.resolved_out_dir() / "checkpoints" / "step_000002" / "reference").exists()
+    more = tiny_config("algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5",
+                       "reincarnation_step=1", "steps=3")  # fmt: skip
+    assert resume(more.resolved_out_dir(), more)["steps"] == 3
 
 
 def test_resume_equals_an_uninterrupted_run(tiny_config):
@@ -75,6 +331,8 @@ def test_replay_batches_hold_stored_samples_with_their_behaviour_logprobs(tiny_c
     original = Trainer.update
 
     def spy(self, batch, pre, step):
+        # After the update: a single update takes the fresh rows' μ = π_k from its own forward.
+        stats = original(self, batch, pre, step)
         seen[step] = {"versions": batch.versions.tolist(), "reused": []}
         for i, version in enumerate(batch.versions.tolist()):
             tokens = tuple(batch.input_ids[i][batch.attention_mask[i].bool()].tolist())
@@ -83,7 +341,7 @@ def test_replay_batches_hold_stored_samples_with_their_behaviour_logprobs(tiny_c
                 generated[tokens] = (version, mu)
             else:
                 seen[step]["reused"].append((tokens, version, mu))
-        return original(self, batch, pre, step)
+        return stats
 
     monkeypatch.setattr(Trainer, "update", spy)
     cfg = tiny_config("algorithm=remix-grpo", "window=3", "offpolicy_fraction=0.5", "steps=4")
@@ -120,7 +378,7 @@ def test_reincarnation_copies_policy_into_reference_and_empties_buffer(tiny_conf
     monkeypatch.setattr(Trainer, "reincarnate", spy)
     cfg = tiny_config(
         "algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5",
-        "reincarnation_step=2", "steps=3",
+        "reincarnation_step=2", "steps=3", "kl_coef=0.02",  # β > 0: π_base is kept
     )  # fmt: skip
     summary = train(cfg)
     assert all(
@@ -134,7 +392,7 @@ def test_reincarnation_copies_policy_into_reference_and_empties_buffer(tiny_conf
     # a resumed run stays reincarnated, with the reincarnated reference restored
     more = tiny_config(
         "algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5",
-        "reincarnation_step=2", "steps=4",
+        "reincarnation_step=2", "steps=4", "kl_coef=0.02",
     )  # fmt: skip
     resume(more.resolved_out_dir(), more)
     rows = read_metrics(more.resolved_out_dir())
@@ -212,4 +470,21 @@ def _wait_for_progress(run_dir: Path, proc: subprocess.Popen, extra: float) -> N
     time.sleep(extra * 0.3)
 
 
-assert loop  # the module under test
+def test_collect_uses_the_configured_advantage_estimator(tiny_config, monkeypatch):
+    from remix_rft.algorithm import rloo_advantages
+
+    collected = []
+    original = Trainer.collect
+
+    def spy(self, step):
+        out = original(self, step)
+        collected.extend(out[0])
+        return out
+
+    monkeypatch.setattr(Trainer, "collect", spy)
+    cfg = tiny_config("steps=1", "advantage_estimator=rloo", "max_new_tokens=64")
+    train(cfg)
+    rewards = torch.tensor([s.reward for s in collected])
+    assert rewards.std() > 0  # some groups are mixed, so the estimators differ
+    expected = rloo_advantages(rewards, cfg.group_size)
+    assert torch.allclose(torch.tensor([s.advantage for s in collected]), expected)

@@ -87,6 +87,14 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.window = int(state["window"])
+        """Restore a saved buffer; its window must be this one's: a resumed run keeps ν
+        (a changed window would silently change which stored iterations count)."""
+        saved = int(state["window"])
+        if saved != self.window:
+            raise ValueError(
+                f"config key 'window': the checkpoint was written with window={saved}, this "
+                f"run asks for window={self.window}; a resumed run keeps its replay window "
+                f"(resume with window={saved}, or start a new run)"
+            )
         self._samples = [Sample.from_state(s) for s in state["samples"]]
         self._rng.set_state(state["rng"])

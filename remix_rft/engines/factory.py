@@ -21,12 +21,13 @@ from remix_rft.engines.policy import ValueModel, frozen_copy, load_policy
 log = logging.getLogger(__name__)
 
 
-def build_models(cfg: Any, env: DistEnv) -> tuple[Any, Any]:
+def build_models(cfg: Any, env: DistEnv) -> tuple[Any, Any | None]:
     """Policy and reference π_base, placed, sharded and cast as the config asks.
 
     The default (one CPU process, float32, no LoRA) is exactly ``load_policy`` +
     ``frozen_copy``. ``dtype=bfloat16``: FSDP2 mixed precision under torchrun; in one
-    process fp32 master weights with bf16 autocast around every forward.
+    process fp32 master weights with bf16 autocast around every forward. No reference
+    copy (None) when nothing uses π_base (``cfg.needs_reference``); LoRA's costs nothing.
     """
     master = "float32" if (env.enabled or cfg.dtype == "bfloat16") else cfg.dtype
     policy = load_policy(cfg.model, dtype=master, gradient_checkpointing=cfg.gradient_checkpointing)
@@ -39,16 +40,17 @@ def build_models(cfg: Any, env: DistEnv) -> tuple[Any, Any]:
         policy.to(env.device)
         reference = lora.AdapterDisabled(policy)
     else:
-        reference = frozen_copy(policy)
-        if env.enabled:
-            shard_model(policy, env, dtype=cfg.dtype)
-            shard_model(reference, env, dtype=cfg.dtype)
-        elif env.device.type != "cpu":
-            policy.to(env.device)
-            reference.to(env.device)
+        reference = frozen_copy(policy) if cfg.needs_reference else None
+        for model in (policy, reference):
+            if model is None:
+                continue
+            if env.enabled:
+                shard_model(model, env, dtype=cfg.dtype)
+            elif env.device.type != "cpu":
+                model.to(env.device)
     if cfg.dtype == "bfloat16" and not env.enabled:
         autocast_bf16(policy, env.device)
-        if not getattr(cfg, "lora_rank", 0):
+        if not getattr(cfg, "lora_rank", 0) and reference is not None:
             autocast_bf16(reference, env.device)
     return policy, reference
 

@@ -3,8 +3,8 @@
 The reference π_base is the *same* model with the adapter switched off
 (``with model.disable_adapter():``), so a LoRA run keeps one copy of the weights.
 Policy reincarnation (π_base ← π_θ) merges the adapter into the base weights and
-starts a fresh adapter (B = 0, so π_θ is unchanged by the restart) with fresh
-optimizer moments.
+starts a fresh adapter (B = 0, so π_θ is unchanged by the restart); the trainer gives
+the new phase fresh optimizer moments, as it does for full finetuning.
 
 Checkpoints hold ``policy/`` — the merged weights as a plain Hugging Face model,
 loadable by ``remix eval`` — and ``policy_lora/`` — base and adapter as they are,
@@ -95,15 +95,12 @@ def _lora_layers(model: nn.Module) -> list[tuple[str, Any]]:
 
 
 @torch.no_grad()
-def reincarnate(model: Any, optimizer: torch.optim.Optimizer) -> None:
+def reincarnate(model: Any) -> None:
     """Merge the adapter into the base weights (π_base ← π_θ) and start a fresh adapter."""
     for _, layer in _lora_layers(model):
         layer.merge(adapter_names=[ADAPTER])
         layer.merged_adapters = []  # the merged delta is now part of the base weights
         layer.reset_lora_parameters(ADAPTER, True)
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            optimizer.state.pop(p, None)
 
 
 @torch.no_grad()

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from remix_rft.algorithm.advantages import ADVANTAGE_ESTIMATORS
+
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("grpo", "ppo", "remix-grpo", "remix-ppo")
@@ -108,8 +110,11 @@ class TrainConfig:
     # (0: full logits from the model's forward, [B, T, V] at once).
     logprob_chunk_tokens: int = 1024
     epochs: int = 1  # passes over each iteration's training batch
+    # updates in a row skipped for a non-finite loss or gradient that stop the run (0: never)
+    max_nonfinite_updates: int = 3
 
     # losses
+    advantage_estimator: str = ""  # grpo, rloo or gae; empty: grpo for *-grpo, gae for *-ppo
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     loss_agg: str = "token-mean"
@@ -119,6 +124,9 @@ class TrainConfig:
     kl_estimator: str = "k3"
     kl_lambda: float = 1.0  # KL-Convex λ: 1 = base KL only, 0 = precedent KL only
     entropy_coef: float = 0.0  # entropy bonus: loss − entropy_coef · H(π_θ) on response tokens
+    # log kl/base on eval steps even when the loss does not use π_base (β = 0 or λ = 0);
+    # costs a reference copy of the model and its forward pass
+    log_kl_base: bool = False
 
     # PPO critic
     gamma: float = 1.0
@@ -177,12 +185,25 @@ class TrainConfig:
         return self.algorithm.startswith("remix-")
 
     @property
-    def advantage_estimator(self) -> str:
+    def estimator(self) -> str:
+        """The advantage estimator: ``advantage_estimator``, or the algorithm's own."""
+        if self.advantage_estimator:
+            return self.advantage_estimator
         return "grpo" if self.algorithm.endswith("grpo") else "gae"
 
     @property
     def uses_critic(self) -> bool:
-        return self.advantage_estimator == "gae"
+        return ADVANTAGE_ESTIMATORS[self.estimator].uses_critic
+
+    @property
+    def uses_base_kl(self) -> bool:
+        """The loss has a KL(π_θ ‖ π_base) term."""
+        return self.kl_coef > 0 and self.kl_lambda > 0
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether anything uses π_base: the loss, or the ``kl/base`` diagnostic."""
+        return self.uses_base_kl or self.log_kl_base
 
     def fresh_batch_size(self) -> int:
         return self.prompts_per_step * self.group_size
@@ -203,6 +224,26 @@ class TrainConfig:
         )
         per_epoch = -(-batch // self.minibatch_size)
         return per_epoch * (self.epochs if epochs is None else epochs)
+
+    def planned_updates(self, reincarnated_at: int = 0) -> int:
+        """Policy updates the whole run takes, the length of the learning-rate schedule.
+
+        The reused share of the batch grows over the first ν − 1 iterations as the
+        buffer fills; after reincarnation (``reincarnation_step``, or ``reincarnated_at``
+        once it happened) batches are fresh only; critic-warmup iterations take none.
+        """
+        fresh, offpolicy = self.fresh_batch_size(), self.offpolicy_batch_size()
+        switch = reincarnated_at or self.reincarnation_step
+        total = 0
+        for step in range(1, self.steps + 1):
+            if self.uses_critic and step <= self.critic_warmup_steps:
+                continue
+            if switch and step > switch:
+                total += self.updates_per_step(fresh, self.post_reincarnation_epochs or None)
+            else:  # past iterations stored so far: step − 1, at most ν − 1
+                stored = (min(step, self.window) - 1) * fresh
+                total += self.updates_per_step(fresh + min(offpolicy, stored))
+        return total
 
     def resolved_out_dir(self) -> Path:
         return Path(self.out_dir or f"runs/{self.name}")
@@ -241,6 +282,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "in (0, 1]",
         cfg.vllm_gpu_memory_utilization,
     )
+    _check(
+        cfg.advantage_estimator in ("", *ADVANTAGE_ESTIMATORS),
+        "advantage_estimator",
+        f"one of {', '.join(ADVANTAGE_ESTIMATORS)} (empty: from the algorithm)",
+        cfg.advantage_estimator,
+    )
     _check(cfg.lora_rank >= 0, "lora_rank", "an integer >= 0 (0: no LoRA)", cfg.lora_rank)
     _check(cfg.lora_alpha > 0, "lora_alpha", "> 0", cfg.lora_alpha)
     _check(
@@ -262,6 +309,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "reincarnation_step", "reincarnation_patience", "post_reincarnation_epochs",
         "eval_max_new_tokens", "norm_length", "threads", "max_grad_norm", "seed",
         "vllm_max_model_len", "micro_batch_tokens", "logprob_chunk_tokens", "entropy_coef",
+        "max_nonfinite_updates",
     )  # fmt: skip
     for key in non_negative:
         _check(getattr(cfg, key) >= 0, key, ">= 0", getattr(cfg, key))
@@ -281,11 +329,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in ("offpolicy_clip_eps_low", "offpolicy_clip_eps_high"):
         value = getattr(cfg, key)
         _check(value == -1.0 or value > 0, key, "> 0, or -1 for the fresh-data value", value)
-    if cfg.advantage_estimator == "grpo":
+    if ADVANTAGE_ESTIMATORS[cfg.estimator].needs_groups:
         _check(
             cfg.group_size >= 2,
             "group_size",
-            ">= 2 for GRPO (advantages compare responses within a group)",
+            f">= 2 for the {cfg.estimator} advantage (it compares responses within a group)",
             cfg.group_size,
         )
     if not cfg.is_remix:

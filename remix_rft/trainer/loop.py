@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 from remix_rft.algorithm import (
-    gae_advantages,
-    grpo_advantages,
+    advantage_estimator,
     kl_convex,
     kl_estimate,
     mix_ppg_policy_loss,
@@ -64,6 +63,10 @@ log = logging.getLogger(__name__)
 StepCallback = Callable[[dict[str, Any]], None]
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """``max_nonfinite_updates`` optimizer updates in a row had a non-finite loss or gradient."""
+
+
 @dataclass
 class Counters:
     """Everything about progress that a resumed run must continue from."""
@@ -78,6 +81,7 @@ class Counters:
     last_eval_accuracy: float | None = None
     best_eval_accuracy: float = -1.0
     evals_since_best: int = 0
+    skipped_updates: int = 0  # optimizer updates skipped for a non-finite loss or gradient
 
 
 @dataclass
@@ -119,7 +123,9 @@ class Trainer:
         ranks.check_config(cfg, self.dist.world_size)
         self.policy, self.reference = factory.build_models(cfg, self.dist)
         self.optimizer = self._adamw(self.policy.parameters(), cfg.lr)
+        self.schedule_total = cfg.planned_updates()  # recounted at reincarnation and on resume
         self.scheduler = self._schedule(self.optimizer)
+        self.nonfinite_streak = 0  # skipped updates in a row; cfg.max_nonfinite_updates stops
         self.critic: ValueModel | None = None
         if cfg.uses_critic:
             self.critic = factory.build_critic(cfg, self.dist)
@@ -150,10 +156,12 @@ class Trainer:
         )
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """Warmup, then decay over the updates the run really takes (``schedule_total``), so
+        the last update of the run sees the end of the schedule."""
         cfg = self.cfg
-        total = max(cfg.steps * cfg.updates_per_step(), 1)
 
         def factor(update: int) -> float:
+            total = max(self.schedule_total, 1)
             if cfg.warmup_steps and update < cfg.warmup_steps:
                 return (update + 1) / cfg.warmup_steps
             progress = min(1.0, (update - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1))
@@ -227,17 +235,16 @@ class Trainer:
             for i, (text, done) in enumerate(zip(gen.texts, gen.finished, strict=True))
         ]
         reward_t = torch.tensor(rewards, dtype=torch.float32)
-        if cfg.advantage_estimator == "grpo":
-            advantages = grpo_advantages(
-                reward_t, cfg.group_size, scale_by_std=cfg.scale_adv_by_std
-            )
-        else:
-            advantages = torch.zeros_like(reward_t)  # GAE: recomputed with the critic below
+        estimator = advantage_estimator(cfg.estimator)
+        if estimator.uses_critic:  # per token, from the current critic at every batch: gae()
+            advantages = torch.zeros_like(reward_t)
+        else:  # per response, kept with the sample when it is reused (DESIGN §3.1)
+            advantages = estimator.fn(reward_t, cfg.group_size, scale_by_std=cfg.scale_adv_by_std)
         samples = [
             Sample(
                 prompt_ids=gen.prompt_ids[i],
                 response_ids=gen.response_ids[i],
-                behavior_logprobs=gen.logprobs[i],  # replaced by the forward pass of π_k below
+                behavior_logprobs=gen.logprobs[i],  # replaced by log π_k from a forward pass
                 reward=rewards[i],
                 advantage=float(advantages[i]),
                 version=step,
@@ -280,17 +287,19 @@ class Trainer:
         return MicroBatching(rows=rows, tokens=cfg.micro_batch_tokens, agree=self.dist.max)
 
     def needs_base(self, step: int) -> bool:
-        """log π_base is needed by the KL term, and for the ``kl/base`` diagnostic on eval steps."""
+        """log π_base is needed by the KL term; the ``kl/base`` diagnostic (eval steps) only
+        when asked for (``log_kl_base``): it is a third of the no-grad compute on real models."""
         cfg = self.cfg
-        uses_base_kl = cfg.kl_coef > 0 and cfg.kl_lambda > 0
-        return uses_base_kl or step % cfg.eval_every == 0 or step == cfg.steps
+        if cfg.uses_base_kl:
+            return True
+        return cfg.log_kl_base and (step % cfg.eval_every == 0 or step == cfg.steps)
 
     def precompute(self, batch: TrainBatch, n_fresh: int, step: int) -> dict[str, Any]:
         """Quantities fixed for the whole iteration: log π_k, log π_base, values, advantages."""
         cfg = self.cfg
         self.policy.eval()
         precedent = None
-        if not self.single_onpolicy_update(len(batch), n_fresh):
+        if not self.single_update(len(batch)):
             precedent = batched_no_grad(
                 response_logprobs, self.policy, batch, self.micro(), temperature=cfg.temperature,
                 chunk_tokens=cfg.logprob_chunk_tokens,
@@ -315,15 +324,21 @@ class Trainer:
             out.update(self.gae(batch))
         return out
 
-    def single_onpolicy_update(self, batch_size: int, n_fresh: int) -> bool:
-        """One update on fresh data only: π_θ = π_k = μ at that update, so the loss
-        forward's own detached log-probs are π_k and a separate no-grad pass would only
-        repeat them (TRL skips it too). Reused data or several updates need the pass."""
+    def trains_policy(self) -> bool:
+        """False during PPO's critic warmup, whose iterations update only the critic."""
+        return self.critic is None or self.counters.step >= self.cfg.critic_warmup_steps
+
+    def single_update(self, batch_size: int) -> bool:
+        """This iteration takes exactly one policy update. Then π_θ = π_k at that update for
+        every row, reused ones included, so the loss forward's own detached log-probs are
+        log π_k and a separate no-grad pass would only repeat them (TRL skips it too). Fresh
+        rows take them as μ as well; reused rows keep their stored μ."""
         local_minibatch = self.dist.local_minibatch(self.cfg.minibatch_size)
-        return batch_size == n_fresh and self.epochs() == 1 and batch_size <= local_minibatch
+        return self.trains_policy() and self.epochs() == 1 and batch_size <= local_minibatch
 
     def gae(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        """PPO: advantages of every sample, reused ones included, from the current critic."""
+        """Critic estimators (PPO's GAE): advantages of every sample, reused ones included,
+        from the current critic."""
         cfg = self.cfg
         assert self.critic is not None
         self.critic.eval()
@@ -332,7 +347,7 @@ class Trainer:
         last = (mask.sum(dim=1).long() - 1).clamp(min=0)
         token_rewards = torch.zeros_like(mask)
         token_rewards[torch.arange(len(batch)), last] = batch.rewards
-        advantages, returns = gae_advantages(
+        advantages, returns = advantage_estimator(cfg.estimator).fn(
             token_rewards, values, mask, gamma=cfg.gamma, lam=cfg.gae_lambda
         )
         if cfg.whiten_advantages:
@@ -356,9 +371,10 @@ class Trainer:
         """The U optimizer updates of this iteration (the UTD ratio), on shuffled minibatches."""
         cfg = self.cfg
         stats = StepStats()
+        host = batch
         batch, pre = self.dist.to_device(batch, pre)
         eps_low, eps_high = self.clip_eps(batch, step)
-        train_policy = self.counters.step >= cfg.critic_warmup_steps or self.critic is None
+        train_policy = self.trains_policy()
         self.policy.train()
         if self.critic is not None:
             self.critic.train()
@@ -371,6 +387,8 @@ class Trainer:
                     self.policy_update(batch, pre, mb, eps_low, eps_high, step, stats)
                 if self.critic is not None:
                     self.critic_update(batch, pre, mb, stats)
+        if batch is not host:  # μ of fresh rows may come from the update's forward (single_update)
+            host.behavior_logprobs.copy_(batch.behavior_logprobs.cpu())
         return stats
 
     def policy_update(
@@ -388,6 +406,7 @@ class Trainer:
         # Global count (summed over ranks): N ranks make one rank's update on the same batch.
         denominator = self.dist.sum(aggregation_count(batch.response_mask[mb], cfg.loss_agg))
         self.optimizer.zero_grad(set_to_none=True)
+        loss_total = 0.0
         for idx in self.micro().split(batch, mb):
             sub = batch.select(idx)
             mask = sub.response_mask
@@ -395,7 +414,9 @@ class Trainer:
                 self.policy, sub, temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens
             )
             logprob = token.logprobs
-            precedent, behavior = self.proximal_logprobs(pre, sub, idx, logprob, stats)
+            precedent, behavior = self.proximal_logprobs(pre, sub, idx, logprob, step, stats)
+            if pre["precedent"] is None:  # keep μ of the fresh rows for the replay buffer
+                batch.behavior_logprobs[idx] = behavior
             out = mix_ppg_policy_loss(
                 logprob, behavior, precedent, sub.advantages, mask,
                 eps_low=eps_low[idx], eps_high=eps_high[idx], centre=cfg.clip_centre,
@@ -415,16 +436,48 @@ class Trainer:
                     norm_length=norm_length,
                 )  # fmt: skip
             loss.backward()
+            loss_total += float(loss.detach())
             self.record_policy_stats(
                 stats, out, logprob.detach(), precedent, behavior, pre, sub, idx, step
             )
             self.record_entropy(stats, token.entropy.detach(), sub, step)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-        stats.add("grad_norm", float(grad_norm), 1)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.counters.updates += 1
-        self.engine_stale = True
+        grad_norm = self.optimizer_step(self.optimizer, self.policy, loss_total, "policy")
+        if grad_norm is not None:
+            stats.add("grad_norm", grad_norm, 1)
+            self.counters.updates += 1
+            self.engine_stale = True  # the rollout engine must get the new weights
+        self.scheduler.step()  # a skipped update still uses up its place in the schedule
+
+    def optimizer_step(
+        self, optimizer: torch.optim.Optimizer, model: Any, loss: float, name: str
+    ) -> float | None:
+        """Clip and step; the gradient norm, or None when the loss or the gradient is not
+        finite: then the step is skipped (a NaN step would poison the weights and, through
+        the log-probs stored with new samples, the replay buffer)."""
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
+        )
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if self.dist.sum(0.0 if finite else 1.0) == 0:  # every rank skips or steps together
+            optimizer.step()
+            self.nonfinite_streak = 0
+            return grad_norm
+        optimizer.zero_grad(set_to_none=True)
+        self.counters.skipped_updates += 1
+        self.nonfinite_streak += 1
+        log.warning(
+            "step %d: skipped a %s update (loss %s, gradient norm %s)",
+            self.counters.step + 1, name, loss, grad_norm,
+        )  # fmt: skip
+        limit = self.cfg.max_nonfinite_updates
+        if limit and self.nonfinite_streak >= limit:
+            raise NonFiniteTrainingError(
+                f"{self.nonfinite_streak} optimizer updates in a row had a non-finite loss or "
+                f"gradient norm (last: {name} loss {loss}, gradient norm {grad_norm}); stopped "
+                f"at step {self.counters.step + 1} (max_nonfinite_updates={limit}). The last "
+                "checkpoint is intact: resume from it with a smaller lr or inspect the data."
+            )
+        return None
 
     def proximal_logprobs(
         self,
@@ -432,20 +485,26 @@ class Trainer:
         sub: TrainBatch,
         idx: torch.Tensor,
         logprob: torch.Tensor,
+        step: int,
         stats: StepStats,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log π_k, log μ) of these rows: precomputed, or — for a single on-policy
-        update — the loss forward's own detached log-probs (then r ≡ 1 exactly)."""
+        """(log π_k, log μ) of these rows. Precomputed, or — when the iteration takes a
+        single update (``single_update``) — log π_k is the loss forward's own detached
+        log-probs; fresh rows take it as μ too (μ = π_k: r ≡ 1, clip centre 1), reused rows
+        keep their stored μ."""
         if pre["precedent"] is not None:
             return pre["precedent"][idx], sub.behavior_logprobs
         current = logprob.detach()
-        mismatch = logprob_mismatch(sub.behavior_logprobs, current, sub.response_mask)
+        fresh = (sub.versions == step).unsqueeze(1)
+        mismatch = logprob_mismatch(
+            sub.behavior_logprobs, current, sub.response_mask.bool() & fresh
+        )
         if mismatch:
             stats.add("gen/logprob_diff_mean", mismatch["gen/logprob_diff_mean"], 1)
             stats.max("gen/logprob_diff_max", mismatch["gen/logprob_diff_max"])
-        if self.cfg.behavior_logprobs == "engine":
+        if self.cfg.behavior_logprobs == "engine":  # μ as sampled; the ratio corrects the gap
             return current, sub.behavior_logprobs
-        return current, current
+        return current, torch.where(fresh, current, sub.behavior_logprobs)
 
     def record_policy_stats(
         self,
@@ -508,6 +567,7 @@ class Trainer:
         assert self.critic is not None
         denominator = self.dist.sum(aggregation_count(batch.response_mask[mb], "token-mean"))
         self.critic_optimizer.zero_grad(set_to_none=True)
+        loss_total = 0.0
         for idx in self.micro().split(batch, mb):
             sub = batch.select(idx)
             values = response_values(self.critic, sub)
@@ -516,11 +576,11 @@ class Trainer:
                 clip_range=cfg.value_clip, agg="token-mean", denominator=denominator,
             )  # fmt: skip
             loss.backward()
+            loss_total += float(loss.detach())
             tokens = float(sub.response_mask.sum())
             stats.add("critic/loss", float(loss.detach()) * denominator, tokens)
             stats.add("critic/clip_frac", float(clipped.sum()), float(sub.response_mask.sum()))
-        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
-        self.critic_optimizer.step()
+        self.optimizer_step(self.critic_optimizer, self.critic, loss_total, "critic")
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -549,11 +609,15 @@ class Trainer:
         if self.cfg.lora_rank:  # merge the adapter into the base, start a fresh one
             from remix_rft.engines import lora
 
-            lora.reincarnate(self.policy, self.optimizer)
-        else:
+            lora.reincarnate(self.policy)
+        elif self.reference is not None:  # None: nothing uses π_base (β = 0, no kl/base)
             copy_weights(self.policy, self.reference)
+        # The new phase starts like a run from a new base: fresh AdamW moments on both paths
+        # (full finetuning and LoRA). The learning-rate schedule keeps counting across the run.
+        reset_optimizer_state(self.optimizer)
         self.buffer.clear()
         self.counters.reincarnated_at = step
+        self.schedule_total = self.cfg.planned_updates(reincarnated_at=step)
         log.info("policy reincarnation at step %d: reference <- policy, buffer emptied", step)
 
     def should_reincarnate(self, step: int, evaluated: bool) -> bool:
@@ -597,7 +661,7 @@ class Trainer:
             from remix_rft.engines import lora
 
             models = lora.checkpoint_models(self.policy, self.tokenizer)
-        elif self.reincarnated:
+        elif self.reincarnated and self.reference is not None:
             models["reference"] = self.reference
         if self.critic is not None:
             models["critic"] = self.critic
@@ -617,7 +681,13 @@ class Trainer:
             lora.load_checkpoint(self.policy, checkpoint)
         else:
             _load_weights(self.policy, checkpoint / "policy")
-        if self.reincarnated and not self.cfg.lora_rank:
+        if self.reincarnated and self.reference is not None and not self.cfg.lora_rank:
+            if not (checkpoint / "reference").is_dir():
+                raise ValueError(
+                    f"checkpoint {checkpoint} was reincarnated without keeping π_base (kl_coef 0, "
+                    "log_kl_base off), so this run cannot use it: resume with kl_coef=0 "
+                    "log_kl_base=false"
+                )
             _load_weights(self.reference, checkpoint / "reference")
         if self.critic is not None:
             loaded = ValueModel.from_pretrained(str(checkpoint / "critic"), dtype=self.cfg.dtype)
@@ -638,9 +708,10 @@ class Trainer:
         train_samples = self.mixed_batch(fresh, step)
         batch = collate(train_samples, self.pad_id)
         pre = self.precompute(batch, len(fresh), step)
-        for i, s in enumerate(fresh):  # store μ = π_k as computed by the forward pass
-            s.behavior_logprobs = batch.behavior_logprobs[i, : s.response_ids.numel()].clone()
+        skipped_before = self.counters.skipped_updates
         stats = self.dist.merge_stats(self.update(batch, pre, step))
+        for i, s in enumerate(fresh):  # store μ = log π_k: the no-grad pass or the update's forward
+            s.behavior_logprobs = batch.behavior_logprobs[i, : s.response_ids.numel()].clone()
         self.buffer.add(fresh)
         self.buffer.evict(step)
         c = self.counters
@@ -663,6 +734,7 @@ class Trainer:
             "offpolicy/samples": len(batch) - len(fresh),
             "buffer/versions": len(self.buffer.versions()),
             "lr": self.scheduler.get_last_lr()[0],
+            "nonfinite/skipped_updates": self.counters.skipped_updates - skipped_before,
             "time/gen_s": gen.seconds,
             "time/gen_tokens_per_s": gen.stats["time/gen_tokens_per_s"],
         }
@@ -676,6 +748,7 @@ class Trainer:
         c = self.counters
         session_start = time.perf_counter()
         wall_before = c.wall_time_s
+        self.schedule_total = cfg.planned_updates(c.reincarnated_at)  # a resumed run's phase
 
         def wall() -> float:
             return wall_before + time.perf_counter() - session_start
@@ -744,6 +817,19 @@ def logprob_mismatch(
     if not diff.numel() or not bool(torch.isfinite(diff).all()):
         return {}
     return {"gen/logprob_diff_mean": float(diff.mean()), "gen/logprob_diff_max": float(diff.max())}
+
+
+@torch.no_grad()
+def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Zero every per-parameter state (AdamW: step, exp_avg, exp_avg_sq): the next step is
+    exactly a fresh optimizer's first, and the state keeps its layout, which sharded (DCP)
+    checkpoints need; an emptied state would be refilled there by a zero-gradient step."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                value.zero_()
+            elif isinstance(value, int | float):
+                state[key] = type(value)(0)
 
 
 class _WithTokenizer:

@@ -40,7 +40,8 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f"training batch {fresh} fresh + {off} reused (window {cfg.window}, "
         f"off-policy fraction {cfg.offpolicy_fraction})",
         f"UTD ratio      {cfg.updates_per_step()} optimizer updates per step "
-        f"(minibatch {cfg.minibatch_size}, epochs {cfg.epochs})",
+        f"(minibatch {cfg.minibatch_size}, epochs {cfg.epochs}); "
+        f"{cfg.planned_updates()} in the run (the {cfg.lr_schedule} lr schedule's length)",
         f"KL             beta {cfg.kl_coef}, lambda {cfg.kl_lambda}, estimator {cfg.kl_estimator}",
         f"reincarnation  {cfg.reincarnation_step or 'never'}"
         + (

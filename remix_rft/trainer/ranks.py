@@ -61,7 +61,7 @@ def _app_state(trainer: Any) -> dict[str, Any]:
         "policy": get_model_state_dict(trainer.policy),
         "optimizer": get_optimizer_state_dict(trainer.policy, trainer.optimizer),
     }
-    if trainer.reincarnated:
+    if trainer.reincarnated and trainer.reference is not None:
         state["reference"] = get_model_state_dict(trainer.reference)
     if trainer.critic is not None:
         state["critic"] = get_model_state_dict(trainer.critic)
