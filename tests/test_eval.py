@@ -14,9 +14,6 @@ from remix_rft.data.tasks import Problem
 from remix_rft.engines import generation
 from remix_rft.engines.models import EMBEDDED_MODEL_DIR
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
-needs_data = pytest.mark.skipif(not BENCH_DIR.is_dir(), reason=f"{BENCH_DIR} not present")
-
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="remix")
@@ -186,14 +183,13 @@ def test_missing_model_is_exit_2(fake_env, tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------------------- the real thing
 
 
-@needs_data
 @pytest.mark.skipif(
     not (EMBEDDED_MODEL_DIR / "config.json").is_file(), reason="embedded tiny model not built"
 )
 def test_mini_eval_embedded_model_real_files(tmp_path, capsys):
     out = tmp_path / "results.json"
     args = parse(
-        "--model", "embedded", "--data-dir", str(BENCH_DIR), "--limit", "2",
+        "--model", "embedded", "--limit", "2",  # the shipped benchmark copies
         "--max-new-tokens", "16", "--batch-size", "10", "--out", str(out),
     )  # fmt: skip
     assert evaluate.run(args) == 0

@@ -189,9 +189,10 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def load_benchmarks(
-    names: Iterable[str], data_dir: Path, limit: int | None
+    names: Iterable[str], data_dir: Path | None, limit: int | None
 ) -> dict[str, list[Problem]]:
-    if not data_dir.is_dir():
+    """The named benchmarks from ``data_dir``, or the shipped copies when it is None."""
+    if data_dir is not None and not data_dir.is_dir():
         raise EvalError(f"data directory {data_dir} does not exist")
     out: dict[str, list[Problem]] = {}
     for name in names:
@@ -327,7 +328,10 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--model", required=True, help="model directory, hub id, or 'embedded'")
     p.add_argument("--benchmarks", default=DEFAULT_BENCHMARKS, help="comma-separated names")
-    p.add_argument("--data-dir", required=True, type=Path, help="directory of benchmark files")
+    p.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="directory of benchmark files (default: the copies shipped with remix-rft)",
+    )  # fmt: skip
     p.add_argument("--samples", type=int, default=1, help="K responses per problem")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -377,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
             raise EvalError(f"--limit must be >= 1, got {args.limit}")
         if not names:
             raise EvalError("--benchmarks is empty")
-        benchmarks = load_benchmarks(names, Path(args.data_dir), args.limit)
+        benchmarks = load_benchmarks(names, args.data_dir, args.limit)
         responses_file = responses_path(Path(args.out))
         if args.overwrite and responses_file.exists():
             responses_file.unlink()
