@@ -25,7 +25,7 @@ from typing import Any
 from remix_rft.data.math_dataset import BENCHMARK_SPECS, DatasetError, load_benchmark
 from remix_rft.data.prompts import DEFAULT_MATH_INSTRUCTION, format_prompt
 from remix_rft.data.tasks import Problem
-from remix_rft.rewards import math_reward
+from remix_rft.reward_pool import RewardPool, default_workers
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +215,12 @@ def evaluate(
     batch_size: int = 32,
     on_progress: Callable[[int], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    grader: RewardPool | None = None,
 ) -> dict[str, Any]:
     """Generate and score every missing (benchmark, problem, sample); return the metrics.
 
     ``on_start(total, already_done)`` and ``on_progress(n_new)`` drive a progress bar.
+    ``grader`` scores with the math verifier (default: in this process).
     """
     settings.validate()
     stored, records = read_responses(responses_file)
@@ -247,7 +249,10 @@ def evaluate(
     with responses_file.open("a", encoding="utf-8") as fh:
         if stored is None:
             _append(fh, {META_KEY: mine})
-        _generate_missing(model, tokenizer, todo, settings, batch_size, fh, records, on_progress)
+        with grader or RewardPool(workers=0) as pool:
+            _generate_missing(
+                model, tokenizer, todo, settings, batch_size, fh, records, on_progress, pool
+            )
 
     per = {
         name: benchmark_metrics(problems, records, name, settings.samples)
@@ -271,6 +276,7 @@ def _generate_missing(
     fh: Any,
     records: dict[Key, dict[str, Any]],
     on_progress: Callable[[int], None] | None,
+    grader: RewardPool,
 ) -> None:
     from remix_rft.engines.generation import generate_texts
 
@@ -296,12 +302,14 @@ def _generate_missing(
             seed=settings.seed + begin,
         )
         log.debug("generated %d responses in %.1fs", len(texts), time.perf_counter() - start)
-        for (name, problem, s), text in zip(chunk, texts, strict=True):
+        pairs = zip(chunk, texts, strict=True)
+        scores = grader.score([(text, problem.as_dict()) for (_, problem, _), text in pairs])
+        for (name, problem, s), text, score in zip(chunk, texts, scores, strict=True):
             record = {
                 "benchmark": name,
                 "id": problem.id,
                 "sample": s,
-                "score": math_reward(text, problem.answer),
+                "score": score,
                 "answer": problem.answer,
                 "response": text,
             }
@@ -340,6 +348,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N problems per benchmark")
     p.add_argument("--instruction", default=DEFAULT_MATH_INSTRUCTION, help="appended to problems")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--reward-workers", type=int, default=default_workers(),
+        help="processes grading responses in parallel (0: in this process)",
+    )  # fmt: skip
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
     p.add_argument("--out", type=Path, default=Path("results.json"), help="results JSON path")
     p.add_argument("--overwrite", action="store_true", help="discard saved responses first")
@@ -377,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
         settings.validate()
         if args.batch_size < 1:
             raise EvalError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.reward_workers < 0:
+            raise EvalError(f"--reward-workers must be >= 0, got {args.reward_workers}")
         if args.limit is not None and args.limit < 1:
             raise EvalError(f"--limit must be >= 1, got {args.limit}")
         if not names:
@@ -413,6 +427,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             on_start=on_start,
             on_progress=lambda n: bar.update(n),
+            grader=RewardPool(workers=args.reward_workers),
         )
     except EvalError as exc:
         print(f"remix eval: error: {exc}", file=sys.stderr)

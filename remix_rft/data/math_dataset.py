@@ -209,6 +209,19 @@ def _read_hub(name: str, split: str | None) -> list[Any]:
     return [dict(row) for row in ds]
 
 
+def _is_json(value: Any) -> bool:
+    """A value that passes to a reward worker as JSON unchanged (no bytes, dates, images)."""
+    if value is None or isinstance(value, str | bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return False
+
+
 def _row_problem(row: Any, problem_key: str, answer_key: str) -> tuple[str, Answer]:
     if not isinstance(row, dict):
         raise ValueError(f"is a {type(row).__name__}, not an object")
@@ -270,7 +283,8 @@ def load_math_problems(
             logger.warning("skipping %s", message)
             skipped.append(message)
             continue
-        problems.append(Problem(id=f"{prefix}/{index}", prompt=prompt, answer=answer))
+        meta = {k: v for k, v in row.items() if k not in (problem_key, answer_key) and _is_json(v)}
+        problems.append(Problem(id=f"{prefix}/{index}", prompt=prompt, answer=answer, meta=meta))
     if not problems and rows and limit != 0:
         raise DatasetError(f"{where}: no usable rows ({len(skipped)} skipped)")
     return LoadedProblems(problems, where, skipped)

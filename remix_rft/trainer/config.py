@@ -17,8 +17,11 @@ from typing import Any
 
 import yaml
 
+from remix_rft.data.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX, is_builtin
+from remix_rft.reward_pool import RewardError, is_file_spec, parse_reward_spec
+
 ALGORITHMS = ("grpo", "ppo", "remix-grpo", "remix-ppo")
-TASKS = ("arithmetic", "math")
+TASKS = ("arithmetic", "math", "custom")
 KL_KINDS = ("k1", "k2", "k3")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 CLIP_CENTRE_MODES = ("current", "one")
@@ -64,6 +67,13 @@ class TaskConfig:
     answer_key: str = "answer"
     instruction: str = ""  # appended to every prompt; empty for the embedded task
     skip_bad_rows: bool = False
+    # reward: the task's own verifier, or a user's function (required for name=custom):
+    # path/to/file.py:function or module:function, called as fn(response, problem_dict)
+    reward_fn: str = ""
+    # grading processes: -1 auto (0 for the embedded task's integer answers, else
+    # min(4, CPUs)); 0 grades in the trainer process (debugging)
+    reward_workers: int = -1
+    reward_timeout_s: float = 5.0  # per response; past it the response scores 0
 
 
 @dataclass
@@ -280,13 +290,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             f"<= minibatch_size ({cfg.minibatch_size})",
             cfg.micro_batch_size,
         )
-    if cfg.task.name == "math":
-        _check(
-            bool(cfg.task.train_path),
-            "task.train_path",
-            "a dataset path or name for task.name=math",
-            cfg.task.train_path,
-        )
+    _validate_task(cfg.task)
     _check(
         isinstance(cfg.reflection_words, list)
         and all(isinstance(w, str) for w in cfg.reflection_words),
@@ -295,6 +299,48 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         cfg.reflection_words,
     )
     return cfg
+
+
+def _validate_task(task: TaskConfig) -> None:
+    if task.name in ("math", "custom"):
+        _check(
+            bool(task.train_path),
+            "task.train_path",
+            f"a dataset file, builtin:NAME or Hugging Face dataset id for task.name={task.name}",
+            task.train_path,
+        )
+    for key in ("train_path", "eval_path"):
+        value = getattr(task, key)
+        _check(
+            not is_builtin(value) or value.removeprefix(BUILTIN_PREFIX) in BUILTIN_DATASETS,
+            f"task.{key}",
+            "a file, a Hugging Face dataset id, or one of "
+            + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_DATASETS),
+            value,
+        )
+    if task.name == "custom":
+        _check(
+            bool(task.reward_fn),
+            "task.reward_fn",
+            "path/to/file.py:function or module:function for task.name=custom",
+            task.reward_fn,
+        )
+    if task.reward_fn:
+        try:
+            target, _ = parse_reward_spec(task.reward_fn)
+        except RewardError as err:
+            raise ConfigError(f"config key 'task.reward_fn': {err}") from None
+        if is_file_spec(target):
+            _check(
+                Path(target).expanduser().is_file(), "task.reward_fn", "an existing file", target
+            )
+    _check(
+        task.reward_workers >= -1,
+        "task.reward_workers",
+        "-1 (auto), 0 (in the trainer process) or a number of worker processes",
+        task.reward_workers,
+    )
+    _check(task.reward_timeout_s > 0, "task.reward_timeout_s", "> 0 seconds", task.reward_timeout_s)
 
 
 # ---- loading ----------------------------------------------------------------------

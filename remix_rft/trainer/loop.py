@@ -48,7 +48,7 @@ from remix_rft.trainer import checkpoint as ckpt
 from remix_rft.trainer.config import TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
 from remix_rft.trainer.metrics import MetricsLog, reflection_rate
-from remix_rft.trainer.tasks import build_task
+from remix_rft.trainer.tasks import build_task, score_responses
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +178,8 @@ class Trainer:
                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                 backend=cfg.generation_backend, record_logprobs=self.record_gen_logprobs(),
             )  # fmt: skip
-        rewards = [
-            self.task.reward(text, problems[i // cfg.group_size]) if done else 0.0
-            for i, (text, done) in enumerate(zip(gen.texts, gen.finished, strict=True))
-        ]
+        pairs = [(text, problems[i // cfg.group_size]) for i, text in enumerate(gen.texts)]
+        rewards = score_responses(self.task, pairs, graded=gen.finished)  # unfinished: 0
         reward_t = torch.tensor(rewards, dtype=torch.float32)
         if cfg.advantage_estimator == "grpo":
             advantages = grpo_advantages(
@@ -453,7 +451,7 @@ class Trainer:
                 max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
                 temperature=0.0, batch_size=cfg.eval_batch_size, backend=cfg.generation_backend,
             )  # fmt: skip
-        scores = [self.task.reward(t, p) for t, p in zip(texts, problems, strict=True)]
+        scores = score_responses(self.task, list(zip(texts, problems, strict=True)))
         return self.dist.sum(sum(scores)) / max(len(self.eval_problems), 1)
 
     def reincarnate(self, step: int) -> None:
