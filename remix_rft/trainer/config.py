@@ -19,6 +19,7 @@ import yaml
 
 from remix_rft.data.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX, is_builtin
 from remix_rft.reward_pool import RewardError, is_file_spec, parse_reward_spec
+from remix_rft.trainer.trackers import TRACKERS, TrackerError, check_installed
 
 ALGORITHMS = ("grpo", "ppo", "remix-grpo", "remix-ppo")
 TASKS = ("arithmetic", "math", "custom")
@@ -144,6 +145,9 @@ class TrainConfig:
     save_every: int = 10
     keep_checkpoints: int = 2
     reflection_words: list[str] = field(default_factory=lambda: list(DEFAULT_REFLECTION_WORDS))
+    # experiment trackers besides metrics.jsonl: tensorboard, wandb (optional extras)
+    report_to: list[str] = field(default_factory=list)
+    wandb_project: str = "remix-rft"
 
     # engines
     dtype: str = "float32"
@@ -292,6 +296,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         )
     _validate_task(cfg.task)
     _check(
+        all(t in TRACKERS for t in cfg.report_to) and len(set(cfg.report_to)) == len(cfg.report_to),
+        "report_to",
+        f"a list of distinct trackers from {', '.join(TRACKERS)} (empty: metrics.jsonl only)",
+        cfg.report_to,
+    )
+    try:
+        check_installed(cfg.report_to)
+    except TrackerError as err:
+        raise ConfigError(str(err)) from None
+    _check(
         isinstance(cfg.reflection_words, list)
         and all(isinstance(w, str) for w in cfg.reflection_words),
         "reflection_words",
@@ -373,7 +387,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
         origin = typing.get_origin(typ)
     if origin is list:
-        if isinstance(value, str):
+        if isinstance(value, str) and value.strip().startswith("["):  # report_to=[a, b]
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"config key '{key}': {value!r} is not a list: {err}") from None
+        elif isinstance(value, str):
             value = [w.strip() for w in value.split(",") if w.strip()]
         _check(isinstance(value, list), key, "a list", value)
         return [str(v) for v in value]

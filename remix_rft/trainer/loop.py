@@ -49,6 +49,7 @@ from remix_rft.trainer.config import TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
 from remix_rft.trainer.metrics import MetricsLog, reflection_rate
 from remix_rft.trainer.tasks import build_task, score_responses
+from remix_rft.trainer.trackers import open_trackers
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ class Trainer:
         self.sampler = PromptSampler(len(self.train_problems), cfg.seed)
         self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 2)
         self.counters = Counters()
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        trackers = open_trackers(cfg.report_to, run_dir, cfg.name, cfg.to_dict())
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", trackers)
         self.prompt_cache: dict[str, str] = {}
         if self.dist.enabled:  # ranks sample different responses; only rank 0 writes
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
@@ -619,6 +621,7 @@ class Trainer:
                 self.save(step)
             if on_step:
                 on_step(row)
+        self.metrics.close()  # trackers flush and finish
         summary = self.summary()
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
