@@ -84,7 +84,8 @@ def test_hung_and_crashed_workers_cost_only_their_item(user_file, caplog):
         with caplog.at_level(logging.WARNING, logger="remix_rft.reward_pool"):
             scores = pool.score(batch)
         assert scores == [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0]
-        assert pool.replaced == 2  # the hung one (killed) and the crashed one; "spin" stopped itself
+        # replaced: the hung worker (killed) and the crashed one; "spin" stopped itself
+        assert pool.replaced == 2
         messages = caplog.text
         assert "item 1 (problem id 'p1')" in messages and "killed and replaced" in messages
         assert "item 3 (problem id 'p3')" in messages and "exit status 3" in messages
@@ -183,5 +184,7 @@ def test_custom_task_passes_the_whole_row(tmp_path):
 
 def test_default_workers_by_task():
     assert build_task(load_config(None, []).task).pool.workers == 0  # embedded: in-process
-    math_task = build_task(load_config(None, ["task.name=math", "task.train_path=builtin:aime24"]).task)
+    math_task = build_task(
+        load_config(None, ["task.name=math", "task.train_path=builtin:aime24"]).task
+    )
     assert math_task.pool.workers >= 1
