@@ -211,3 +211,20 @@ def test_shipped_data_identical_to_reference_copy(name):
         for line in (BUILTIN_DATA_DIR / "SHA256SUMS").read_text().splitlines()
     )
     assert hashlib.sha256(shipped).hexdigest() == sums[relative]
+
+
+def test_paper_recipes_name_shipped_data_and_resolve_it():
+    from remix_rft.trainer.config import PACKAGED_CONFIGS, load_config
+    from remix_rft.trainer.plan import plan_lines
+
+    recipes = sorted(PACKAGED_CONFIGS.glob("r1-distill-*.yaml"))
+    assert len(recipes) == 6
+    for path in recipes:
+        cfg = load_config(path)
+        assert (cfg.task.train_path, cfg.task.eval_path) == (
+            "builtin:math_train",
+            "builtin:math500",
+        )
+    # the embedded model stands in for the hub model, which this machine may not reach
+    cfg = load_config(PACKAGED_CONFIGS / "r1-distill-1.5b-remix-ppo.yaml", ["model=embedded"])
+    assert any("math: 7470 train / 500 held-out problems" in line for line in plan_lines(cfg))

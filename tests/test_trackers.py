@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -131,12 +132,16 @@ def test_compare_logs_its_plot_as_an_image(tracked_run, tmp_path):
     assert len(images) == 1 and images[0].width > 100 and images[0].height > 100
 
 
-def test_tensorboard_resume_drops_events_past_the_checkpoint(tmp_path):
+def test_tensorboard_resume_drops_events_past_the_checkpoint(tmp_path, monkeypatch):
     rows = [{"step": s, "rollouts": 10 * s, "reward/mean": float(s)} for s in range(4)]
     tracker = TensorBoardTracker(tmp_path, "r", {"lr": 1e-4})
     for row in rows:
         tracker.log_metrics(row)
     tracker.close()
+    # The resume happens later (event files are read in the order of their names, which
+    # start with the time in seconds): a minute on, as a restarted job would be.
+    clock = time.time
+    monkeypatch.setattr(time, "time", lambda: clock() + 60)
     resumed = TensorBoardTracker(tmp_path, "r", {"lr": 1e-4})
     resumed.resume_after(rows[1])  # killed after step 3, resumed from step 1's checkpoint
     for row in rows[2:]:
