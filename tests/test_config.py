@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,21 @@ def test_cli_missing_model_path_names_it(tmp_path, capsys):
 def test_every_shipped_config_is_valid():
     for path in sorted(CONFIGS.glob("*.yaml")):
         load_config(path)
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    from remix_rft import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"remix-rft {__version__}"
+    # `python -m remix_rft.cli` runs the command too (it used to import and exit silently)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run(
+        [sys.executable, "-m", "remix_rft.cli", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == f"remix-rft {__version__}"
