@@ -47,7 +47,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -175,6 +175,14 @@ def _call(fn: RewardFn, response: str, problem: Any, time_limit_s: float) -> dic
     return {"score": checked}
 
 
+def _warm_up_math() -> None:
+    """Import math-verify and sympy, and run a symbolic comparison once, before any clock
+    starts: sympy's first simplification takes ~2 s of CPU (lazy imports and caches), which
+    on a busy machine would run a worker's first real item past its limit."""
+    rewards._warm_up()
+    rewards._equal("x^2+2x+1", "(x+1)^2")
+
+
 def _serve(spec: str, time_limit_s: float) -> int:
     """Worker loop: a JSON request per line on stdin, a JSON reply per line on the
     original stdout. Whatever the reward function prints goes to stderr instead."""
@@ -194,7 +202,7 @@ def _serve(spec: str, time_limit_s: float) -> int:
     try:
         fn = load_reward_fn(spec)
         if spec == MATH_REWARD_SPEC:
-            rewards._warm_up()  # import math-verify and sympy before any clock starts
+            _warm_up_math()
     except Exception as exc:
         replies.write(json.dumps({"fatal": str(exc)[:MAX_MESSAGE_CHARS]}) + "\n")
         return 1
@@ -234,7 +242,8 @@ class _Worker:
         self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
-                stream.close()
+                with suppress(OSError):  # a half-written request to a dead worker
+                    stream.close()
 
 
 def _worker_env() -> dict[str, str]:

@@ -66,13 +66,15 @@ MATH_ITEMS = [
     ("\\boxed{x^2+2x+1}", {"answer": "(x+1)^2"}),
     ("\\boxed{142}", {"answer": "142"}),
     ("\\boxed{[1,2)}", {"answer": "[1, 2)"}),
+    ("x" * 150_000 + "\\boxed{7}", {"answer": "7"}),  # larger than a pipe's buffer
 ] * 3
 
 
 def test_workers_keep_order_and_agree_with_in_process():
     with RewardPool(MATH_REWARD_SPEC, workers=0) as inline, RewardPool(workers=2) as pool:
+        inline.score(MATH_ITEMS)  # sympy's first simplification is slow: keep it off the clock
         expected = inline.score(MATH_ITEMS)
-        assert expected[:6] == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+        assert expected[:7] == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
         assert pool.score(MATH_ITEMS) == expected
         assert pool.score(MATH_ITEMS[::-1]) == expected[::-1]
         assert pool.score([]) == []
