@@ -11,7 +11,7 @@ For every item of each benchmark file:
 
 plus three adversarial responses that must score 0 in under 5 seconds each.
 
-    python benchmarks/verifier_check.py [--data-dir ../shared/data/benchmarks] [--show-failures]
+    python benchmarks/verifier_check.py [--data-dir DIR (default: the shipped copies)] [--show-failures]
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import sys
 import time
 from pathlib import Path
 
+from remix_rft.data.builtin import BUILTIN_BENCHMARK_DIR
 from remix_rft.data.math_dataset import BENCHMARK_SPECS, load_benchmark
 from remix_rft.rewards import math_reward
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+DEFAULT_DATA_DIR = BUILTIN_BENCHMARK_DIR
 SELF_TARGET = 99.5
 OTHER_TARGET = 97.0
 ADVERSARIAL_LIMIT_S = 5.0

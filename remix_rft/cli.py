@@ -135,3 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # `python -m remix_rft.cli` as well as `python -m remix_rft`
+    sys.exit(main())

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,21 @@ def test_planned_updates_count_the_growing_buffer_and_reincarnation():
     assert cfg.planned_updates(reincarnated_at=2) == 1 + 2 + 4 * 2
     ppo = load_config(None, ["algorithm=ppo", "steps=5", "critic_warmup_steps=2"])
     assert ppo.planned_updates() == 3  # warmup iterations train only the critic
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    from remix_rft import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"remix-rft {__version__}"
+    # `python -m remix_rft.cli` runs the command too (it used to import and exit silently)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run(
+        [sys.executable, "-m", "remix_rft.cli", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == f"remix-rft {__version__}"

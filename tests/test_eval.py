@@ -13,15 +13,16 @@ from remix_rft.data.math_dataset import BENCHMARK_FILES, load_benchmark
 from remix_rft.data.tasks import Problem
 from remix_rft.engines.models import EMBEDDED_MODEL_DIR
 from remix_rft.engines.rollout import Generation
-
-BENCH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
-needs_data = pytest.mark.skipif(not BENCH_DIR.is_dir(), reason=f"{BENCH_DIR} not present")
+from remix_rft.reward_pool import default_workers
 
 
 def parse(*argv: str) -> argparse.Namespace:
+    """``remix eval`` arguments; grading in-process unless a test asks for workers (each
+    pool start imports math-verify in every worker, seconds that these tests need not pay)."""
     parser = argparse.ArgumentParser(prog="remix")
     evaluate.add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["eval", *argv])
+    workers = [] if "--reward-workers" in argv else ["--reward-workers", "0"]
+    return parser.parse_args(["eval", *workers, *argv])
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -94,7 +95,10 @@ def test_metrics_avg_and_pass_at_k():
 def test_eval_end_to_end_with_fake_generation(fake_env, tmp_path, capsys):
     data, fake = fake_env
     out = tmp_path / "res" / "results.json"
-    args = parse("--model", "m", "--data-dir", str(data), "--benchmarks", "amc23,minerva")
+    args = parse(
+        "--model", "m", "--data-dir", str(data), "--benchmarks", "amc23,minerva",
+        "--reward-workers", "2",  # graded in the worker pool
+    )  # fmt: skip
     args.out = out
     assert evaluate.run(args) == 0
     results = json.loads(out.read_text())
@@ -186,14 +190,14 @@ def test_missing_model_is_exit_2(fake_env, tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------------------- the real thing
 
 
-@needs_data
 @pytest.mark.skipif(
     not (EMBEDDED_MODEL_DIR / "config.json").is_file(), reason="embedded tiny model not built"
 )
 def test_mini_eval_embedded_model_real_files(tmp_path, capsys):
     out = tmp_path / "results.json"
     args = parse(
-        "--model", "embedded", "--data-dir", str(BENCH_DIR), "--limit", "2",
+        "--model", "embedded", "--limit", "2",  # the shipped benchmark copies
+        "--reward-workers", str(default_workers()),  # the CLI's default
         "--max-new-tokens", "16", "--batch-size", "10", "--out", str(out),
     )  # fmt: skip
     assert evaluate.run(args) == 0

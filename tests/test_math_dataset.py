@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from remix_rft.data.builtin import BUILTIN_BENCHMARK_DIR, BUILTIN_DATA_DIR, BUILTIN_DATASETS
 from remix_rft.data.math_dataset import (
     BENCHMARK_FILES,
     DatasetError,
@@ -17,9 +19,9 @@ from remix_rft.data.math_dataset import (
 )
 from remix_rft.data.tasks import Task
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-BENCH_DIR = DATA_DIR / "benchmarks"
-needs_data = pytest.mark.skipif(not BENCH_DIR.is_dir(), reason=f"{BENCH_DIR} not present")
+# The shipped copies; the project's reference copy sits beside the checkout when present.
+BENCH_DIR = BUILTIN_BENCHMARK_DIR
+REFERENCE_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 ROWS = [
     {"problem": "1+1?", "answer": "2"},
@@ -154,7 +156,6 @@ def test_math_task(tmp_path):
 # ---------------------------------------------------------------------------- real files
 
 
-@needs_data
 @pytest.mark.parametrize("name", list(BENCHMARK_FILES))
 def test_real_benchmarks_load(name):
     problems = load_benchmark(name, BENCH_DIR)
@@ -168,7 +169,6 @@ def test_real_benchmarks_load(name):
         assert problems[0].answer == "142"
 
 
-@needs_data
 def test_real_olympiad_multiple_answers():
     problems = load_benchmark("olympiadbench", BENCH_DIR)
     answers = [p.answer for p in problems]
@@ -176,7 +176,6 @@ def test_real_olympiad_multiple_answers():
     assert all("$" not in a for a in answers if isinstance(a, str))
 
 
-@needs_data
 def test_missing_benchmark_file(tmp_path):
     with pytest.raises(DatasetError, match=str(tmp_path / "aime24.json")):
         load_benchmark("aime24", tmp_path)
@@ -184,7 +183,48 @@ def test_missing_benchmark_file(tmp_path):
         load_benchmark("gsm8k", BENCH_DIR)
 
 
-@needs_data
 def test_real_training_set():
-    problems = load_math_problems(DATA_DIR / "train" / "math_train.json", limit=50)
+    problems = load_math_problems("builtin:math_train", limit=50)
     assert len(problems) == 50 and all(p.prompt and p.answer for p in problems)
+    assert problems[0].id == "math_train/0"
+    everything = load_math_problems("builtin:math_train", on_bad_row="skip")
+    assert len(everything) == 7474 - 4 and everything.skipped == 4
+
+
+def test_builtin_names_and_defaults():
+    assert len(load_math_problems("builtin:aime24")) == len(load_benchmark("aime24")) == 30
+    with pytest.raises(DatasetError, match="builtin:math_train"):  # lists what ships
+        load_math_problems("builtin:gsm8k")
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_DATASETS))
+def test_shipped_data_identical_to_reference_copy(name):
+    """Byte-identical to the reference copy beside the checkout; on a clone without it,
+    to the checksums recorded when the files were copied (SHA256SUMS)."""
+    relative = BUILTIN_DATASETS[name]
+    shipped = (BUILTIN_DATA_DIR / relative).read_bytes()
+    reference = REFERENCE_DATA_DIR / relative
+    if reference.is_file():
+        assert shipped == reference.read_bytes()
+    sums = dict(
+        reversed(line.split())
+        for line in (BUILTIN_DATA_DIR / "SHA256SUMS").read_text().splitlines()
+    )
+    assert hashlib.sha256(shipped).hexdigest() == sums[relative]
+
+
+def test_paper_recipes_name_shipped_data_and_resolve_it():
+    from remix_rft.trainer.config import PACKAGED_CONFIGS, load_config
+    from remix_rft.trainer.plan import plan_lines
+
+    recipes = sorted(PACKAGED_CONFIGS.glob("r1-distill-*.yaml"))
+    assert len(recipes) == 6
+    for path in recipes:
+        cfg = load_config(path)
+        assert (cfg.task.train_path, cfg.task.eval_path) == (
+            "builtin:math_train",
+            "builtin:math500",
+        )
+    # the embedded model stands in for the hub model, which this machine may not reach
+    cfg = load_config(PACKAGED_CONFIGS / "r1-distill-1.5b-remix-ppo.yaml", ["model=embedded"])
+    assert any("math: 7470 train / 500 held-out problems" in line for line in plan_lines(cfg))

@@ -384,7 +384,24 @@ def add_parser(subparsers: Any) -> None:
         "--plot", type=Path, default=None, metavar="FILE.png", help="write accuracy/length plots"
     )
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
+    add_report_to(parser, "the plot as an image, in a tracker run named 'compare' beside it")
     parser.set_defaults(func=run)
+
+
+def add_report_to(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--report-to tensorboard,wandb``: send ``what`` to experiment trackers too."""
+    from remix_rft.trainer.trackers import TrackerError, parse_report_to
+
+    def report_to(text: str) -> list[str]:
+        try:
+            return parse_report_to(text)
+        except TrackerError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parser.add_argument(
+        "--report-to", type=report_to, default=[], metavar="TRACKERS",
+        help=f"comma-separated trackers (tensorboard, wandb): {what}",
+    )  # fmt: skip
 
 
 def _unique_names(runs: Sequence[RunRecord], given: Sequence[str]) -> None:
@@ -451,4 +468,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"remix compare: error: cannot write {args.plot}: {exc}", file=sys.stderr)
             return 1
         print(f"wrote {out}", file=info)
+        if args.report_to:
+            from remix_rft.trainer.trackers import log_plot
+
+            log_plot(args.report_to, out.parent, "compare", out)
     return 0

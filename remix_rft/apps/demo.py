@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from remix_rft.apps.compare import compare_table, format_table, load_run, plateau_accuracy
+from remix_rft.apps.compare import (
+    add_report_to,
+    compare_table,
+    format_table,
+    load_run,
+    plateau_accuracy,
+)
 from remix_rft.apps.progress import TrainProgress
 from remix_rft.trainer.config import ConfigError, load_config
 from remix_rft.trainer.loop import train
@@ -36,6 +42,7 @@ def add_parser(subparsers: Any) -> None:
         "--target", type=float, default=None,
         help="target held-out accuracy (default: GRPO's plateau, mean of its last 3 evaluations)",
     )  # fmt: skip
+    add_report_to(p, "both runs' metrics, and the plot as an image in a run named 'demo'")
     p.set_defaults(func=run)
 
 
@@ -47,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     run_dirs: list[Path] = []
     for label, config_name in DEMO_RUNS:
         overrides = [f"out_dir={out / label}", f"seed={args.seed}", f"name={label}"]
+        overrides.append(f"report_to={','.join(args.report_to)}")
         try:
             cfg = load_config(config_name, overrides)
             steps = max(1, args.rollouts // cfg.fresh_batch_size())
@@ -73,5 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
     png = plot_runs(runs, out / "demo.png", target=target)
     print(f"plot: {png}")
+    if args.report_to:
+        from remix_rft.trainer.trackers import log_plot
+
+        log_plot(args.report_to, out, "demo", png)
     print(f"compare again: remix compare {' '.join(str(d) for d in run_dirs)} --plot {png}")
     return 0

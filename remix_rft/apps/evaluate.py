@@ -25,7 +25,7 @@ from typing import Any
 from remix_rft.data.math_dataset import BENCHMARK_SPECS, DatasetError, load_benchmark
 from remix_rft.data.prompts import DEFAULT_MATH_INSTRUCTION, format_prompt
 from remix_rft.data.tasks import Problem
-from remix_rft.rewards import math_reward
+from remix_rft.reward_pool import RewardPool, default_workers
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,10 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def load_benchmarks(
-    names: Iterable[str], data_dir: Path, limit: int | None
+    names: Iterable[str], data_dir: Path | None, limit: int | None
 ) -> dict[str, list[Problem]]:
-    if not data_dir.is_dir():
+    """The named benchmarks from ``data_dir``, or the shipped copies when it is None."""
+    if data_dir is not None and not data_dir.is_dir():
         raise EvalError(f"data directory {data_dir} does not exist")
     out: dict[str, list[Problem]] = {}
     for name in names:
@@ -214,10 +215,12 @@ def evaluate(
     batch_size: int = 32,
     on_progress: Callable[[int], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    grader: RewardPool | None = None,
 ) -> dict[str, Any]:
     """Generate and score every missing (benchmark, problem, sample); return the metrics.
 
     ``on_start(total, already_done)`` and ``on_progress(n_new)`` drive a progress bar.
+    ``grader`` scores with the math verifier (default: in this process).
     """
     settings.validate()
     stored, records = read_responses(responses_file)
@@ -246,7 +249,10 @@ def evaluate(
     with responses_file.open("a", encoding="utf-8") as fh:
         if stored is None:
             _append(fh, {META_KEY: mine})
-        _generate_missing(engine, tokenizer, todo, settings, batch_size, fh, records, on_progress)
+        with grader or RewardPool(workers=0) as pool:
+            _generate_missing(
+                engine, tokenizer, todo, settings, batch_size, fh, records, on_progress, pool
+            )
 
     per = {
         name: benchmark_metrics(problems, records, name, settings.samples)
@@ -270,6 +276,7 @@ def _generate_missing(
     fh: Any,
     records: dict[Key, dict[str, Any]],
     on_progress: Callable[[int], None] | None,
+    grader: RewardPool,
 ) -> None:
     from remix_rft.engines.rollout import SamplingSettings
 
@@ -293,12 +300,14 @@ def _generate_missing(
         )
         texts = engine.generate(prompts, sampling).texts
         log.debug("generated %d responses in %.1fs", len(texts), time.perf_counter() - start)
-        for (name, problem, s), text in zip(chunk, texts, strict=True):
+        pairs = zip(chunk, texts, strict=True)
+        scores = grader.score([(text, problem.as_dict()) for (_, problem, _), text in pairs])
+        for (name, problem, s), text, score in zip(chunk, texts, scores, strict=True):
             record = {
                 "benchmark": name,
                 "id": problem.id,
                 "sample": s,
-                "score": math_reward(text, problem.answer),
+                "score": score,
                 "answer": problem.answer,
                 "response": text,
             }
@@ -325,7 +334,10 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--model", required=True, help="model directory, hub id, or 'embedded'")
     p.add_argument("--benchmarks", default=DEFAULT_BENCHMARKS, help="comma-separated names")
-    p.add_argument("--data-dir", required=True, type=Path, help="directory of benchmark files")
+    p.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="directory of benchmark files (default: the copies shipped with remix-rft)",
+    )  # fmt: skip
     p.add_argument("--samples", type=int, default=1, help="K responses per problem")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -334,6 +346,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N problems per benchmark")
     p.add_argument("--instruction", default=DEFAULT_MATH_INSTRUCTION, help="appended to problems")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--reward-workers", type=int, default=default_workers(),
+        help="processes grading responses in parallel (0: in this process)",
+    )  # fmt: skip
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
     p.add_argument(
         "--engine", default="hf", help="rollout engine: hf, hf-static or vllm (pip extra)"
@@ -391,11 +407,13 @@ def run(args: argparse.Namespace) -> int:
         settings.validate()
         if args.batch_size < 1:
             raise EvalError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.reward_workers < 0:
+            raise EvalError(f"--reward-workers must be >= 0, got {args.reward_workers}")
         if args.limit is not None and args.limit < 1:
             raise EvalError(f"--limit must be >= 1, got {args.limit}")
         if not names:
             raise EvalError("--benchmarks is empty")
-        benchmarks = load_benchmarks(names, Path(args.data_dir), args.limit)
+        benchmarks = load_benchmarks(names, args.data_dir, args.limit)
         responses_file = responses_path(Path(args.out))
         if args.overwrite and responses_file.exists():
             responses_file.unlink()
@@ -427,6 +445,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             on_start=on_start,
             on_progress=lambda n: bar.update(n),
+            grader=RewardPool(workers=args.reward_workers),
         )
     except EvalError as exc:
         print(f"remix eval: error: {exc}", file=sys.stderr)

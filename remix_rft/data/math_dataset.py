@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from remix_rft.data.builtin import BUILTIN_BENCHMARK_DIR, builtin_path, is_builtin
 from remix_rft.data.tasks import Answer, Problem
 from remix_rft.rewards import math_reward
 
@@ -142,7 +143,13 @@ def normalize_ground_truth(value: Any, *, multiple_parts: bool = False) -> Answe
 
 
 def _read_rows(source: str, split: str | None) -> tuple[list[Any], str]:
-    """Rows of a file or a Hugging Face dataset, and a name for messages."""
+    """Rows of a shipped dataset (``builtin:NAME``), a file or a Hugging Face dataset,
+    and a name for messages."""
+    if is_builtin(source):
+        try:
+            return _read_file(builtin_path(source)), source
+        except ValueError as exc:  # an unknown name: say which ones ship
+            raise DatasetError(str(exc)) from None
     path = Path(source).expanduser()
     if path.is_dir():
         raise DatasetError(f"{path} is a directory; give a .json, .jsonl or .parquet file")
@@ -202,6 +209,19 @@ def _read_hub(name: str, split: str | None) -> list[Any]:
     return [dict(row) for row in ds]
 
 
+def _is_json(value: Any) -> bool:
+    """A value that passes to a reward worker as JSON unchanged (no bytes, dates, images)."""
+    if value is None or isinstance(value, str | bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return False
+
+
 def _row_problem(row: Any, problem_key: str, answer_key: str) -> tuple[str, Answer]:
     if not isinstance(row, dict):
         raise ValueError(f"is a {type(row).__name__}, not an object")
@@ -245,7 +265,10 @@ def load_math_problems(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     rows, where = _read_rows(str(source), split)
-    prefix = name or Path(str(source)).stem or str(source)
+    stem = (
+        str(source).removeprefix("builtin:") if is_builtin(str(source)) else Path(str(source)).stem
+    )
+    prefix = name or stem or str(source)
     problems: list[Problem] = []
     skipped: list[str] = []
     for index, row in enumerate(rows):
@@ -260,18 +283,22 @@ def load_math_problems(
             logger.warning("skipping %s", message)
             skipped.append(message)
             continue
-        problems.append(Problem(id=f"{prefix}/{index}", prompt=prompt, answer=answer))
+        meta = {k: v for k, v in row.items() if k not in (problem_key, answer_key) and _is_json(v)}
+        problems.append(Problem(id=f"{prefix}/{index}", prompt=prompt, answer=answer, meta=meta))
     if not problems and rows and limit != 0:
         raise DatasetError(f"{where}: no usable rows ({len(skipped)} skipped)")
     return LoadedProblems(problems, where, skipped)
 
 
-def load_benchmark(name: str, data_dir: str | Path, *, limit: int | None = None) -> LoadedProblems:
-    """One of the paper's five benchmarks from ``data_dir`` by its usual file name."""
+def load_benchmark(
+    name: str, data_dir: str | Path | None = None, *, limit: int | None = None
+) -> LoadedProblems:
+    """One of the paper's five benchmarks from ``data_dir`` by its usual file name
+    (default: the copies shipped with the package)."""
     if name not in BENCHMARK_SPECS:
         raise DatasetError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_SPECS)}")
     spec = BENCHMARK_SPECS[name]
-    path = Path(data_dir).expanduser() / spec.file
+    path = Path(data_dir or BUILTIN_BENCHMARK_DIR).expanduser() / spec.file
     if not path.is_file():
         raise DatasetError(f"benchmark file {path} does not exist")
     return load_math_problems(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 Answer = str | int | list[str]
 
@@ -16,6 +16,13 @@ class Problem:
     id: str
     prompt: str
     answer: Answer
+    # The other fields of its dataset row (JSON values), for a user's reward function.
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """What a reward function receives: the row's fields plus ``id``, ``prompt`` and
+        the normalised ``answer``."""
+        return {**self.meta, "id": self.id, "prompt": self.prompt, "answer": self.answer}
 
 
 class Task(Protocol):

@@ -19,11 +19,14 @@ from typing import Any
 import yaml
 
 from remix_rft.algorithm.advantages import ADVANTAGE_ESTIMATORS
+from remix_rft.data.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX, is_builtin
+from remix_rft.reward_pool import RewardError, is_file_spec, parse_reward_spec
+from remix_rft.trainer.trackers import TRACKERS, TrackerError, check_installed
 
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("grpo", "ppo", "remix-grpo", "remix-ppo")
-TASKS = ("arithmetic", "math")
+TASKS = ("arithmetic", "math", "custom")
 KL_KINDS = ("k1", "k2", "k3")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 CLIP_CENTRE_MODES = ("current", "one")
@@ -70,6 +73,13 @@ class TaskConfig:
     answer_key: str = "answer"
     instruction: str = ""  # appended to every prompt; empty for the embedded task
     skip_bad_rows: bool = False
+    # reward: the task's own verifier, or a user's function (required for name=custom):
+    # path/to/file.py:function or module:function, called as fn(response, problem_dict)
+    reward_fn: str = ""
+    # grading processes: -1 auto (0 for the embedded task's integer answers, else
+    # min(4, CPUs)); 0 grades in the trainer process (debugging)
+    reward_workers: int = -1
+    reward_timeout_s: float = 5.0  # per response; past it the response scores 0
 
 
 @dataclass
@@ -157,6 +167,9 @@ class TrainConfig:
     save_every: int = 10
     keep_checkpoints: int = 2
     reflection_words: list[str] = field(default_factory=lambda: list(DEFAULT_REFLECTION_WORDS))
+    # experiment trackers besides metrics.jsonl: tensorboard, wandb (optional extras)
+    report_to: list[str] = field(default_factory=list)
+    wandb_project: str = "remix-rft"
 
     # engines
     dtype: str = "float32"
@@ -362,13 +375,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             f"<= minibatch_size ({cfg.minibatch_size})",
             cfg.micro_batch_size,
         )
-    if cfg.task.name == "math":
-        _check(
-            bool(cfg.task.train_path),
-            "task.train_path",
-            "a dataset path or name for task.name=math",
-            cfg.task.train_path,
-        )
+    _validate_task(cfg.task)
+    _check(
+        all(t in TRACKERS for t in cfg.report_to) and len(set(cfg.report_to)) == len(cfg.report_to),
+        "report_to",
+        f"a list of distinct trackers from {', '.join(TRACKERS)} (empty: metrics.jsonl only)",
+        cfg.report_to,
+    )
+    try:
+        check_installed(cfg.report_to)
+    except TrackerError as err:
+        raise ConfigError(str(err)) from None
     _check(
         isinstance(cfg.reflection_words, list)
         and all(isinstance(w, str) for w in cfg.reflection_words),
@@ -383,6 +400,48 @@ def _engine_names() -> tuple[str, ...]:
     from remix_rft.engines.rollout import engine_names
 
     return engine_names()
+
+
+def _validate_task(task: TaskConfig) -> None:
+    if task.name in ("math", "custom"):
+        _check(
+            bool(task.train_path),
+            "task.train_path",
+            f"a dataset file, builtin:NAME or Hugging Face dataset id for task.name={task.name}",
+            task.train_path,
+        )
+    for key in ("train_path", "eval_path"):
+        value = getattr(task, key)
+        _check(
+            not is_builtin(value) or value.removeprefix(BUILTIN_PREFIX) in BUILTIN_DATASETS,
+            f"task.{key}",
+            "a file, a Hugging Face dataset id, or one of "
+            + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_DATASETS),
+            value,
+        )
+    if task.name == "custom":
+        _check(
+            bool(task.reward_fn),
+            "task.reward_fn",
+            "path/to/file.py:function or module:function for task.name=custom",
+            task.reward_fn,
+        )
+    if task.reward_fn:
+        try:
+            target, _ = parse_reward_spec(task.reward_fn)
+        except RewardError as err:
+            raise ConfigError(f"config key 'task.reward_fn': {err}") from None
+        if is_file_spec(target):
+            _check(
+                Path(target).expanduser().is_file(), "task.reward_fn", "an existing file", target
+            )
+    _check(
+        task.reward_workers >= -1,
+        "task.reward_workers",
+        "-1 (auto), 0 (in the trainer process) or a number of worker processes",
+        task.reward_workers,
+    )
+    _check(task.reward_timeout_s > 0, "task.reward_timeout_s", "> 0 seconds", task.reward_timeout_s)
 
 
 # ---- loading ----------------------------------------------------------------------
@@ -415,7 +474,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
         origin = typing.get_origin(typ)
     if origin is list:
-        if isinstance(value, str):
+        if isinstance(value, str) and value.strip().startswith("["):  # report_to=[a, b]
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"config key '{key}': {value!r} is not a list: {err}") from None
+        elif isinstance(value, str):
             value = [w.strip() for w in value.split(",") if w.strip()]
         _check(isinstance(value, list), key, "a list", value)
         return [str(v) for v in value]

@@ -56,7 +56,8 @@ from remix_rft.trainer import ranks
 from remix_rft.trainer.config import TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
 from remix_rft.trainer.metrics import MetricsLog, reflection_rate
-from remix_rft.trainer.tasks import build_task
+from remix_rft.trainer.tasks import build_task, score_responses
+from remix_rft.trainer.trackers import open_trackers
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ class Trainer:
         self.sampler = PromptSampler(len(self.train_problems), cfg.seed)
         self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 2)
         self.counters = Counters()
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        trackers = open_trackers(cfg.report_to, run_dir, cfg.name, cfg.to_dict())
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", trackers)
         if self.dist.enabled:  # ranks sample different responses; only rank 0 writes
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
             if not self.dist.is_main:
@@ -230,10 +232,8 @@ class Trainer:
             logprobs=self.record_gen_logprobs(),
         )  # fmt: skip
         gen = self.rollout(prompts, settings)
-        rewards = [
-            self.task.reward(text, problems[i // cfg.group_size]) if done else 0.0
-            for i, (text, done) in enumerate(zip(gen.texts, gen.finished, strict=True))
-        ]
+        pairs = [(text, problems[i // cfg.group_size]) for i, text in enumerate(gen.texts)]
+        rewards = score_responses(self.task, pairs, graded=gen.finished)  # unfinished: 0
         reward_t = torch.tensor(rewards, dtype=torch.float32)
         estimator = advantage_estimator(cfg.estimator)
         if estimator.uses_critic:  # per token, from the current critic at every batch: gae()
@@ -601,7 +601,7 @@ class Trainer:
             chunk = prompts[begin : begin + cfg.eval_batch_size]
             texts += self.rollout(chunk, replace(settings, seed=settings.seed + begin)).texts
         k = cfg.eval_samples
-        scores = [self.task.reward(t, problems[i // k]) for i, t in enumerate(texts)]
+        scores = score_responses(self.task, [(t, problems[i // k]) for i, t in enumerate(texts)])
         return self.dist.sum(sum(scores)) / max(len(self.eval_problems) * k, 1)
 
     def reincarnate(self, step: int) -> None:
@@ -781,6 +781,7 @@ class Trainer:
                 self.save(step)
             if on_step:
                 on_step(row)
+        self.metrics.close()  # trackers flush and finish
         summary = self.summary()
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)

@@ -6,11 +6,12 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from remix_rft.trainer.io import atomic_write_text
+from remix_rft.trainer.trackers import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,11 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricsLog:
-    def __init__(self, path: str | Path) -> None:
+    """The JSONL file, and the trackers of ``report_to`` that see the same rows."""
+
+    def __init__(self, path: str | Path, trackers: Sequence[Tracker] = ()) -> None:
         self.path = Path(path)
+        self.trackers = list(trackers)
 
     def append(self, row: dict[str, Any]) -> None:
         line = json.dumps({k: _jsonable(v) for k, v in row.items()})
@@ -31,6 +35,12 @@ class MetricsLog:
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        for tracker in self.trackers:
+            tracker.log_metrics(row)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
 
     def read(self) -> list[dict[str, Any]]:
         """Whole, valid lines; a torn last line (killed mid-write) is dropped with a warning."""
@@ -55,6 +65,8 @@ class MetricsLog:
                 kept[row["step"]] = row
         rows = [kept[s] for s in sorted(kept)]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        for tracker in self.trackers:
+            tracker.resume_after(rows[-1] if rows else None)
         return rows
 
 

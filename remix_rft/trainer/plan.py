@@ -34,6 +34,9 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f"algorithm      {cfg.algorithm}",
         f"model          {model_path} ({tokenizer_line})",
         f"task           {cfg.task.name}: {n_train} train / {n_eval} held-out problems",
+        f"reward         {task.pool.spec} in "
+        + (f"{task.pool.workers} worker processes" if task.pool.workers else "the trainer process")
+        + f" (limit {cfg.task.reward_timeout_s:g} s per response)",
         f"steps          {cfg.steps}",
         f"per step       {cfg.prompts_per_step} prompts x {cfg.group_size} responses = {fresh} rollouts"
         f" (<= {cfg.max_new_tokens} new tokens each)",

@@ -180,3 +180,6 @@ class NullMetrics:
 
     def read(self) -> list[dict[str, Any]]:
         return []
+
+    def close(self) -> None:
+        pass

@@ -1,34 +1,98 @@
-"""Build the task a config names."""
+"""Build the task a config names, with the reward pool that grades its responses."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 from remix_rft.data.arithmetic import ArithmeticSpec, ArithmeticTask
-from remix_rft.data.tasks import Task
+from remix_rft.data.tasks import Problem, Task
+from remix_rft.reward_pool import MATH_REWARD_SPEC, RewardPool, default_workers
 from remix_rft.trainer.config import TaskConfig
 
 
-def build_task(cfg: TaskConfig) -> Task:
+class GradedTask:
+    """A task whose responses are graded in a :class:`RewardPool`: its own verifier, or
+    the user's ``task.reward_fn``, time-limited, in worker processes."""
+
+    def __init__(self, task: Task, pool: RewardPool) -> None:
+        self.task = task
+        self.pool = pool
+        self.name = task.name
+
+    def train_problems(self) -> Sequence[Problem]:
+        return self.task.train_problems()
+
+    def eval_problems(self) -> Sequence[Problem]:
+        return self.task.eval_problems()
+
+    def reward(self, response: str, problem: Problem) -> float:
+        return self.score([(response, problem)])[0]
+
+    def score(self, pairs: Sequence[tuple[str, Problem]]) -> list[float]:
+        """Rewards of (response, problem) pairs, in order."""
+        return self.pool.score([(response, problem.as_dict()) for response, problem in pairs])
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def score_responses(
+    task: Task, pairs: Sequence[tuple[str, Problem]], graded: Sequence[bool] | None = None
+) -> list[float]:
+    """Rewards of (response, problem) pairs in the task's reward pool, in order; a pair
+    whose ``graded`` flag is False (a response cut off before its end) scores 0 unseen."""
+    keep = [i for i in range(len(pairs)) if graded is None or graded[i]]
+    chosen = [pairs[i] for i in keep]
+    if isinstance(task, GradedTask):
+        scored = task.score(chosen)
+    else:  # a bare Task (tests, benchmarks): its own reward, in this process
+        scored = [task.reward(response, problem) for response, problem in chosen]
+    rewards = [0.0] * len(pairs)
+    for i, value in zip(keep, scored, strict=True):
+        rewards[i] = value
+    return rewards
+
+
+def reward_workers(cfg: TaskConfig) -> int:
+    """``task.reward_workers``, with auto (-1) resolved: the embedded task's integer answers
+    take the verifier's microsecond fast path, where worker round trips would only add
+    time; other tasks get min(4, CPUs shared by the local torchrun ranks)."""
+    if cfg.reward_workers >= 0:
+        return cfg.reward_workers
+    if cfg.name == "arithmetic" and not cfg.reward_fn:
+        return 0
+    return default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def build_task(cfg: TaskConfig) -> GradedTask:
+    pool = RewardPool(
+        cfg.reward_fn or MATH_REWARD_SPEC,
+        workers=reward_workers(cfg),
+        time_limit_s=cfg.reward_timeout_s,
+    )
+    pool.load_fn()  # import the user's function now: a bad one fails before any model loads
     if cfg.name == "arithmetic":
-        return ArithmeticTask(
-            ArithmeticSpec(
-                seed=cfg.seed,
-                num_products=cfg.num_products,
-                min_operand=cfg.min_operand,
-                max_operand=cfg.max_operand,
-                outer_multiply=cfg.outer_multiply,
-                n_train=cfg.n_train,
-                n_eval=cfg.n_eval,
-            )  # fmt: skip
-        )
+        spec = ArithmeticSpec(
+            seed=cfg.seed,
+            num_products=cfg.num_products,
+            min_operand=cfg.min_operand,
+            max_operand=cfg.max_operand,
+            outer_multiply=cfg.outer_multiply,
+            n_train=cfg.n_train,
+            n_eval=cfg.n_eval,
+        )  # fmt: skip
+        return GradedTask(ArithmeticTask(spec), pool)
     from remix_rft.data.math_dataset import MathTask
 
     task = MathTask(
         train_source=cfg.train_path,
         eval_source=cfg.eval_path or None,
+        name=cfg.name,
         problem_key=cfg.problem_key,
         answer_key=cfg.answer_key,
         on_bad_row="skip" if cfg.skip_bad_rows else "error",
     )
     task.train_problems()  # load now: a bad file fails before any model is built
     task.eval_problems()
-    return task
+    return GradedTask(task, pool)

@@ -1,0 +1,450 @@
+"""Rewards graded in a pool of worker processes: per-item time limit, order kept, dead
+workers replaced.
+
+A reward function is named by a spec, ``path/to/file.py:function`` or
+``package.module:function``, and called as ``function(response: str, problem: dict)``
+with the problem's ``id``, ``prompt``, ``answer`` and every other field of its dataset
+row. It must return a finite number (a bool counts as 0/1).
+
+:class:`RewardPool` runs it in ``workers`` child processes, one item per worker at a
+time, so that grading a step's responses uses several cores, and so that no response
+can hang or crash training:
+
+* an item that runs past ``time_limit_s`` scores 0 with a warning. The worker first
+  tries to stop it with SIGALRM; when that cannot work (C code, a blocked signal) the
+  parent kills the worker at ``time_limit_s + KILL_GRACE_S`` and starts another;
+* a worker that dies on an item (segfault, ``os._exit``, out of memory) costs only that
+  item: it scores 0 with a warning naming the function, the item and the exit status,
+  and a new worker takes its place. Chosen over an error because a crash is a property
+  of one response (a pathological expression), like a hang;
+* an exception raised by the function, or a return value that is not a finite number,
+  is a bug in the function: :class:`RewardError` names the function, the item and the
+  problem id, after the rest of the batch has been graded (so no reply is left in flight).
+
+``workers=0`` grades in the calling process (for debugging: breakpoints work), with the
+same checks; the time limit then holds only in the main thread (SIGALRM).
+
+Workers are started on the first :meth:`RewardPool.score` and reused; starting them
+(importing the function and, for the math verifier, math-verify) is not counted against
+any item's limit. Inside a worker the math verifier runs math-verify in-process: the
+worker itself is the process that gets killed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import math
+import numbers
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from remix_rft import rewards
+
+logger = logging.getLogger(__name__)
+
+RewardFn = Callable[[str, Any], Any]
+ScoreItem = tuple[str, Mapping[str, Any]]  # (response, problem as a dict)
+
+# The verifier of the embedded and math tasks, as a spec (run by name in the workers).
+MATH_REWARD_SPEC = "remix_rft.reward_pool:math_score"
+DEFAULT_TIME_LIMIT_S = 5.0  # above math-verify's own CALL_TIME_LIMIT_S, which fires first
+KILL_GRACE_S = 1.0  # time the worker's own alarm gets before the parent kills it
+STARTUP_TIMEOUT_S = 120.0
+MAX_MESSAGE_CHARS = 2_000
+SERVE_FLAG = "--serve"
+
+
+class RewardError(ValueError):
+    """A reward function that cannot be loaded, raised, or returned something not a number."""
+
+
+def math_score(response: str, problem: Mapping[str, Any]) -> float:
+    """The boxed-answer verifier (:func:`remix_rft.rewards.math_reward`) on a problem dict."""
+    return rewards.math_reward(response, problem["answer"])
+
+
+def default_workers(local_processes: int = 1) -> int:
+    """min(4, CPUs available to this process / processes sharing the machine), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus // max(local_processes, 1)))
+
+
+# ---------------------------------------------------------------------------- user functions
+
+
+def parse_reward_spec(spec: str) -> tuple[str, str]:
+    """``"file.py:fn"`` or ``"module:fn"`` -> (file or module, function name)."""
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name.isidentifier():
+        raise RewardError(
+            f"reward function {spec!r}: expected path/to/file.py:function or module:function"
+        )
+    return target, name
+
+
+def is_file_spec(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or os.sep in target
+
+
+def load_reward_fn(spec: str) -> RewardFn:
+    """Import the function a spec names; errors name the spec and what is wrong."""
+    target, name = parse_reward_spec(spec)
+    try:
+        if is_file_spec(target):
+            path = Path(target).expanduser().resolve()
+            if not path.is_file():
+                raise RewardError(f"reward function {spec!r}: file {path} does not exist")
+            module_name = f"remix_user_reward_{abs(hash(str(path)))}"
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            assert module_spec is not None and module_spec.loader is not None
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module  # dataclasses and pickling look it up
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except RewardError:
+        raise
+    except Exception as exc:  # the user's module failed to import: say so, with the cause
+        raise RewardError(
+            f"reward function {spec!r}: importing {target} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise RewardError(f"reward function {spec!r}: {target} has no function {name!r}")
+    return fn
+
+
+def absolute_spec(spec: str) -> str:
+    """A file spec with its path made absolute, so that workers (and a resumed run started
+    from another directory) find the same file."""
+    target, name = parse_reward_spec(spec)
+    if not is_file_spec(target):
+        return spec
+    return f"{Path(target).expanduser().resolve()}:{name}"
+
+
+def score_problem(value: Any) -> float | str:
+    """A reward function's return value as a float, or why it is not one (the caller
+    names the function and the item)."""
+    if isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, numbers.Real):
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return f"{shown} ({type(value).__name__}, not a number)"
+    score = float(value)
+    if not math.isfinite(score):
+        return f"{score!r} (not a finite number)"
+    return score
+
+
+# ---------------------------------------------------------------------------- worker side
+
+
+def _call(fn: RewardFn, response: str, problem: Any, time_limit_s: float) -> dict[str, Any]:
+    """One item under the time limit, as the reply a worker sends (also used in-process)."""
+    guard = nullcontext() if math.isinf(time_limit_s) else rewards._time_limit(time_limit_s)
+    try:
+        with guard:
+            value = fn(response, problem)
+    except rewards.VerifyTimeout:
+        return {"timeout": True}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]}
+    checked = score_problem(value)
+    if isinstance(checked, str):
+        return {"bad": checked}
+    return {"score": checked}
+
+
+def _warm_up_math() -> None:
+    """Import math-verify and sympy, and run a symbolic comparison once, before any clock
+    starts: sympy's first simplification takes ~2 s of CPU (lazy imports and caches), which
+    on a busy machine would run a worker's first real item past its limit."""
+    rewards._warm_up()
+    rewards._equal("x^2+2x+1", "(x+1)^2")
+
+
+def _serve(spec: str, time_limit_s: float) -> int:
+    """Worker loop: a JSON request per line on stdin, a JSON reply per line on the
+    original stdout. Whatever the reward function prints goes to stderr instead."""
+    replies: TextIO = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        import resource
+
+        limit = rewards.WORKER_MEMORY_BYTES
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError):
+        pass
+    rewards.VERIFY_ISOLATION = "inline"  # this process is the one that gets killed
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    try:
+        fn = load_reward_fn(spec)
+        if spec == MATH_REWARD_SPEC:
+            _warm_up_math()
+    except Exception as exc:
+        replies.write(json.dumps({"fatal": str(exc)[:MAX_MESSAGE_CHARS]}) + "\n")
+        return 1
+    replies.write("ready\n")
+    for line in sys.stdin:
+        request = json.loads(line)
+        reply = _call(fn, request["response"], request["problem"], time_limit_s)
+        replies.write(json.dumps(reply) + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parent side
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen[str]
+    ready: bool = False
+    item: int | None = None  # index of the item it is grading
+    deadline: float = math.inf  # monotonic time by which it must answer
+    started: float = field(default_factory=time.monotonic)
+
+    def send(self, index: int, item: ScoreItem, limit_s: float) -> bool:
+        assert self.proc.stdin is not None
+        response, problem = item
+        try:
+            self.proc.stdin.write(json.dumps({"response": response, "problem": problem}) + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # it died while idle; the caller replaces it
+            return False
+        self.item, self.deadline = index, time.monotonic() + limit_s + KILL_GRACE_S
+        return True
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with suppress(OSError):  # a half-written request to a dead worker
+                    stream.close()
+
+
+def _worker_env() -> dict[str, str]:
+    """The parent's import path, so that workers import remix_rft and user modules alike."""
+    env = dict(os.environ)
+    paths = [p or os.getcwd() for p in sys.path]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def _describe(problem: Mapping[str, Any]) -> str:
+    pid = problem.get("id") if isinstance(problem, Mapping) else None
+    return f" (problem id {pid!r})" if pid is not None else ""
+
+
+class RewardPool:
+    """Grades (response, problem) items with one reward function in worker processes."""
+
+    def __init__(
+        self,
+        spec: str = MATH_REWARD_SPEC,
+        workers: int | None = None,
+        time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+    ) -> None:
+        if time_limit_s <= 0:
+            raise ValueError(f"time_limit_s must be > 0, got {time_limit_s}")
+        self.spec = absolute_spec(spec)
+        self.workers = default_workers() if workers is None else workers
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        self.time_limit_s = time_limit_s
+        self._fn: RewardFn | None = None
+        self._procs: list[_Worker] = []
+        self._pid = os.getpid()
+        # Close the workers when the pool is dropped or the interpreter exits.
+        self._finalizer = weakref.finalize(self, _close_all, self._procs)
+        self.replaced = 0  # workers that died or were killed and replaced
+
+    def load_fn(self) -> RewardFn:
+        """The function itself, imported in this process (so a bad spec fails early)."""
+        if self._fn is None:
+            self._fn = load_reward_fn(self.spec)
+        return self._fn
+
+    # ---- public -------------------------------------------------------------------
+    def score(self, items: Sequence[ScoreItem]) -> list[float]:
+        """Scores in the order of ``items``; raises RewardError for a faulty function."""
+        if not items:
+            return []
+        if self.workers == 0:
+            # The math verifier has its own hard limits (a killable child process); an
+            # alarm around it could leave that child's reply in flight, so it gets none.
+            limit = math.inf if self.spec == MATH_REWARD_SPEC else self.time_limit_s
+            replies = [_call(self.load_fn(), r, p, limit) for r, p in items]
+        else:
+            replies = self._score_in_workers(items)
+        return self._collect(items, replies)
+
+    def close(self) -> None:
+        _close_all(self._procs)
+
+    def __enter__(self) -> RewardPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- replies to scores ------------------------------------------------------------
+    def _collect(self, items: Sequence[ScoreItem], replies: list[dict[str, Any]]) -> list[float]:
+        scores: list[float] = []
+        first_error: str | None = None
+        for index, reply in enumerate(replies):
+            where = f"item {index}{_describe(items[index][1])}"
+            if "score" in reply:
+                scores.append(float(reply["score"]))
+                continue
+            scores.append(0.0)
+            if "timeout" in reply:
+                logger.warning(
+                    "reward function %s ran past %.1fs on %s; scored 0%s",
+                    self.spec, self.time_limit_s, where,
+                    " (its worker did not stop: killed and replaced)" if "killed" in reply else "",
+                )  # fmt: skip
+            elif "crash" in reply:
+                logger.warning(
+                    "reward worker died on %s (%s); scored 0, worker replaced",
+                    where,
+                    reply["crash"],
+                )
+            elif first_error is None:
+                what = (
+                    f"raised {reply['error']}" if "error" in reply else f"returned {reply['bad']}"
+                )
+                first_error = (
+                    f"reward function {self.spec} {what} on {where}; "
+                    "it must return a finite number (int, float or bool)"
+                )
+        if first_error is not None:
+            raise RewardError(first_error)
+        return scores
+
+    # ---- the pool -------------------------------------------------------------------
+    def _spawn(self) -> _Worker:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "remix_rft.reward_pool", SERVE_FLAG, self.spec,
+             repr(self.time_limit_s)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8",
+            bufsize=1, env=_worker_env(),
+        )  # fmt: skip
+        return _Worker(proc)
+
+    def _ensure_workers(self) -> None:
+        if self._pid != os.getpid():  # a forked child must not share its parent's pipes
+            self._procs.clear()
+            self._pid = os.getpid()
+        self.load_fn()  # a bad spec fails here, with its import error, not in N workers
+        while len(self._procs) < self.workers:
+            self._procs.append(self._spawn())
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self._procs[self._procs.index(worker)] = self._spawn()
+        self.replaced += 1
+
+    def _score_in_workers(self, items: Sequence[ScoreItem]) -> list[dict[str, Any]]:
+        self._ensure_workers()
+        replies: list[dict[str, Any] | None] = [None] * len(items)
+        todo = deque(range(len(items)))
+        try:
+            while todo or any(w.item is not None for w in self._procs):
+                self._dispatch(items, todo)
+                self._wait(replies, todo)
+        except BaseException:
+            # Ctrl-C or a bug: replies still in flight would be read as the next batch's.
+            for w in list(self._procs):
+                if w.item is not None:
+                    w.kill()
+                    self._procs.remove(w)
+            raise
+        return [r if r is not None else {"crash": "no reply"} for r in replies]
+
+    def _dispatch(self, items: Sequence[ScoreItem], todo: deque[int]) -> None:
+        for w in list(self._procs):
+            if w.ready and w.item is None and todo:
+                index = todo.popleft()
+                if not w.send(index, items[index], self.time_limit_s):
+                    todo.appendleft(index)  # it died while idle: a new one gets the item
+                    self._replace(w)
+
+    def _wait(self, replies: list[dict[str, Any] | None], todo: deque[int]) -> None:
+        """Block until a worker answers, starts, dies or overruns; handle each."""
+        now = time.monotonic()
+        waiting = [w for w in self._procs if w.item is not None or not w.ready]
+        deadlines = [w.deadline if w.ready else w.started + STARTUP_TIMEOUT_S for w in waiting]
+        timeout = max(0.0, min(deadlines, default=now) - now)
+        streams = {w.proc.stdout: w for w in waiting}
+        readable, _, _ = select.select(list(streams), [], [], timeout)
+        for stream in readable:
+            self._read(streams[stream], replies, todo)
+        now = time.monotonic()
+        for w in list(self._procs):
+            if w.item is not None and now > w.deadline:
+                logger.debug("killing reward worker %d: item %d overran", w.proc.pid, w.item)
+                replies[w.item] = {"timeout": True, "killed": True}
+                self._replace(w)
+            elif not w.ready and now > w.started + STARTUP_TIMEOUT_S:
+                w.kill()
+                raise RewardError(
+                    f"reward worker for {self.spec} did not start in {STARTUP_TIMEOUT_S:.0f}s"
+                )
+
+    def _read(self, w: _Worker, replies: list[dict[str, Any] | None], todo: deque[int]) -> None:
+        assert w.proc.stdout is not None
+        line = w.proc.stdout.readline()
+        if not line:  # EOF: the worker died
+            status = w.proc.wait()
+            if not w.ready:
+                raise RewardError(
+                    f"reward worker for {self.spec} exited with status {status} while starting"
+                )
+            assert w.item is not None
+            replies[w.item] = {"crash": f"exit status {status}"}
+            self._replace(w)
+            return
+        if not w.ready:
+            if line.strip() == "ready":
+                w.ready = True
+                return
+            fatal = json.loads(line).get("fatal", line.strip())
+            w.kill()
+            raise RewardError(f"reward worker for {self.spec} could not start: {fatal}")
+        assert w.item is not None
+        replies[w.item] = json.loads(line)
+        w.item, w.deadline = None, math.inf
+
+
+def _close_all(procs: list[_Worker]) -> None:
+    for w in procs:
+        w.kill()
+    procs.clear()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == [SERVE_FLAG]:
+    sys.exit(_serve(sys.argv[2], float(sys.argv[3])))
