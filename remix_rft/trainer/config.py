@@ -544,7 +544,8 @@ def resolve_config_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    packaged = PACKAGED_CONFIGS / (path.name if path.suffix else f"{path.name}.yaml")
+    yaml_name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    packaged = PACKAGED_CONFIGS / yaml_name  # "r1-distill-1.5b-grpo": ".5b-grpo" is no suffix
     if packaged.is_file():
         return packaged
     shipped = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
