@@ -16,6 +16,7 @@ EXIT_USAGE = 2
 
 
 def _train_command(args: argparse.Namespace) -> int:
+    from remix_rft.engines.rollout import EngineError
     from remix_rft.trainer.config import (
         ConfigError,
         build_config,
@@ -54,7 +55,13 @@ def _train_command(args: argparse.Namespace) -> int:
             summary = resume(Path(args.resume), cfg, on_step=progress)
         else:
             summary = train(cfg, on_step=progress)
-    except (FileNotFoundError, FileExistsError, ValueError, NonFiniteTrainingError) as err:
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        NonFiniteTrainingError,
+        EngineError,
+    ) as err:
         if progress is not None:
             progress.close()
         print(f"remix train: error: {err}", file=sys.stderr)

