@@ -46,3 +46,28 @@ def model_dir(tmp_path_factory) -> Path:
     save_tokenizer(tok, out)
     build_model(tok).save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def generation_batch():
+    """A Generation's samples collated as a training batch (μ = the engine's log-probs)."""
+    from remix_rft.data.batch import collate
+    from remix_rft.data.buffer import Sample
+
+    def make(gen):
+        samples = [
+            Sample(
+                prompt_ids=gen.prompt_ids[i],
+                response_ids=gen.response_ids[i],
+                behavior_logprobs=gen.logprobs[i],
+                reward=0.0,
+                advantage=0.0,
+                version=1,
+                group=i,
+                finished=gen.finished[i],
+            )  # fmt: skip
+            for i in range(len(gen))
+        ]
+        return collate(samples, 0)
+
+    return make

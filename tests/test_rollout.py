@@ -7,8 +7,6 @@ import sys
 import pytest
 import torch
 
-from remix_rft.data.batch import collate
-from remix_rft.data.buffer import Sample
 from remix_rft.engines.policy import load_policy, load_tokenizer, response_logprobs
 from remix_rft.engines.rollout import (
     ENGINES,
@@ -44,7 +42,7 @@ def model_dir_module(tmp_path_factory):
     return out
 
 
-def test_hf_engine_returns_n_per_prompt_in_order_with_logprobs(hf):
+def test_hf_engine_returns_n_per_prompt_in_order_with_logprobs(hf, generation_batch):
     engine, policy, prompts = hf
     gen = engine.generate(
         prompts, SamplingSettings(max_new_tokens=12, temperature=0.6, n=3, seed=1)
@@ -53,20 +51,7 @@ def test_hf_engine_returns_n_per_prompt_in_order_with_logprobs(hf):
     for i in range(3):  # prompt-major: the 3 samples of prompt i are rows 3i..3i+2
         assert all(torch.equal(gen.prompt_ids[3 * i], gen.prompt_ids[3 * i + j]) for j in (1, 2))
     assert not torch.equal(gen.prompt_ids[0], gen.prompt_ids[3])
-    samples = [
-        Sample(
-            prompt_ids=gen.prompt_ids[i],
-            response_ids=gen.response_ids[i],
-            behavior_logprobs=gen.logprobs[i],
-            reward=0.0,
-            advantage=0.0,
-            version=1,
-            group=i,
-            finished=gen.finished[i],
-        )  # fmt: skip
-        for i in range(len(gen))
-    ]
-    batch = collate(samples, 0)
+    batch = generation_batch(gen)
     with torch.no_grad():
         forward = response_logprobs(policy, batch, temperature=0.6)
     mask = batch.response_mask.bool()

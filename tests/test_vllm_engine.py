@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from remix_rft.data.batch import collate
-from remix_rft.data.buffer import Sample
 from remix_rft.data.prompts import format_prompt
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_policy, load_tokenizer, response_logprobs
@@ -70,31 +68,14 @@ def tiny():
     return policy, tokenizer, prompts, engine
 
 
-def as_batch(gen) -> object:
-    samples = [
-        Sample(
-            prompt_ids=gen.prompt_ids[i],
-            response_ids=gen.response_ids[i],
-            behavior_logprobs=gen.logprobs[i],
-            reward=0.0,
-            advantage=0.0,
-            version=1,
-            group=i,
-            finished=gen.finished[i],
-        )  # fmt: skip
-        for i in range(len(gen))
-    ]
-    return collate(samples, 0)
-
-
 @pytest.mark.parametrize("temperature", [0.6, 1.0])
-def test_engine_logprobs_equal_the_trainer_forward(tiny, temperature):
+def test_engine_logprobs_equal_the_trainer_forward(tiny, temperature, generation_batch):
     policy, _, prompts, engine = tiny
     settings = SamplingSettings(max_new_tokens=48, temperature=temperature, n=4, seed=3)
     gen = engine.generate(prompts[:16], settings)
     assert len(gen) == 64
     assert all(torch.equal(gen.prompt_ids[4 * i], gen.prompt_ids[4 * i + 3]) for i in range(16))
-    batch = as_batch(gen)
+    batch = generation_batch(gen)
     with torch.no_grad():
         trainer_lp = response_logprobs(policy, batch, temperature=temperature)
     mask = batch.response_mask.bool()
@@ -115,6 +96,14 @@ def test_same_seed_same_samples_and_greedy_matches_hf(tiny):
     greedy = SamplingSettings(max_new_tokens=48, temperature=0.0, logprobs=False)
     hf = build_engine("hf", policy=policy, tokenizer=tokenizer, options=engine_options())
     assert engine.generate(prompts, greedy).texts == hf.generate(prompts, greedy).texts
+
+
+def test_a_prompt_longer_than_the_context_is_a_clear_error(tiny):
+    from remix_rft.engines.rollout import EngineError
+
+    _, _, prompts, engine = tiny
+    with pytest.raises(EngineError, match=r"prompt 1 .* context of 256 .*vllm_max_model_len"):
+        engine.generate([prompts[0], "9+" * 200], SamplingSettings(max_new_tokens=8))
 
 
 def test_trainer_step_pushes_weights_and_greedy_equals_hf(tmp_path):
