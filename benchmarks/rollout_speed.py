@@ -63,8 +63,9 @@ def prompts_for(tokenizer: Any, n: int) -> list[str]:
 
 
 def build(engine: str, model_dir: str, dtype: str, max_len: int) -> Any:
+    from remix_rft.engines.catalog import build_engine
     from remix_rft.engines.policy import load_policy, load_tokenizer
-    from remix_rft.engines.rollout import EngineOptions, build_engine
+    from remix_rft.engines.rollout import EngineOptions
 
     tokenizer = load_tokenizer(model_dir)
     policy = load_policy(model_dir, dtype=dtype)

@@ -7,14 +7,13 @@ import sys
 import pytest
 import torch
 
+from remix_rft.engines.catalog import build_engine, engine_names
 from remix_rft.engines.policy import load_policy, load_tokenizer, response_logprobs
 from remix_rft.engines.rollout import (
     ENGINES,
     EngineOptions,
     RolloutEngine,
     SamplingSettings,
-    build_engine,
-    engine_names,
     register_engine,
 )
 from remix_rft.trainer.config import ConfigError, load_config

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from remix_rft.data.prompts import format_prompt
+from remix_rft.engines.catalog import build_engine
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_policy, load_tokenizer, response_logprobs
-from remix_rft.engines.rollout import EngineOptions, SamplingSettings, build_engine
+from remix_rft.engines.rollout import EngineOptions, SamplingSettings
 from remix_rft.trainer.config import TaskConfig
 from remix_rft.trainer.tasks import build_task
 

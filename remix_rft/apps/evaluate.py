@@ -370,9 +370,10 @@ def _load_engine(args: argparse.Namespace) -> tuple[Any, Any]:
     """(rollout engine, tokenizer) for ``--model`` with ``--engine``."""
     import torch
 
+    from remix_rft.engines.catalog import build_engine
     from remix_rft.engines.models import resolve_model_path
     from remix_rft.engines.policy import load_policy, load_tokenizer
-    from remix_rft.engines.rollout import EngineOptions, build_engine
+    from remix_rft.engines.rollout import EngineOptions
 
     cuda = torch.cuda.is_available()
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if cuda else "float32")

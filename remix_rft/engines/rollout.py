@@ -6,8 +6,9 @@ log-probability of every sampled token *under the distribution actually sampled 
 and, on GPUs, can release its memory while the trainer updates (sleep/wake).
 
 Engines register by name (``hf``, ``hf-static``, ``vllm``); the trainer and ``remix
-eval`` pick one with ``rollout_engine`` / ``--engine``. Adding an engine is one class
-decorated with :func:`register_engine`.
+eval`` pick one with ``rollout_engine`` / ``--engine`` through
+:func:`remix_rft.engines.catalog.build_engine`. Adding an engine is one class decorated
+with :func:`register_engine` (and, for a built-in one, an import in ``catalog``).
 """
 
 from __future__ import annotations
@@ -137,23 +138,3 @@ def register_engine(name: str) -> Callable[[EngineFactory], EngineFactory]:
         return factory
 
     return add
-
-
-def engine_names() -> tuple[str, ...]:
-    _register_builtin()
-    return tuple(ENGINES)
-
-
-def build_engine(
-    name: str, *, policy: Any, tokenizer: Any, options: EngineOptions, env: Any = None
-) -> RolloutEngine:
-    """The engine ``name`` for this policy (``env``: the rank's DistEnv under torchrun)."""
-    _register_builtin()
-    if name not in ENGINES:
-        raise ValueError(f"unknown rollout engine {name!r}; one of {', '.join(ENGINES)}")
-    return ENGINES[name](policy=policy, tokenizer=tokenizer, options=options, env=env)
-
-
-def _register_builtin() -> None:
-    # Importing registers them; vllm itself is imported only when that engine is built.
-    from remix_rft.engines import generation, vllm_engine  # noqa: F401

@@ -397,7 +397,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 
 def _engine_names() -> tuple[str, ...]:
-    from remix_rft.engines.rollout import engine_names
+    from remix_rft.engines.catalog import engine_names
 
     return engine_names()
 

@@ -33,6 +33,7 @@ from remix_rft.data.prompts import format_prompt
 from remix_rft.data.sampler import PromptSampler
 from remix_rft.data.tasks import Problem, Task
 from remix_rft.engines import distributed, factory
+from remix_rft.engines.catalog import build_engine
 from remix_rft.engines.generation import pad_token_id
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import (
@@ -44,13 +45,7 @@ from remix_rft.engines.policy import (
     response_stats,
     response_values,
 )
-from remix_rft.engines.rollout import (
-    EngineOptions,
-    Generation,
-    RolloutEngine,
-    SamplingSettings,
-    build_engine,
-)
+from remix_rft.engines.rollout import EngineOptions, Generation, RolloutEngine, SamplingSettings
 from remix_rft.trainer import checkpoint as ckpt
 from remix_rft.trainer import ranks
 from remix_rft.trainer.config import TrainConfig, dump_config
