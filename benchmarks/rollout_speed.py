@@ -21,6 +21,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -89,6 +91,30 @@ def time_generation(engine: Any, prompts: list[str], samples: int, tokens: int) 
     return gen.num_tokens() / (time.perf_counter() - start)
 
 
+def measure_one(args: argparse.Namespace) -> None:
+    """``--one ENGINE``: build it in this fresh process, warm up, time one round, print JSON.
+
+    Each engine gets a process of its own: vLLM's CPU backend pins torch's threads for
+    the whole process, which would slow an HF engine measured after it in the same one.
+    """
+    engine, tokenizer = build(args.one, args.model_dir, args.dtype, 64 + args.tokens + 64)
+    prompts = prompts_for(tokenizer, args.prompts)
+    time_generation(engine, prompts, args.samples, args.tokens)  # warm-up at full size
+    print(json.dumps({"tokens_per_s": time_generation(engine, prompts, args.samples, args.tokens)}))
+    engine.close()
+
+
+def one_round(args: argparse.Namespace, engine: str, model_dir: str) -> float | str:
+    cmd = [sys.executable, __file__, "--one", engine, "--model-dir", model_dir,
+           "--prompts", str(args.prompts), "--samples", str(args.samples),
+           "--tokens", str(args.tokens), "--dtype", args.dtype]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:  # reported in the table, e.g. vLLM not installed
+        last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:]
+        return f"n/a ({last[0][-90:] if last else 'failed'})"
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["tokens_per_s"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--shapes", default="embedded,qwen2-0.5b")
@@ -99,42 +125,31 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one:
+        measure_one(args)
+        return
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
             model_dir = make_model_dir(shape, Path(tmp), args.dtype)
-            built, results = {}, {}
-            for name in args.engines.split(","):
-                try:
-                    built[name] = build(name, model_dir, args.dtype, 64 + args.tokens + 64)
-                except Exception as err:  # reported in the table, e.g. vLLM not installed
-                    results[name] = f"n/a ({type(err).__name__}: {str(err)[:60]})"
-            for name, (engine, tokenizer) in built.items():
-                prompts = prompts_for(tokenizer, args.prompts)
-                # warm-up at full size: kernels, CUDA graphs, allocator, prefix cache
-                time_generation(engine, prompts, args.samples, args.tokens)
-                results[name] = []
-            order = list(built)
-            for r in range(args.rounds):
-                for name in order if r % 2 == 0 else order[::-1]:
-                    engine, tokenizer = built[name]
-                    prompts = prompts_for(tokenizer, args.prompts)
-                    results[name].append(
-                        time_generation(engine, prompts, args.samples, args.tokens)
-                    )
-            for name, value in results.items():
-                if isinstance(value, str):
-                    rows.append({"shape": shape, "engine": name, "tokens_per_s": value})
+            engines = args.engines.split(",")
+            results: dict[str, list[float | str]] = {name: [] for name in engines}
+            for r in range(args.rounds):  # alternating order, a fresh process per measurement
+                for name in engines if r % 2 == 0 else engines[::-1]:
+                    results[name].append(one_round(args, name, model_dir))
+            for name, values in results.items():
+                failed = [v for v in values if isinstance(v, str)]
+                if failed:
+                    rows.append({"shape": shape, "engine": name, "tokens_per_s": failed[0]})
                     continue
-                mean = statistics.mean(value)
-                spread = (max(value) - min(value)) / 2
+                mean = statistics.mean(values)
+                spread = (max(values) - min(values)) / 2
                 rows.append({"shape": shape, "engine": name, "tokens_per_s": f"{mean:,.0f} ± {spread:,.0f}",
-                             "rounds": [round(v) for v in value]})  # fmt: skip
-            for engine, _ in built.values():
-                engine.close()
-            del built
+                             "rounds": [round(v) for v in values]})  # fmt: skip
     print(f"\n{device}, {args.dtype}: {args.prompts} prompts x {args.samples} samples x "
           f"{args.tokens} tokens, {args.rounds} rounds (alternating order)\n")  # fmt: skip
     print("| shape | engine | generated tokens/s |\n|---|---|---|")
