@@ -54,7 +54,7 @@ from remix_rft.engines.rollout import (
 )
 from remix_rft.trainer import checkpoint as ckpt
 from remix_rft.trainer import ranks
-from remix_rft.trainer.config import TrainConfig, dump_config
+from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
 from remix_rft.trainer.metrics import MetricsLog, reflection_rate
 from remix_rft.trainer.tasks import build_task
@@ -199,38 +199,52 @@ class Trainer:
     def reincarnated(self) -> bool:
         return self.counters.reincarnated_at > 0
 
+    def phase(self) -> PhaseSettings:
+        """Reuse before reincarnation; on-policy with the ``post_reincarnation_*`` settings
+        (the on-policy method's fresh batch, updates, lr and β) after it."""
+        return self.cfg.phase(self.reincarnated)
+
     def offpolicy_batch_size(self) -> int:
-        """Reincarnation ends reuse: the run continues on-policy."""
-        return 0 if self.reincarnated else self.cfg.offpolicy_batch_size()
+        return self.phase().offpolicy_batch_size
 
     def epochs(self) -> int:
-        if self.reincarnated and self.cfg.post_reincarnation_epochs:
-            return self.cfg.post_reincarnation_epochs
-        return self.cfg.epochs
+        return self.phase().epochs
+
+    def kl_coef(self) -> float:
+        return self.phase().kl_coef
+
+    def set_peak_lr(self, lr: float) -> None:
+        """Scale the schedule to a new peak lr; its position (updates so far) is kept."""
+        sched = self.scheduler
+        sched.base_lrs = [lr for _ in self.optimizer.param_groups]
+        for group, fn in zip(self.optimizer.param_groups, sched.lr_lambdas, strict=True):
+            group["initial_lr"] = lr
+            group["lr"] = lr * fn(sched.last_epoch)
 
     # ---- one iteration, step by step ---------------------------------------------
     def collect(self, step: int) -> tuple[list[Sample], Generation, list[Problem]]:
         """Sample G responses for each of this iteration's prompts with π_k and score them."""
         cfg = self.cfg
         # All ranks draw the same prompts; each keeps its slice (whole groups per rank).
+        phase = self.phase()
+        group_size = phase.group_size
         problems = [
-            self.train_problems[i] for i in self.dist.shard(self.sampler.next(cfg.prompts_per_step))
+            self.train_problems[i]
+            for i in self.dist.shard(self.sampler.next(phase.prompts_per_step))
         ]
-        prompts = [self.prompt_text(p) for p in problems for _ in range(cfg.group_size)]
+        prompts = [self.prompt_text(p) for p in problems for _ in range(group_size)]
         settings = SamplingSettings(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
             logprobs=self.record_gen_logprobs(),
         )  # fmt: skip
         gen = self.rollout(prompts, settings)
         rewards = [
-            self.task.reward(text, problems[i // cfg.group_size]) if done else 0.0
+            self.task.reward(text, problems[i // group_size]) if done else 0.0
             for i, (text, done) in enumerate(zip(gen.texts, gen.finished, strict=True))
         ]
         reward_t = torch.tensor(rewards, dtype=torch.float32)
         if cfg.advantage_estimator == "grpo":
-            advantages = grpo_advantages(
-                reward_t, cfg.group_size, scale_by_std=cfg.scale_adv_by_std
-            )
+            advantages = grpo_advantages(reward_t, group_size, scale_by_std=cfg.scale_adv_by_std)
         else:
             advantages = torch.zeros_like(reward_t)  # GAE: recomputed with the critic below
         samples = [
@@ -241,9 +255,9 @@ class Trainer:
                 reward=rewards[i],
                 advantage=float(advantages[i]),
                 version=step,
-                group=(step - 1) * cfg.prompts_per_step
+                group=(step - 1) * phase.prompts_per_step
                 + self.dist.rank * len(problems)
-                + i // cfg.group_size,
+                + i // group_size,
                 finished=gen.finished[i],
             )
             for i in range(len(gen))
@@ -257,7 +271,7 @@ class Trainer:
         if self.cfg.rollout_engine == "vllm" or self.cfg.behavior_logprobs == "engine":
             return True
         vocab = int(self.policy.config.vocab_size)
-        return vocab * self.cfg.max_new_tokens * self.cfg.fresh_batch_size() <= 2**28
+        return vocab * self.cfg.max_new_tokens * self.phase().fresh_batch_size <= 2**28
 
     def prompt_text(self, problem: Problem) -> str:
         if problem.id not in self.prompt_cache:
@@ -276,13 +290,13 @@ class Trainer:
         """Forward passes of ``micro_batch_size`` rows, or within a ``micro_batch_tokens`` budget;
         every rank runs as many (each forward pass of a sharded model is a collective)."""
         cfg = self.cfg
-        rows = cfg.micro_batch_size or self.dist.local_minibatch(cfg.minibatch_size)
+        rows = cfg.micro_batch_size or self.dist.local_minibatch(self.phase().minibatch_size)
         return MicroBatching(rows=rows, tokens=cfg.micro_batch_tokens, agree=self.dist.max)
 
     def needs_base(self, step: int) -> bool:
         """log π_base is needed by the KL term, and for the ``kl/base`` diagnostic on eval steps."""
         cfg = self.cfg
-        uses_base_kl = cfg.kl_coef > 0 and cfg.kl_lambda > 0
+        uses_base_kl = self.kl_coef() > 0 and cfg.kl_lambda > 0
         return uses_base_kl or step % cfg.eval_every == 0 or step == cfg.steps
 
     def precompute(self, batch: TrainBatch, n_fresh: int, step: int) -> dict[str, Any]:
@@ -319,7 +333,7 @@ class Trainer:
         """One update on fresh data only: π_θ = π_k = μ at that update, so the loss
         forward's own detached log-probs are π_k and a separate no-grad pass would only
         repeat them (TRL skips it too). Reused data or several updates need the pass."""
-        local_minibatch = self.dist.local_minibatch(self.cfg.minibatch_size)
+        local_minibatch = self.dist.local_minibatch(self.phase().minibatch_size)
         return batch_size == n_fresh and self.epochs() == 1 and batch_size <= local_minibatch
 
     def gae(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
@@ -364,7 +378,7 @@ class Trainer:
             self.critic.train()
         for _ in range(self.epochs()):
             order = torch.randperm(len(batch), generator=self.shuffle_rng)
-            size = self.dist.local_minibatch(cfg.minibatch_size)  # this rank's share
+            size = self.dist.local_minibatch(self.phase().minibatch_size)  # this rank's share
             for begin in range(0, len(batch), size):
                 mb = order[begin : begin + size]
                 if train_policy:
@@ -402,11 +416,12 @@ class Trainer:
                 agg=cfg.loss_agg, denominator=denominator, norm_length=norm_length,
             )  # fmt: skip
             loss = out.loss
-            if cfg.kl_coef > 0:
+            kl_coef = self.kl_coef()
+            if kl_coef > 0:
                 # λ = 0 needs no π_base: the precedent stands in for the unused base term.
                 base = pre["base"][idx] if pre["base"] is not None else precedent
                 kl = kl_convex(logprob, base, precedent, lam=cfg.kl_lambda, kind=cfg.kl_estimator)
-                loss = loss + cfg.kl_coef * aggregate(
+                loss = loss + kl_coef * aggregate(
                     kl, mask, cfg.loss_agg, denominator=denominator, norm_length=norm_length
                 )
             if cfg.entropy_coef > 0:  # a bonus: more entropy, lower loss
@@ -554,6 +569,7 @@ class Trainer:
             copy_weights(self.policy, self.reference)
         self.buffer.clear()
         self.counters.reincarnated_at = step
+        self.set_peak_lr(self.phase().lr)  # from here on the on-policy method's lr
         log.info("policy reincarnation at step %d: reference <- policy, buffer emptied", step)
 
     def should_reincarnate(self, step: int, evaluated: bool) -> bool:
@@ -653,7 +669,7 @@ class Trainer:
             "rollouts": c.rollouts,
             "tokens": c.tokens,
             "updates": c.updates,
-            "utd": self.cfg.updates_per_step(len(batch) * self.dist.world_size, self.epochs()),
+            "utd": self.phase().updates(len(batch) * self.dist.world_size),
             "reward/mean": sum(s.reward for s in fresh) / len(fresh),
             "response_length/mean": sum(lengths) / len(lengths),
             "response_length/max": max(lengths),
@@ -810,6 +826,8 @@ def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None)
     trainer = Trainer(cfg, run_dir)
     if checkpoint is not None:
         trainer.load(checkpoint)
+        if trainer.reincarnated:  # the config's post-reincarnation lr, also for older checkpoints
+            trainer.set_peak_lr(trainer.phase().lr)
         log.info("resuming %s from %s (step %d)", run_dir, checkpoint.name, trainer.counters.step)
     trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
     if trainer.dist.is_main:
