@@ -29,7 +29,8 @@ from remix_rft.apps.compare import load_run, plateau_accuracy, rollouts_to_targe
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "grpo": ("tiny-grpo", []),
     # ReMix-GRPO as shipped: 4 prompts x 8 fresh + 32 reused from the last 3 iterations
-    # (window 4), one update of 64 per iteration, KL-Convex, reincarnation at 20.
+    # (window 4), one update of 64 per iteration, KL-Convex, reincarnation at 20, then
+    # on-policy with tiny-grpo's settings (16 x 8 fresh, one update of 128, no KL).
     "remix-grpo": ("tiny-remix-grpo", []),
     # control 1 = control 2 for it: the same fresh batch (4 x 8) and the same single
     # update per iteration on fresh data only -- as many updates per rollout, no reuse

@@ -49,11 +49,14 @@ def write_run(
     algorithm: str = "grpo",
     done: bool = True,
     extra_lines: dict[int, str] | None = None,
+    task: str = "math",
 ) -> Path:
     """A run directory; ``extra_lines`` inserts raw text before the given row index."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(f"name: {name}\nalgorithm: {algorithm}\nseed: 0\n")
+    (run_dir / "config.yaml").write_text(
+        f"name: {name}\nalgorithm: {algorithm}\nseed: 0\ntask:\n  name: {task}\n"
+    )
     lines = []
     for i, row in enumerate(rows):
         if extra_lines and i in extra_lines:
@@ -137,6 +140,7 @@ def test_load_run_and_summarize(tmp_path):
     assert s["run"] == "remix" and s["algorithm"] == "remix-grpo" and s["status"] == "done"
     assert s["base_accuracy"] == 0.2
     assert s["final_accuracy"] == 0.6
+    assert s["last3_accuracy"] == pytest.approx((0.2 + 0.5 + 0.6) / 3)
     assert s["best_accuracy"] == 0.6
     assert s["rollouts_to_target"] == 10 * ROLLOUTS_PER_STEP
     assert s["wall_s_to_target"] == 101.0
@@ -224,6 +228,23 @@ def test_cli_table_default_target_and_never_reached(tmp_path, capsys):
     assert MISSING in bad_line
     remix_line = next(line for line in table if line.startswith("remix "))
     assert "0.33x" in remix_line  # 256 rollouts vs the baseline's 768
+
+
+def test_reflection_column_only_where_the_task_can_produce_it(tmp_path):
+    """The embedded arithmetic task never reflects: its column would be a column of zeros."""
+    rows = make_rows({0: 0.2, 4: 0.5}, steps=4)
+    math_run = load_run(write_run(tmp_path, "math", rows))
+    arith = load_run(write_run(tmp_path, "arith", rows, task="arithmetic"))
+    assert summarize(arith, None)["reflection_rate"] is None
+    assert summarize(math_run, None)["reflection_rate"] == pytest.approx(0.1)
+
+    def header(runs):
+        return compare.format_table([summarize(r, 0.4) for r in runs]).splitlines()[0].split()
+
+    assert "reflect" not in header([arith])
+    assert "reflect" in header([arith, math_run]) and "last" in header([arith])
+    mixed = compare.format_table([summarize(r, 0.4) for r in (arith, math_run)]).splitlines()
+    assert mixed[2].split()[-1] == MISSING and mixed[3].split()[-1] == "0.100"
 
 
 def test_cli_json(tmp_path, capsys):

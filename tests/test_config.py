@@ -130,3 +130,53 @@ def test_version_flag_prints_the_package_version(capsys):
         env=env,
     )
     assert result.returncode == 0 and result.stdout.strip() == f"remix-rft {__version__}"
+
+
+REMIX = ["algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5", "reincarnation_step=3"]
+
+
+@pytest.mark.parametrize(
+    "overrides, key, allowed",
+    [
+        (["post_reincarnation_lr=1e-5"], "post_reincarnation_lr", "on-policy algorithm grpo"),
+        ([*REMIX, "post_reincarnation_group_size=1"], "post_reincarnation_group_size", ">= 2"),
+        ([*REMIX, "post_reincarnation_kl_coef=-0.5"], "post_reincarnation_kl_coef", "-1"),
+        ([*REMIX, "post_reincarnation_prompts_per_step=-4"], "post_reincarnation_prompts", ">= 0"),
+        ([*REMIX, "post_reincarnation_lr=-1e-4"], "post_reincarnation_lr", ">= 0"),
+        (
+            [*REMIX, "micro_batch_size=32", "post_reincarnation_minibatch_size=16"],
+            "micro_batch_size",
+            "post_reincarnation_minibatch_size",
+        ),
+    ],
+)
+def test_invalid_post_reincarnation_values_name_the_key(overrides, key, allowed):
+    with pytest.raises(ConfigError, match=f"'{key}.*{allowed}"):
+        load_config(None, overrides)
+
+
+def test_post_reincarnation_phase_and_the_rollouts_it_samples():
+    cfg = load_config(
+        None,
+        [*REMIX, "prompts_per_step=4", "group_size=8", "lr=1e-4", "kl_coef=0.02",
+         "post_reincarnation_prompts_per_step=16", "post_reincarnation_minibatch_size=256",
+         "post_reincarnation_lr=5e-5", "post_reincarnation_kl_coef=0"],
+    )  # fmt: skip
+    before, after = cfg.phase(reincarnated=False), cfg.phase(reincarnated=True)
+    assert (before.fresh_batch_size, before.offpolicy_batch_size, before.lr) == (32, 32, 1e-4)
+    assert (after.fresh_batch_size, after.offpolicy_batch_size, after.lr) == (128, 0, 5e-5)
+    assert (before.kl_coef, after.kl_coef) == (0.02, 0.0)
+    assert (after.group_size, after.epochs, after.updates(128)) == (8, 1, 1)  # unset: unchanged
+    # 3 iterations of 32 before reincarnation, then 128 per iteration
+    assert [cfg.rollouts_for_steps(n) for n in (1, 3, 4, 5)] == [32, 96, 224, 352]
+    assert cfg.steps_for_rollouts(351) == 4 and cfg.steps_for_rollouts(352) == 5
+    assert cfg.steps_for_rollouts(10) == 1  # at least one iteration
+    unset = load_config(None, REMIX)
+    assert unset.phase(reincarnated=True).fresh_batch_size == unset.fresh_batch_size()
+    assert unset.phase(reincarnated=True).lr == unset.lr
+
+
+def test_post_reincarnation_keys_without_reincarnation_are_ignored_with_a_warning(caplog):
+    cfg = load_config(None, [*REMIX, "reincarnation_step=0", "post_reincarnation_lr=5e-5"])
+    assert "post_reincarnation_lr ignored" in caplog.text
+    assert cfg.rollouts_for_steps(10) == 10 * cfg.fresh_batch_size()

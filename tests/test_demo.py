@@ -1,5 +1,6 @@
 """`remix demo` end to end with very few steps: both runs, the table and the plot."""
 
+from remix_rft.apps.demo import claim_lines, demo_config
 from remix_rft.cli import main
 
 
@@ -18,6 +19,33 @@ def test_demo_trains_both_algorithms_and_writes_table_and_plot(tmp_path, capsys,
     assert list((out / "grpo" / "tensorboard").glob("events.*"))
     assert list((out / "remix-grpo" / "tensorboard" / "by_rollouts").glob("events.*"))
     assert any(b"plot" in f.read_bytes() for f in (out / "tensorboard").glob("events.*"))
+    header = next(line for line in printed.splitlines() if line.startswith("run "))
+    assert "last 3" in header and "rollouts→T" in header and "wall→T" in header
+    assert "reflect" not in header  # always 0 on the embedded task
+    assert "early speed:" in printed and "final accuracy (mean of the last 3" in printed
+
+
+def test_demo_budget_sets_each_runs_steps(tmp_path):
+    """ReMix samples 32 responses per iteration until reincarnation at 20, 128 after."""
+    grpo = demo_config("tiny-grpo", "grpo", tmp_path, seed=0, budget=3840)
+    remix = demo_config("tiny-remix-grpo", "remix-grpo", tmp_path, seed=0, budget=3840)
+    assert grpo.steps == 30 and grpo.rollouts_for_steps(grpo.steps) == 3840
+    assert remix.rollouts_for_steps(remix.steps) <= 3840
+    assert remix.rollouts_for_steps(remix.steps + 1) > 3840
+
+
+def test_claim_lines_tell_both_halves():
+    table = [
+        {"run": "grpo", "rollouts_to_target": 1920, "wall_s_to_target": 40.0,
+         "last3_accuracy": 0.965, "total_rollouts": 3840},
+        {"run": "remix-grpo", "rollouts_to_target": 480, "wall_s_to_target": 20.0,
+         "last3_accuracy": 0.96, "total_rollouts": 3808},
+    ]  # fmt: skip
+    speed, final = claim_lines(table, 0.9)
+    assert "480 rollouts, 0.25x grpo's 1,920" in speed and "20 s vs 40 s" in speed
+    assert "3,840 vs 3,808 rollouts: grpo 0.965, remix-grpo 0.960" in final
+    table[1]["rollouts_to_target"] = None
+    assert "reached by grpo" in claim_lines(table, 0.9)[0]
 
 
 def test_demo_refuses_a_non_empty_output_directory(tmp_path, capsys):

@@ -400,6 +400,57 @@ def test_reincarnation_copies_policy_into_reference_and_empties_buffer(tiny_conf
     assert rows[4]["offpolicy/samples"] == 0 and "reincarnated" not in rows[4]
 
 
+POST_PHASE = (
+    "algorithm=remix-grpo", "window=2", "offpolicy_fraction=0.5", "reincarnation_step=2",
+    "lr=1e-4", "kl_coef=0.02", "post_reincarnation_prompts_per_step=8",
+    "post_reincarnation_group_size=2", "post_reincarnation_minibatch_size=8",
+    "post_reincarnation_lr=3e-5", "post_reincarnation_kl_coef=0",
+)  # fmt: skip
+
+
+def test_post_reincarnation_phase_switches_batch_updates_and_lr_at_the_reincarnation_step(
+    tiny_config, monkeypatch
+):
+    """Steps 1-2 reuse with 4 x 4 fresh responses at lr 1e-4; from step 3 on-policy with
+    8 x 2 fresh responses, minibatches of 8 (2 updates), lr 3e-5 and no KL term."""
+    kl_terms: dict[int, float] = {}
+    original = Trainer.update
+
+    def spy(self, batch, pre, step):
+        kl_terms[step] = self.kl_coef()
+        return original(self, batch, pre, step)
+
+    monkeypatch.setattr(Trainer, "update", spy)
+    cfg = tiny_config(*POST_PHASE, "steps=3", "eval_every=10")
+    train(cfg)
+    rows = read_metrics(cfg.resolved_out_dir())
+    assert [r["rollouts"] for r in rows[1:]] == [16, 32, 48]  # responses actually sampled
+    assert [r["offpolicy/samples"] for r in rows[1:]] == [0, 16, 0]
+    assert [r["utd"] for r in rows[1:]] == [1, 2, 2]  # 16/16; (16 + 16)/16; 16/8
+    assert [r["updates"] for r in rows[1:]] == [1, 3, 5]
+    assert rows[2]["lr"] == 1e-4 and rows[3]["lr"] == 3e-5
+    assert kl_terms == {1: 0.02, 2: 0.02, 3: 0.0}
+    assert rows[2].get("reincarnated") is True
+
+
+def test_resume_after_reincarnation_keeps_the_post_reincarnation_settings(tiny_config):
+    """A run stopped at the reincarnation step (its checkpoint is written after the switch)
+    continues with the post-phase batch and lr, exactly as an uninterrupted one."""
+    straight = tiny_config(*POST_PHASE, "steps=4", out="straight")
+    train(straight)
+    first = tiny_config(*POST_PHASE, "steps=2", out="split")
+    train(first)
+    more = tiny_config(*POST_PHASE, "steps=4", out="split")
+    resume(more.resolved_out_dir(), more)
+    a = read_metrics(straight.resolved_out_dir())
+    b = read_metrics(more.resolved_out_dir())
+    assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    assert [r["rollouts"] for r in b[1:]] == [16, 32, 48, 64] and b[3]["lr"] == 3e-5
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("rollouts", "updates", "lr", "reward/mean", "eval/accuracy"):
+            assert ra.get(key) == rb.get(key), (ra["step"], key)
+
+
 def test_ppo_trains_a_critic(tiny_config):
     cfg = tiny_config("algorithm=ppo", "steps=2", "group_size=2", "prompts_per_step=8")
     train(cfg)

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 EVAL_KEY = "eval/accuracy"
 MISSING = "—"
+# Tasks whose responses never hold reflection words: the embedded arithmetic model's
+# vocabulary and traces have none, so its reflection rate is 0 by construction.
+NO_REFLECTION_TASKS = ("arithmetic",)
 
 Row = dict[str, Any]
 
@@ -224,6 +227,13 @@ def plateau_accuracy(rows: Sequence[Row], last: int = 3) -> float | None:
     return _mean(accs[-last:])
 
 
+def can_reflect(run: RunRecord) -> bool:
+    """Whether the run's task can produce reflection words (unknown task: assume it can)."""
+    task = run.config.get("task")
+    name = task.get("name") if isinstance(task, Mapping) else None
+    return name not in NO_REFLECTION_TASKS
+
+
 def summarize(run: RunRecord, target: float | None) -> dict[str, Any]:
     """One table row for ``run``; values that do not exist are None."""
     rows = ordered_rows(run.rows)
@@ -255,6 +265,7 @@ def summarize(run: RunRecord, target: float | None) -> dict[str, Any]:
         "target": target,
         "base_accuracy": base,
         "final_accuracy": final,
+        "last3_accuracy": plateau_accuracy(rows),
         "best_accuracy": max(accs) if accs else None,
         "rollouts_to_target": hit.rollouts if hit else None,
         "wall_s_to_target": hit.wall_s if hit else None,
@@ -263,7 +274,9 @@ def summarize(run: RunRecord, target: float | None) -> dict[str, Any]:
         "steps": steps,
         "wall_time_s": wall,
         "mean_response_length": _mean(as_number(r.get("response_length/mean")) for r in rows),
-        "reflection_rate": _mean(as_number(r.get("reflection/rate")) for r in rows),
+        "reflection_rate": _mean(as_number(r.get("reflection/rate")) for r in rows)
+        if can_reflect(run)
+        else None,
     }
 
 
@@ -306,6 +319,7 @@ _COLUMNS: list[tuple[str, str, Any, bool]] = [
     ("status", "status", str, False),
     ("base", "base_accuracy", _fmt_acc, True),
     ("final", "final_accuracy", _fmt_acc, True),
+    ("last 3", "last3_accuracy", _fmt_acc, True),
     ("best", "best_accuracy", _fmt_acc, True),
     ("rollouts→T", "rollouts_to_target", _fmt_int, True),
     ("ratio", "rollouts_ratio", _fmt_ratio, True),
@@ -318,19 +332,33 @@ _COLUMNS: list[tuple[str, str, Any, bool]] = [
 ]
 
 
+# Columns left out when no row has a value: the reflection rate of tasks that cannot reflect.
+_OPTIONAL_KEYS = ("reflection_rate",)
+
+
+def table_columns(table: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, Any, bool]]:
+    """The columns to show: every one, less optional ones that no row has a value for."""
+    return [
+        col
+        for col in _COLUMNS
+        if col[1] not in _OPTIONAL_KEYS or any(row.get(col[1]) is not None for row in table)
+    ]
+
+
 def format_table(table: Sequence[Mapping[str, Any]]) -> str:
     """An aligned plain-text table of :func:`summarize` rows; missing values show "—"."""
-    cells = [[fmt(row.get(key)) for _, key, fmt, _ in _COLUMNS] for row in table]
+    columns = table_columns(table)
+    cells = [[fmt(row.get(key)) for _, key, fmt, _ in columns] for row in table]
     for cell_row, row in zip(cells, table, strict=True):
         if row.get("status") == "running":
             cell_row[0] += " *"
-    headers = [h for h, _, _, _ in _COLUMNS]
+    headers = [h for h, _, _, _ in columns]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
         parts = [
             v.rjust(w) if right else v.ljust(w)
-            for v, w, (_, _, _, right) in zip(values, widths, _COLUMNS, strict=True)
+            for v, w, (_, _, _, right) in zip(values, widths, columns, strict=True)
         ]
         return "  ".join(parts).rstrip()
 
@@ -370,8 +398,9 @@ def add_parser(subparsers: Any) -> None:
         "compare",
         help="compare runs: rollouts and wall-clock to a target accuracy",
         description=(
-            "Table of runs: base/final/best held-out accuracy, rollouts and wall-clock to "
-            "the target accuracy T, mean response length and reflection rate. A run reaches "
+            "Table of runs: base/final/best held-out accuracy and the mean of the last 3 "
+            "evaluations, rollouts and wall-clock to the target accuracy T, mean response "
+            "length and reflection rate (for tasks that can produce it). A run reaches "
             "T when the mean of two consecutive evaluations is >= T. Without --target, T is "
             "the plateau accuracy (mean of the last 3 evaluations) of the first run."
         ),

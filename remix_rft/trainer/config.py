@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -153,7 +154,14 @@ class TrainConfig:
     offpolicy_clip_eps_high: float = -1.0
     reincarnation_step: int = 0  # iteration of policy reincarnation (0: never)
     reincarnation_patience: int = 0  # or: after this many evaluations without improvement
-    post_reincarnation_epochs: int = 0  # epochs after reincarnation (0: same as before)
+    # After reincarnation the run is on-policy GRPO/PPO from the new base (DESIGN §3.4), with
+    # the on-policy method's own settings: 0 (-1 for the KL coefficient) keeps the value above.
+    post_reincarnation_prompts_per_step: int = 0
+    post_reincarnation_group_size: int = 0
+    post_reincarnation_minibatch_size: int = 0
+    post_reincarnation_epochs: int = 0
+    post_reincarnation_lr: float = 0.0  # peak lr; the schedule keeps counting across the run
+    post_reincarnation_kl_coef: float = -1.0  # β towards the new base (and the precedent)
 
     # evaluation, logging, checkpoints
     eval_every: int = 10
@@ -216,10 +224,56 @@ class TrainConfig:
     @property
     def needs_reference(self) -> bool:
         """Whether anything uses π_base: the loss, or the ``kl/base`` diagnostic."""
-        return self.uses_base_kl or self.log_kl_base
+        post_kl = self.post_reincarnation_kl_coef > 0 and self.kl_lambda > 0
+        return self.uses_base_kl or post_kl or self.log_kl_base
 
     def fresh_batch_size(self) -> int:
         return self.prompts_per_step * self.group_size
+
+    @property
+    def reincarnates(self) -> bool:
+        return self.is_remix and bool(self.reincarnation_step or self.reincarnation_patience)
+
+    def phase(self, reincarnated: bool) -> PhaseSettings:
+        """The settings of one phase of the run: before reincarnation (ReMix's reuse), or
+        after it (on-policy, with the ``post_reincarnation_*`` values where they are set)."""
+        before = PhaseSettings(
+            prompts_per_step=self.prompts_per_step,
+            group_size=self.group_size,
+            minibatch_size=self.minibatch_size,
+            epochs=self.epochs,
+            offpolicy_batch_size=self.offpolicy_batch_size(),
+            lr=self.lr,
+            kl_coef=self.kl_coef,
+        )
+        if not reincarnated:
+            return before
+        return PhaseSettings(
+            prompts_per_step=self.post_reincarnation_prompts_per_step or self.prompts_per_step,
+            group_size=self.post_reincarnation_group_size or self.group_size,
+            minibatch_size=self.post_reincarnation_minibatch_size or self.minibatch_size,
+            epochs=self.post_reincarnation_epochs or self.epochs,
+            offpolicy_batch_size=0,  # reincarnation ends reuse
+            lr=self.post_reincarnation_lr or self.lr,
+            kl_coef=self.kl_coef
+            if self.post_reincarnation_kl_coef < 0
+            else self.post_reincarnation_kl_coef,
+        )
+
+    def rollouts_for_steps(self, steps: int) -> int:
+        """Responses sampled in ``steps`` iterations, the batch switching at a fixed
+        reincarnation step (with patience alone the switch is not known in advance)."""
+        before, after = self.phase(False), self.phase(True)
+        switch = self.reincarnation_step if self.is_remix and self.reincarnation_step else steps
+        pre = min(steps, switch)
+        return pre * before.fresh_batch_size + (steps - pre) * after.fresh_batch_size
+
+    def steps_for_rollouts(self, budget: int) -> int:
+        """The most iterations whose rollouts fit in ``budget`` (at least one)."""
+        steps = 1
+        while self.rollouts_for_steps(steps + 1) <= budget:
+            steps += 1
+        return steps
 
     def offpolicy_batch_size(self) -> int:
         """Past samples drawn per iteration so that they make ``offpolicy_fraction`` of the batch."""
@@ -251,8 +305,10 @@ class TrainConfig:
         for step in range(1, self.steps + 1):
             if self.uses_critic and step <= self.critic_warmup_steps:
                 continue
-            if switch and step > switch:
-                total += self.updates_per_step(fresh, self.post_reincarnation_epochs or None)
+            if switch and step > switch:  # the on-policy phase's own batch and minibatch
+                post = self.phase(reincarnated=True)
+                per_epoch = -(-post.fresh_batch_size // post.minibatch_size)
+                total += per_epoch * post.epochs
             else:  # past iterations stored so far: step − 1, at most ν − 1
                 stored = (min(step, self.window) - 1) * fresh
                 total += self.updates_per_step(fresh + min(offpolicy, stored))
@@ -263,6 +319,27 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PhaseSettings:
+    """What changes at policy reincarnation: the fresh batch, the updates, lr and β."""
+
+    prompts_per_step: int
+    group_size: int
+    minibatch_size: int
+    epochs: int
+    offpolicy_batch_size: int  # past samples drawn per iteration
+    lr: float  # peak learning rate of the policy's schedule
+    kl_coef: float
+
+    @property
+    def fresh_batch_size(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+    def updates(self, batch_size: int) -> int:
+        """Optimizer updates of an iteration on ``batch_size`` samples: the UTD ratio."""
+        return -(-batch_size // self.minibatch_size) * self.epochs
 
 
 # ---- validation -----------------------------------------------------------------
@@ -320,6 +397,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     non_negative = (
         "micro_batch_size", "warmup_steps", "weight_decay", "kl_coef", "critic_warmup_steps",
         "reincarnation_step", "reincarnation_patience", "post_reincarnation_epochs",
+        "post_reincarnation_prompts_per_step", "post_reincarnation_group_size",
+        "post_reincarnation_minibatch_size", "post_reincarnation_lr",
         "eval_max_new_tokens", "norm_length", "threads", "max_grad_norm", "seed",
         "vllm_max_model_len", "micro_batch_tokens", "logprob_chunk_tokens", "entropy_coef",
         "max_nonfinite_updates",
@@ -342,13 +421,23 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in ("offpolicy_clip_eps_low", "offpolicy_clip_eps_high"):
         value = getattr(cfg, key)
         _check(value == -1.0 or value > 0, key, "> 0, or -1 for the fresh-data value", value)
+    _check(
+        cfg.post_reincarnation_kl_coef == -1.0 or cfg.post_reincarnation_kl_coef >= 0,
+        "post_reincarnation_kl_coef",
+        ">= 0, or -1 for the kl_coef value",
+        cfg.post_reincarnation_kl_coef,
+    )
     if ADVANTAGE_ESTIMATORS[cfg.estimator].needs_groups:
-        _check(
-            cfg.group_size >= 2,
-            "group_size",
-            f">= 2 for the {cfg.estimator} advantage (it compares responses within a group)",
-            cfg.group_size,
-        )
+        for key in ("group_size", "post_reincarnation_group_size"):
+            value = getattr(cfg, key)
+            _check(
+                value >= 2 or (key.startswith("post_") and value == 0),
+                key,
+                f">= 2 for the {cfg.estimator} advantage (it compares responses within a group)"
+                + (", or 0 for the group_size value" if key.startswith("post_") else ""),
+                value,
+            )
+    _validate_post_reincarnation(cfg)
     if not cfg.is_remix:
         _check(
             cfg.window == 1,
@@ -369,10 +458,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             cfg.reincarnation_step,
         )
     if cfg.micro_batch_size:
+        smallest = min(cfg.minibatch_size, cfg.post_reincarnation_minibatch_size or math.inf)
         _check(
-            cfg.micro_batch_size <= cfg.minibatch_size,
+            cfg.micro_batch_size <= smallest,
             "micro_batch_size",
-            f"<= minibatch_size ({cfg.minibatch_size})",
+            f"<= minibatch_size and post_reincarnation_minibatch_size ({smallest})",
             cfg.micro_batch_size,
         )
     _validate_task(cfg.task)
@@ -394,6 +484,35 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         cfg.reflection_words,
     )
     return cfg
+
+
+POST_REINCARNATION_KEYS = (
+    "post_reincarnation_prompts_per_step", "post_reincarnation_group_size",
+    "post_reincarnation_minibatch_size", "post_reincarnation_epochs", "post_reincarnation_lr",
+)  # fmt: skip
+
+
+def _validate_post_reincarnation(cfg: TrainConfig) -> None:
+    """Post-reincarnation settings need a run that reincarnates. On-policy algorithms never
+    do, so a value there is a mistake; a ReMix run with reincarnation switched off (an
+    ablation of a shipped config) only ignores them."""
+    set_keys = [k for k in POST_REINCARNATION_KEYS if getattr(cfg, k)]
+    if cfg.post_reincarnation_kl_coef != -1.0:
+        set_keys.append("post_reincarnation_kl_coef")
+    if not set_keys:
+        return
+    _check(
+        cfg.is_remix,
+        set_keys[0],
+        f"unset (0) for the on-policy algorithm {cfg.algorithm}, which never reincarnates "
+        "(use remix-*)",
+        getattr(cfg, set_keys[0]),
+    )
+    if not cfg.reincarnates:
+        log.warning(
+            "%s ignored: reincarnation_step and reincarnation_patience are 0 (no reincarnation)",
+            ", ".join(set_keys),
+        )
 
 
 def _engine_names() -> tuple[str, ...]:

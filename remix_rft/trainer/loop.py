@@ -48,7 +48,7 @@ from remix_rft.engines.policy import (
 from remix_rft.engines.rollout import EngineOptions, Generation, RolloutEngine, SamplingSettings
 from remix_rft.trainer import checkpoint as ckpt
 from remix_rft.trainer import ranks
-from remix_rft.trainer.config import TrainConfig, dump_config
+from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
 from remix_rft.trainer.metrics import MetricsLog, reflection_rate
 from remix_rft.trainer.tasks import build_task, score_responses
@@ -204,37 +204,53 @@ class Trainer:
     def reincarnated(self) -> bool:
         return self.counters.reincarnated_at > 0
 
+    def phase(self) -> PhaseSettings:
+        """Reuse before reincarnation; on-policy with the ``post_reincarnation_*`` settings
+        (the on-policy method's fresh batch, updates, lr and β) after it."""
+        return self.cfg.phase(self.reincarnated)
+
     def offpolicy_batch_size(self) -> int:
-        """Reincarnation ends reuse: the run continues on-policy."""
-        return 0 if self.reincarnated else self.cfg.offpolicy_batch_size()
+        return self.phase().offpolicy_batch_size
 
     def epochs(self) -> int:
-        if self.reincarnated and self.cfg.post_reincarnation_epochs:
-            return self.cfg.post_reincarnation_epochs
-        return self.cfg.epochs
+        return self.phase().epochs
+
+    def kl_coef(self) -> float:
+        return self.phase().kl_coef
+
+    def set_peak_lr(self, lr: float) -> None:
+        """Scale the schedule to a new peak lr; its position (updates so far) is kept."""
+        sched = self.scheduler
+        sched.base_lrs = [lr for _ in self.optimizer.param_groups]
+        for group, fn in zip(self.optimizer.param_groups, sched.lr_lambdas, strict=True):
+            group["initial_lr"] = lr
+            group["lr"] = lr * fn(sched.last_epoch)
 
     # ---- one iteration, step by step ---------------------------------------------
     def collect(self, step: int) -> tuple[list[Sample], Generation, list[Problem]]:
         """Sample G responses for each of this iteration's prompts with π_k and score them."""
         cfg = self.cfg
         # All ranks draw the same prompts; each keeps its slice (whole groups per rank).
+        phase = self.phase()
+        group_size = phase.group_size
         problems = [
-            self.train_problems[i] for i in self.dist.shard(self.sampler.next(cfg.prompts_per_step))
+            self.train_problems[i]
+            for i in self.dist.shard(self.sampler.next(phase.prompts_per_step))
         ]
-        prompts = [self.prompt_text(p) for p in problems for _ in range(cfg.group_size)]
+        prompts = [self.prompt_text(p) for p in problems for _ in range(group_size)]
         settings = SamplingSettings(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
             logprobs=self.record_gen_logprobs(),
         )  # fmt: skip
         gen = self.rollout(prompts, settings)
-        pairs = [(text, problems[i // cfg.group_size]) for i, text in enumerate(gen.texts)]
+        pairs = [(text, problems[i // group_size]) for i, text in enumerate(gen.texts)]
         rewards = score_responses(self.task, pairs, graded=gen.finished)  # unfinished: 0
         reward_t = torch.tensor(rewards, dtype=torch.float32)
         estimator = advantage_estimator(cfg.estimator)
         if estimator.uses_critic:  # per token, from the current critic at every batch: gae()
             advantages = torch.zeros_like(reward_t)
         else:  # per response, kept with the sample when it is reused (DESIGN §3.1)
-            advantages = estimator.fn(reward_t, cfg.group_size, scale_by_std=cfg.scale_adv_by_std)
+            advantages = estimator.fn(reward_t, group_size, scale_by_std=cfg.scale_adv_by_std)
         samples = [
             Sample(
                 prompt_ids=gen.prompt_ids[i],
@@ -243,9 +259,9 @@ class Trainer:
                 reward=rewards[i],
                 advantage=float(advantages[i]),
                 version=step,
-                group=(step - 1) * cfg.prompts_per_step
+                group=(step - 1) * phase.prompts_per_step
                 + self.dist.rank * len(problems)
-                + i // cfg.group_size,
+                + i // group_size,
                 finished=gen.finished[i],
             )
             for i in range(len(gen))
@@ -259,7 +275,7 @@ class Trainer:
         if self.cfg.rollout_engine == "vllm" or self.cfg.behavior_logprobs == "engine":
             return True
         vocab = int(self.policy.config.vocab_size)
-        return vocab * self.cfg.max_new_tokens * self.cfg.fresh_batch_size() <= 2**28
+        return vocab * self.cfg.max_new_tokens * self.phase().fresh_batch_size <= 2**28
 
     def prompt_text(self, problem: Problem) -> str:
         if problem.id not in self.prompt_cache:
@@ -278,14 +294,14 @@ class Trainer:
         """Forward passes of ``micro_batch_size`` rows, or within a ``micro_batch_tokens`` budget;
         every rank runs as many (each forward pass of a sharded model is a collective)."""
         cfg = self.cfg
-        rows = cfg.micro_batch_size or self.dist.local_minibatch(cfg.minibatch_size)
+        rows = cfg.micro_batch_size or self.dist.local_minibatch(self.phase().minibatch_size)
         return MicroBatching(rows=rows, tokens=cfg.micro_batch_tokens, agree=self.dist.max)
 
     def needs_base(self, step: int) -> bool:
         """log π_base is needed by the KL term; the ``kl/base`` diagnostic (eval steps) only
         when asked for (``log_kl_base``): it is a third of the no-grad compute on real models."""
         cfg = self.cfg
-        if cfg.uses_base_kl:
+        if self.kl_coef() > 0 and cfg.kl_lambda > 0:
             return True
         return cfg.log_kl_base and (step % cfg.eval_every == 0 or step == cfg.steps)
 
@@ -328,7 +344,7 @@ class Trainer:
         every row, reused ones included, so the loss forward's own detached log-probs are
         log π_k and a separate no-grad pass would only repeat them (TRL skips it too). Fresh
         rows take them as μ as well; reused rows keep their stored μ."""
-        local_minibatch = self.dist.local_minibatch(self.cfg.minibatch_size)
+        local_minibatch = self.dist.local_minibatch(self.phase().minibatch_size)
         return self.trains_policy() and self.epochs() == 1 and batch_size <= local_minibatch
 
     def gae(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
@@ -364,7 +380,6 @@ class Trainer:
 
     def update(self, batch: TrainBatch, pre: dict[str, torch.Tensor], step: int) -> StepStats:
         """The U optimizer updates of this iteration (the UTD ratio), on shuffled minibatches."""
-        cfg = self.cfg
         stats = StepStats()
         host = batch
         batch, pre = self.dist.to_device(batch, pre)
@@ -375,7 +390,7 @@ class Trainer:
             self.critic.train()
         for _ in range(self.epochs()):
             order = torch.randperm(len(batch), generator=self.shuffle_rng)
-            size = self.dist.local_minibatch(cfg.minibatch_size)  # this rank's share
+            size = self.dist.local_minibatch(self.phase().minibatch_size)  # this rank's share
             for begin in range(0, len(batch), size):
                 mb = order[begin : begin + size]
                 if train_policy:
@@ -418,11 +433,12 @@ class Trainer:
                 agg=cfg.loss_agg, denominator=denominator, norm_length=norm_length,
             )  # fmt: skip
             loss = out.loss
-            if cfg.kl_coef > 0:
+            kl_coef = self.kl_coef()
+            if kl_coef > 0:
                 # λ = 0 needs no π_base: the precedent stands in for the unused base term.
                 base = pre["base"][idx] if pre["base"] is not None else precedent
                 kl = kl_convex(logprob, base, precedent, lam=cfg.kl_lambda, kind=cfg.kl_estimator)
-                loss = loss + cfg.kl_coef * aggregate(
+                loss = loss + kl_coef * aggregate(
                     kl, mask, cfg.loss_agg, denominator=denominator, norm_length=norm_length
                 )
             if cfg.entropy_coef > 0:  # a bonus: more entropy, lower loss
@@ -613,6 +629,7 @@ class Trainer:
         self.buffer.clear()
         self.counters.reincarnated_at = step
         self.schedule_total = self.cfg.planned_updates(reincarnated_at=step)
+        self.set_peak_lr(self.phase().lr)  # from here on the on-policy method's lr
         log.info("policy reincarnation at step %d: reference <- policy, buffer emptied", step)
 
     def should_reincarnate(self, step: int, evaluated: bool) -> bool:
@@ -719,7 +736,7 @@ class Trainer:
             "rollouts": c.rollouts,
             "tokens": c.tokens,
             "updates": c.updates,
-            "utd": self.cfg.updates_per_step(len(batch) * self.dist.world_size, self.epochs()),
+            "utd": self.phase().updates(len(batch) * self.dist.world_size),
             "reward/mean": sum(s.reward for s in fresh) / len(fresh),
             "response_length/mean": sum(lengths) / len(lengths),
             "response_length/max": max(lengths),
@@ -892,6 +909,8 @@ def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None)
     trainer = Trainer(cfg, run_dir)
     if checkpoint is not None:
         trainer.load(checkpoint)
+        if trainer.reincarnated:  # the config's post-reincarnation lr, also for older checkpoints
+            trainer.set_peak_lr(trainer.phase().lr)
         log.info("resuming %s from %s (step %d)", run_dir, checkpoint.name, trainer.counters.step)
     trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
     if trainer.dist.is_main:

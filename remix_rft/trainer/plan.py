@@ -28,7 +28,7 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
     n_train, n_eval = len(task.train_problems()), len(task.eval_problems())
     fresh = cfg.fresh_batch_size()
     off = cfg.offpolicy_batch_size()
-    budget = cfg.steps * fresh
+    budget = cfg.rollouts_for_steps(cfg.steps)
     lines = [
         f"run            {cfg.name} -> {cfg.resolved_out_dir()}",
         f"algorithm      {cfg.algorithm}",
@@ -56,7 +56,19 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f"<= {budget * cfg.max_new_tokens / 1e6:.1f}M generated tokens",
         f"evaluation     every {cfg.eval_every} steps on {min(cfg.eval_problems, n_eval)} held-out problems",
     ]
+    if cfg.reincarnates:
+        lines.insert(-2, _post_reincarnation_line(cfg))
     return lines
+
+
+def _post_reincarnation_line(cfg: TrainConfig) -> str:
+    after = cfg.phase(reincarnated=True)
+    return (
+        f"after reinc.   {after.prompts_per_step} prompts x {after.group_size} responses = "
+        f"{after.fresh_batch_size} rollouts, on-policy, {after.updates(after.fresh_batch_size)} "
+        f"updates per step (minibatch {after.minibatch_size}, epochs {after.epochs}), "
+        f"lr {after.lr:g}, KL beta {after.kl_coef}"
+    )
 
 
 def print_plan(cfg: TrainConfig) -> int:

@@ -31,8 +31,9 @@ def check_config(cfg: Any, world_size: int) -> None:
     """What data parallelism needs of a config; raises ConfigError naming the key."""
     if world_size <= 1:
         return
-    for key in ("prompts_per_step", "minibatch_size"):
-        value = getattr(cfg, key)
+    keys = ("prompts_per_step", "minibatch_size")
+    for key in (*keys, *(f"post_reincarnation_{k}" for k in keys)):
+        value = getattr(cfg, key, 0)  # 0: a post-reincarnation key that is unset
         if value % world_size:
             raise ConfigError(
                 f"config key '{key}': must be divisible by the world size {world_size} "
