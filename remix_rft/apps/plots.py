@@ -13,7 +13,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from remix_rft.apps.compare import EVAL_KEY, RunRecord, as_number, eval_rows, ordered_rows
+from remix_rft.apps.runs import EVAL_KEY, RunRecord, as_number, eval_rows, ordered_rows
 
 log = logging.getLogger(__name__)
 
