@@ -206,5 +206,6 @@ def test_two_rank_torchrun_with_vllm_engines(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert rows[2].get("reincarnated") is True
-    assert [r["rollouts"] for r in rows[1:]] == [16, 32, 48]
+    # 4 prompts x 4 until reincarnation at 2, then tiny-grpo's 16 x 8 (post_reincarnation_*)
+    assert [r["rollouts"] for r in rows[1:]] == [16, 32, 160]
     assert all(r["gen/logprob_diff_max"] <= 1e-4 for r in rows[1:])
