@@ -55,7 +55,7 @@ def free_port() -> int:
 
 def engine_options(**kw) -> EngineOptions:
     base = {"model_path": resolve_model_path("embedded"), "max_model_len": 256,
-            "gpu_memory_utilization": 0.15, "seed": 0}  # fmt: skip
+            "gpu_memory_utilization": 0.04, "seed": 0}  # fmt: skip
     return EngineOptions(**{**base, **kw})
 
 
@@ -113,7 +113,7 @@ def test_trainer_step_pushes_weights_and_greedy_equals_hf(tmp_path):
     from remix_rft.trainer.loop import Trainer
 
     cfg = load_config("tiny-remix-grpo", [
-        "rollout_engine=vllm", "vllm_gpu_memory_utilization=0.15", "lr=3e-3", "threads=1",
+        "rollout_engine=vllm", "vllm_gpu_memory_utilization=0.04", "lr=3e-3", "threads=1",
         "prompts_per_step=8", "window=2", "offpolicy_fraction=0.5", "eval_problems=32",
         f"out_dir={tmp_path / 'run'}",
     ])  # fmt: skip
@@ -137,7 +137,7 @@ def test_train_cli_with_vllm_and_engine_behaviour_logprobs(tmp_path):
     run = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "remix_rft", "train", "tiny-remix-grpo", f"out_dir={run}",
-         "rollout_engine=vllm", "vllm_gpu_memory_utilization=0.15", "behavior_logprobs=engine",
+         "rollout_engine=vllm", "vllm_gpu_memory_utilization=0.04", "behavior_logprobs=engine",
          "steps=3", "prompts_per_step=4", "group_size=4", "minibatch_size=16", "eval_every=3",
          "eval_problems=16", "eval_temperature=0.6", "eval_samples=2", "reincarnation_step=2",
          "save_every=3", "threads=1", "max_new_tokens=40"],
@@ -195,7 +195,7 @@ def test_two_rank_torchrun_with_vllm_engines(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
          f"--master-port={free_port()}", "-m", "remix_rft", "train", "tiny-remix-grpo", f"out_dir={run}",
-         "rollout_engine=vllm", "vllm_gpu_memory_utilization=0.15", "steps=3",
+         "rollout_engine=vllm", "vllm_gpu_memory_utilization=0.04", "steps=3",
          "prompts_per_step=4", "group_size=4", "minibatch_size=16", "max_new_tokens=48",
          "eval_problems=16", "eval_every=3", "save_every=3", "reincarnation_step=2",
          "threads=1"],

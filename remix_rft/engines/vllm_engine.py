@@ -90,6 +90,11 @@ class VLLMEngine(RolloutEngine):
         }
         if options.max_model_len:
             kwargs["max_model_len"] = options.max_model_len
+        if not self.cuda:
+            # vLLM's CPU backend otherwise sizes the KV cache as share × RAM minus this
+            # process's whole resident memory, which a trainer (models, data, another
+            # engine) can exceed: the share is the KV cache's own size here.
+            kwargs["kv_cache_memory_bytes"] = int(options.gpu_memory_utilization * _host_memory())
         if env is not None and getattr(env, "enabled", False):
             kwargs.update(tensor_parallel_size=1, distributed_executor_backend="external_launcher")
         started = time.perf_counter()
@@ -232,6 +237,12 @@ def _sampled_logprobs(per_position: Any, tokens: list[int]) -> torch.Tensor:
         [float(lp[t].logprob) for lp, t in zip(per_position, tokens, strict=True)],
         dtype=torch.float32,
     )
+
+
+def _host_memory() -> int:
+    import psutil  # a vLLM dependency
+
+    return int(psutil.virtual_memory().total)
 
 
 def _device_type(model: Any) -> str:
