@@ -20,25 +20,13 @@ from remix_rft.trainer.config import ConfigError, load_config
 
 
 @pytest.fixture(scope="module")
-def hf(model_dir_module):
-    tokenizer = load_tokenizer(str(model_dir_module))
-    policy = load_policy(str(model_dir_module))
+def hf(model_dir):
+    tokenizer = load_tokenizer(str(model_dir))
+    policy = load_policy(str(model_dir))
     engine = build_engine(
         "hf", policy=policy, tokenizer=tokenizer, options=EngineOptions(model_path="")
     )
     return engine, policy, ["1+2=", "3*4=", "5+6*7="]
-
-
-@pytest.fixture(scope="module")
-def model_dir_module(tmp_path_factory):
-    from remix_rft.apps.build_tiny import build_model, build_tokenizer, save_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-random-rollout")
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    save_tokenizer(tok, out)
-    build_model(tok).save_pretrained(out)
-    return out
 
 
 def test_hf_engine_returns_n_per_prompt_in_order_with_logprobs(hf, generation_batch):

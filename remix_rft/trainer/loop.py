@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -190,14 +191,21 @@ class Trainer:
             batch_size=0,
         )
 
-    def rollout(self, prompts: list[str], settings: SamplingSettings) -> Generation:
-        """Generate with the engine, first pushing weights an update has changed."""
+    @contextmanager
+    def ready_engine(self) -> Iterator[RolloutEngine]:
+        """The engine awake, holding the weights an update may have changed since it last
+        generated; it sleeps again (GPU) when the block ends, so a block should hold all
+        the generation of one phase (evaluation's chunks too), not one call each."""
         self.policy.eval()
         with self.engine.awake():
             if self.engine_stale:
                 self.engine.sync_weights(self.policy)
                 self.engine_stale = False
-            return self.engine.generate(prompts, settings)
+            yield self.engine
+
+    def rollout(self, prompts: list[str], settings: SamplingSettings) -> Generation:
+        with self.ready_engine() as engine:
+            return engine.generate(prompts, settings)
 
     # ---- phase settings --------------------------------------------------------
     @property
@@ -608,9 +616,10 @@ class Trainer:
             logprobs=False,
         )  # fmt: skip
         texts: list[str] = []
-        for begin in range(0, len(prompts), cfg.eval_batch_size):
-            chunk = prompts[begin : begin + cfg.eval_batch_size]
-            texts += self.rollout(chunk, replace(settings, seed=settings.seed + begin)).texts
+        with self.ready_engine() as engine:
+            for begin in range(0, len(prompts), cfg.eval_batch_size):
+                chunk = prompts[begin : begin + cfg.eval_batch_size]
+                texts += engine.generate(chunk, replace(settings, seed=settings.seed + begin)).texts
         k = cfg.eval_samples
         scores = score_responses(self.task, [(t, problems[i // k]) for i, t in enumerate(texts)])
         return self.dist.sum(sum(scores)) / max(len(self.eval_problems) * k, 1)
