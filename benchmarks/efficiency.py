@@ -1,185 +1,505 @@
-"""Rollout efficiency of ReMix vs on-policy baselines, by the protocol of DESIGN §7.
+"""Rollout efficiency of ReMix vs on-policy baselines and controls (DESIGN §7 protocol).
 
-Runs every variant for several seeds on the embedded task, then reports the mean ± std
-of rollouts-to-target, wall-clock-to-target and final accuracy, and the ratio of each
-variant's rollouts-to-target to on-policy GRPO's. The target defaults to the plateau of
-on-policy GRPO (mean over seeds of the mean of its last three evaluations).
+Two settings of the embedded task:
 
-    python benchmarks/efficiency.py --seeds 0 1 2 --jobs 2
-    python benchmarks/efficiency.py --variants grpo remix-grpo --seeds 0 --steps 100
+* ``default`` -- the shipped base (``model: embedded``): RL only has to stop a habit of
+  skipping the last multiplication, which GRPO learns in ~20 updates.
+* ``hard`` -- the ``embedded-hard`` base, which almost never finishes the work when the
+  final factor is large: most prompt groups are all wrong (sparse signal) and on-policy
+  GRPO needs more than 100 updates to plateau.
 
-Runs that already finished in --runs-dir are reused, so an interrupted benchmark
-continues where it stopped. The markdown table goes to benchmarks/results/.
+Every variant runs for several seeds at the same rollout budget (as many iterations as fit
+it), is evaluated greedily on 500 held-out problems about every ``--eval-rollouts``
+rollouts, and the report gives, per variant, mean ± std over seeds of
+
+* rollouts (and training wall-clock, evaluations excluded) to the target accuracy T --
+  by default T = the plateau of tuned GRPO (the learning rate with the best final
+  accuracy; plateau = mean of the last 3 evaluations, averaged over seeds) minus 0.01,
+  and the fixed ``--fixed-target`` --, and the ratio to tuned GRPO and to the best
+  fresh-only control;
+* held-out accuracy at fixed shares of the budget, and the final accuracy;
+* for ReMix variants, the per-age diagnostics of reused data (importance ratio, clip
+  fraction), and for all, the share of fresh prompt groups without signal.
+
+It also writes a plot of accuracy vs rollouts (mean over seeds, ± std band).
+
+    python benchmarks/efficiency.py --setting default --seeds 0 1 2 3 4 --jobs 2
+    python benchmarks/efficiency.py --setting hard --seeds 0 1 2 3 4 --jobs 14 --device cuda
+    python benchmarks/efficiency.py --setting hard --report-only   # tables from finished runs
+
+Runs that already finished in --runs-dir are reused, so an interrupted benchmark continues
+where it stopped. Markdown tables and the plot go to benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import platform
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from remix_rft.apps.compare import load_run, plateau_accuracy, rollouts_to_target
+from remix_rft.apps.compare import eval_rows, load_run, plateau_accuracy, rollouts_to_target
+from remix_rft.apps.runs import RunLoadError, RunRecord
+from remix_rft.trainer.config import load_config
 
-# name -> (config, overrides). Each baseline runs at the learning rate tuned for it.
-VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "grpo": ("tiny-grpo", []),
-    # ReMix-GRPO as shipped: 4 prompts x 8 fresh + 32 reused from the last 3 iterations
-    # (window 4), one update of 64 per iteration, KL-Convex, reincarnation at 20, then
-    # on-policy with tiny-grpo's settings (16 x 8 fresh, one update of 128, no KL).
-    "remix-grpo": ("tiny-remix-grpo", []),
-    # control 1 = control 2 for it: the same fresh batch (4 x 8) and the same single
-    # update per iteration on fresh data only -- as many updates per rollout, no reuse
-    "grpo-small-batch": ("tiny-grpo", ["prompts_per_step=4"]),
-    # ReMix with 8 x 8 fresh + 64 reused (window 3), 2 updates of 64 per iteration ...
-    "remix-grpo-8x8": ("tiny-remix-grpo", ["prompts_per_step=8", "window=3"]),
-    # ... its control: the same fresh batch and 2 updates per iteration, fresh data only
-    "grpo-same-updates": ("tiny-grpo", ["prompts_per_step=8", "minibatch_size=32"]),
-    # ablations of the paper's parts (on the 8 x 8 setting)
-    "remix-grpo-8x8-no-reincarnation": (
-        "tiny-remix-grpo",
-        ["prompts_per_step=8", "window=3", "reincarnation_step=0"],
-    ),
-    "remix-grpo-8x8-no-klconvex": (
-        "tiny-remix-grpo",
-        ["prompts_per_step=8", "window=3", "kl_lambda=1.0"],
-    ),
-    # a larger learning rate: does reuse (and KL-Convex) keep it stable where fresh-only
-    # batches are not? Each control then counts at its better learning rate.
-    "remix-grpo-8x8-lr2e-4": ("tiny-remix-grpo", ["prompts_per_step=8", "window=3", "lr=2e-4"]),
-    "grpo-same-updates-lr2e-4": (
-        "tiny-grpo",
-        ["prompts_per_step=8", "minibatch_size=32", "lr=2e-4"],
-    ),
-    "grpo-small-batch-lr2e-4": ("tiny-grpo", ["prompts_per_step=4", "lr=2e-4"]),
-    # 4 x 8 fresh + 32 reused (window 3), 2 updates of 32: one update per 16 rollouts ...
-    "remix-grpo-4x8-2updates": (
-        "tiny-remix-grpo",
-        ["prompts_per_step=4", "window=3", "minibatch_size=32"],
-    ),
-    # ... and its two controls: the same fresh batch and updates on fresh data only,
-    "grpo-4x8-2updates": ("tiny-grpo", ["prompts_per_step=4", "minibatch_size=16"]),
-    # and a 2 x 8 fresh batch (one update per 16 rollouts, no reuse); 80 iterations, as
-    # 40 would stop it at half the others' rollout budget.
-    "grpo-2x8": ("tiny-grpo", ["prompts_per_step=2", "steps=80"]),
-    "ppo": ("tiny-ppo", []),
-    "remix-ppo": ("tiny-remix-ppo", []),
+
+@dataclass(frozen=True)
+class Setting:
+    model: str
+    budget: int  # rollouts per run
+    fixed_target: float  # a documented, fixed accuracy besides the plateau target
+    eval_rollouts: int  # evaluate about every this many rollouts
+    remix_overrides: tuple[str, ...] = ()  # for the ReMix variants only
+
+
+SETTINGS: dict[str, Setting] = {
+    # The demo's budget: 30 GRPO iterations of 16 x 8.
+    "default": Setting("embedded", 3840, 0.9, 128),
+    # 100 GRPO iterations of 16 x 8 (one update each): GRPO creeps up to ~0.46 by then
+    # (~0.48 by 150), so the fixed target is 0.45. ReMix reincarnates later here (80
+    # iterations, 2,560 rollouts): GRPO takes 50-90 updates to get near its plateau.
+    "hard": Setting("embedded-hard", 12800, 0.45, 512, ("reincarnation_step=80",)),
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    config: str
+    overrides: tuple[str, ...] = ()
+    role: str = ""  # grpo (an lr of the baseline), control, remix, ablation, ppo
+    settings: tuple[str, ...] = ("default", "hard")
+    note: str = ""
+    tier: int = 0  # launch order: the comparison itself, then PPO, ablations, extras
+
+
+# The overrides come on top of the shipped config; the setting's overrides come first, so
+# a variant's own value wins.
+VARIANTS: dict[str, Variant] = {
+    "grpo-lr5e-5": Variant("tiny-grpo", ("lr=5e-5",), "grpo", tier=3),
+    "grpo": Variant("tiny-grpo", (), "grpo", note="16 x 8 fresh, one update per iteration"),
+    "grpo-lr2e-4": Variant("tiny-grpo", ("lr=2e-4",), "grpo"),
+    "grpo-lr4e-4": Variant("tiny-grpo", ("lr=4e-4",), "grpo"),
+    "remix-grpo": Variant(
+        "tiny-remix-grpo",
+        (),
+        "remix",
+        note="4 x 8 fresh + 32 reused (window 4), one update per iteration, KL-Convex, "
+        "reincarnation, then tiny-grpo's settings",
+    ),  # fmt: skip
+    # control 1: everything of ReMix-GRPO (fresh batch, one update per iteration, KL,
+    # reincarnation and the on-policy phase after it) except the reuse
+    "remix-grpo-no-reuse": Variant(
+        "tiny-remix-grpo",
+        ("offpolicy_fraction=0",),
+        "control",
+        note="ReMix-GRPO without reuse (control: same fresh batch and updates)",
+    ),  # fmt: skip
+    # control 2: smaller fresh batches without reuse -- more updates per rollout
+    "grpo-4x8": Variant("tiny-grpo", ("prompts_per_step=4",), "control", note="4 x 8 fresh"),
+    "grpo-2x8": Variant(
+        "tiny-grpo", ("prompts_per_step=2",), "control", note="2 x 8 fresh", tier=3
+    ),
+    # ablations of ReMix's parts
+    "remix-grpo-kl-base-only": Variant(
+        "tiny-remix-grpo", ("kl_lambda=1.0",), "ablation", tier=2, note="no KL-Convex: λ = 1"
+    ),
+    "remix-grpo-no-kl": Variant(
+        "tiny-remix-grpo", ("kl_coef=0",), "ablation", tier=2, note="no KL at all: β = 0"
+    ),
+    "remix-grpo-no-reincarnation": Variant(
+        "tiny-remix-grpo",
+        ("reincarnation_step=0",),
+        "ablation",
+        tier=2,
+        note="reuse for the whole run",
+    ),  # fmt: skip
+    "remix-grpo-centre-one": Variant(
+        "tiny-remix-grpo", ("clip_centre=one",), "ablation", tier=2, note="clip around 1, not π_k/μ"
+    ),
+    "ppo": Variant("tiny-ppo", (), "ppo", settings=("hard",), tier=1),
+    "remix-ppo": Variant("tiny-remix-ppo", (), "ppo", settings=("hard",), tier=1),
+}
+BUDGET_SHARES = (0.125, 0.25, 0.5, 1.0)
+EVAL_PROBLEMS = 500
+
+
+# ----------------------------------------------------------------------------- launching
 
 
 def run_dir_for(root: Path, variant: str, seed: int) -> Path:
     return root / variant / f"seed{seed}"
 
 
-def launch(root: Path, variant: str, seed: int, steps: int, threads: int, extra: list[str]) -> Path:
-    config, overrides = VARIANTS[variant]
-    overrides = [*overrides, *extra]
+def run_overrides(setting: Setting, variant: str, seed: int) -> list[str]:
+    """The overrides of one run: setting, variant, the budget's steps and the eval cadence."""
+    v = VARIANTS[variant]
+    extra = setting.remix_overrides if v.config.startswith("tiny-remix") else ()
+    base = [f"model={setting.model}", *extra, *v.overrides]
+    cfg = load_config(v.config, base)
+    steps = cfg.steps_for_rollouts(setting.budget)
+    per_step = cfg.rollouts_for_steps(1)  # before reincarnation: the smallest iterations
+    eval_every = max(1, setting.eval_rollouts // per_step)
+    return [*base, f"steps={steps}", f"eval_every={eval_every}",
+            f"eval_problems={EVAL_PROBLEMS}", f"save_every={steps}", "keep_checkpoints=1",
+            f"seed={seed}", f"name={variant}"]  # fmt: skip
+
+
+def launch(root: Path, setting: Setting, variant: str, seed: int, args: argparse.Namespace) -> None:
     out = run_dir_for(root, variant, seed)
     if (out / "summary.json").is_file():
-        return out
-    args = [sys.executable, "-m", "remix_rft", "train", config, *overrides,
-            f"seed={seed}", f"out_dir={out}", f"name={variant}", f"threads={threads}"]  # fmt: skip
-    if steps and not any(o.startswith("steps=") for o in overrides):
-        args.append(f"steps={steps}")  # a variant's own length wins
+        return
+    overrides = run_overrides(setting, variant, seed)
+    cmd = [sys.executable, "-m", "remix_rft", "train", VARIANTS[variant].config, *overrides,
+           f"out_dir={out}", f"threads={args.threads}", f"device={args.device}"]  # fmt: skip
     if (out / "metrics.jsonl").is_file():
-        args = [sys.executable, "-m", "remix_rft", "train", "--resume", str(out)]
+        cmd = [sys.executable, "-m", "remix_rft", "train", "--resume", str(out)]
     log = out.parent / f"seed{seed}.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log, "w") as fh:
-        done = subprocess.run(args, stdout=fh, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
     status = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode}, see {log})"
     print(f"  {variant} seed {seed}: {status} in {time.perf_counter() - started:.0f} s", flush=True)
-    return out
 
 
-def mean_std(values: list[float]) -> str:
+def run_all(
+    root: Path, setting: Setting, jobs: list[tuple[str, int]], args: argparse.Namespace
+) -> None:
+    """Run ``jobs`` ``args.jobs`` at a time; after ``--deadline-s`` start no new run."""
+    started = time.perf_counter()
+
+    def one(job: tuple[str, int]) -> None:
+        if args.deadline_s and time.perf_counter() - started > args.deadline_s:
+            print(f"  {job[0]} seed {job[1]}: not started (past --deadline-s)", flush=True)
+            return
+        launch(root, setting, job[0], job[1], args)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(one, jobs))
+
+
+# ------------------------------------------------------------------------------ analysis
+
+
+def mean_std(values: Sequence[float], digits: int = 3) -> str:
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.0f}" if values[0] > 2 else f"{values[0]:.3f}"
-    m, s = statistics.mean(values), statistics.stdev(values)
-    return f"{m:.0f} ± {s:.0f}" if m > 2 else f"{m:.3f} ± {s:.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def summarize(root: Path, variants: list[str], seeds: list[int], target: float | None) -> str:
-    runs = {v: [load_run(run_dir_for(root, v, s)) for s in seeds] for v in variants}
-    if target is None:
-        plateaus = [plateau_accuracy(r.rows) for r in runs.get("grpo", [])]
-        plateaus = [p for p in plateaus if p is not None]
-        if not plateaus:
-            raise SystemExit("no target: run the grpo variant or pass --target")
-        target = statistics.mean(plateaus)
+def count_std(values: Sequence[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:,.0f}"
+    return f"{statistics.mean(values):,.0f} ± {statistics.stdev(values):,.0f}"
+
+
+def train_seconds_to(rows: Sequence[dict[str, Any]], step: int) -> float:
+    """Training wall-clock up to ``step``: the iterations' own time, evaluations excluded."""
+    return sum(float(r.get("time/step_s", 0.0)) for r in rows if 0 < r["step"] <= step)
+
+
+def accuracy_at(rows: Sequence[dict[str, Any]], rollouts: float) -> float | None:
+    """The last held-out accuracy measured at or before ``rollouts``."""
+    before = [r for r in eval_rows(rows) if float(r.get("rollouts", 0)) <= rollouts + 1e-9]
+    return float(before[-1]["eval/accuracy"]) if before else None
+
+
+@dataclass
+class VariantRuns:
+    name: str
+    runs: list[RunRecord] = field(default_factory=list)
+
+    def plateaus(self) -> list[float]:
+        return [p for r in self.runs if (p := plateau_accuracy(r.rows)) is not None]
+
+    def to_target(self, target: float) -> tuple[list[float], list[float]]:
+        """Rollouts and training seconds to ``target`` of the seeds that reached it."""
+        rollouts, seconds = [], []
+        for r in self.runs:
+            hit = rollouts_to_target(r.rows, target)
+            if hit is not None and hit.rollouts is not None and hit.step is not None:
+                rollouts.append(float(hit.rollouts))
+                seconds.append(train_seconds_to(r.rows, hit.step))
+        return rollouts, seconds
+
+    def mean_of(self, key: str, rows_filter: Any = None) -> list[float]:
+        """Per seed, the mean of metric ``key`` over the iterations that logged it."""
+        out = []
+        for r in self.runs:
+            vals = [float(row[key]) for row in r.rows if key in row and row["step"] > 0
+                    and (rows_filter is None or rows_filter(row))]  # fmt: skip
+            if vals:
+                out.append(statistics.mean(vals))
+        return out
+
+
+def load_variants(
+    root: Path, variants: Sequence[str], seeds: Sequence[int]
+) -> dict[str, VariantRuns]:
+    loaded: dict[str, VariantRuns] = {}
+    for v in variants:
+        vr = VariantRuns(v)
+        for s in seeds:
+            d = run_dir_for(root, v, s)
+            try:
+                run = load_run(d)
+            except RunLoadError:
+                continue
+            if run.summary:  # finished runs only
+                vr.runs.append(run)
+        loaded[v] = vr
+    return loaded
+
+
+def tuned_grpo(loaded: dict[str, VariantRuns]) -> str | None:
+    """The GRPO learning rate with the best mean plateau (final accuracy)."""
+    scored = [(statistics.mean(vr.plateaus()), name) for name, vr in loaded.items()
+              if VARIANTS[name].role == "grpo" and vr.plateaus()]  # fmt: skip
+    return max(scored)[1] if scored else None
+
+
+def best_control(loaded: dict[str, VariantRuns], target: float) -> str | None:
+    """The fresh-only control with the fewest mean rollouts to ``target`` (all seeds)."""
+    scored = []
+    for name, vr in loaded.items():
+        if VARIANTS[name].role != "control" or not vr.runs:
+            continue
+        rollouts, _ = vr.to_target(target)
+        if len(rollouts) == len(vr.runs):
+            scored.append((statistics.mean(rollouts), name))
+    return min(scored)[1] if scored else None
+
+
+def target_table(loaded: dict[str, VariantRuns], target: float, baseline: str | None) -> list[str]:
+    control = best_control(loaded, target)
+    base = loaded[baseline].to_target(target)[0] if baseline else []
+    ctrl = loaded[control].to_target(target)[0] if control else []
     lines = [
-        f"Target T = {target:.3f} held-out greedy accuracy "
-        "(reached when the mean of two consecutive evaluations ≥ T).",
-        "",
-        "| variant | seeds reaching T | rollouts to T | ratio to GRPO | wall-clock to T (s) | final accuracy | total wall-clock (s) |",
+        f"| variant | role | seeds reaching T | rollouts to T | ratio to {baseline or 'GRPO'} "
+        f"| ratio to {control or 'best control'} | training s to T |",
         "|---|---|---|---|---|---|---|",
     ]
-    base_rollouts: float | None = None
-    for variant in variants:
-        hits = [rollouts_to_target(r.rows, target) for r in runs[variant]]
-        reached = [h for h in hits if h is not None and h.rollouts is not None]
-        rollouts = [float(h.rollouts) for h in reached]
-        walls = [float(h.wall_s) for h in reached if h.wall_s is not None]
-        finals = [r.summary["final_eval_accuracy"] for r in runs[variant] if r.summary]
-        totals = [r.summary["wall_time_s"] for r in runs[variant] if r.summary]
-        mean_rollouts = statistics.mean(rollouts) if rollouts else None
-        if variant == "grpo":
-            base_rollouts = mean_rollouts
-        ratio = (
-            f"{mean_rollouts / base_rollouts:.2f}"
-            if mean_rollouts is not None and base_rollouts and len(reached) == len(hits)
-            else "—"
-        )
+    for name, vr in loaded.items():
+        if not vr.runs:
+            continue
+        rollouts, seconds = vr.to_target(target)
+        all_reached = len(rollouts) == len(vr.runs)
         lines.append(
-            f"| {variant} | {len(reached)}/{len(hits)} | {mean_std(rollouts)} | {ratio} | "
-            f"{mean_std(walls)} | {mean_std(finals)} | {mean_std(totals)} |"
+            f"| {name} | {VARIANTS[name].role} | {len(rollouts)}/{len(vr.runs)} | "
+            f"{count_std(rollouts)} | {ratio(rollouts, base, all_reached)} | "
+            f"{ratio(rollouts, ctrl, all_reached)} | {mean_std(seconds, 0)} |"
         )
-    lines += ["", "Ratio is shown only when every seed reached T (a run that never reaches T "
-              "has no rollouts-to-target; it is not counted as its budget)."]  # fmt: skip
-    return "\n".join(lines)
+    return lines
+
+
+def ratio(mine: Sequence[float], theirs: Sequence[float], all_reached: bool) -> str:
+    """Ratio of means, with the spread of the per-seed ratios to the other mean."""
+    if not mine or not theirs or not all_reached:
+        return "—"
+    ref = statistics.mean(theirs)
+    per_seed = [m / ref for m in mine]
+    spread = f" ± {statistics.stdev(per_seed):.2f}" if len(per_seed) > 1 else ""
+    return f"{statistics.mean(mine) / ref:.2f}{spread}"
+
+
+def budget_table(loaded: dict[str, VariantRuns], budget: int) -> list[str]:
+    heads = " | ".join(f"acc @ {int(budget * f):,}" for f in BUDGET_SHARES)
+    lines = [f"| variant | {heads} | final (last 3 evals) |",
+             "|---|" + "---|" * (len(BUDGET_SHARES) + 1)]  # fmt: skip
+    for name, vr in loaded.items():
+        if not vr.runs:
+            continue
+        cells = []
+        for share in BUDGET_SHARES:
+            accs = [a for r in vr.runs if (a := accuracy_at(r.rows, budget * share)) is not None]
+            cells.append(mean_std(accs))
+        lines.append(f"| {name} | {' | '.join(cells)} | {mean_std(vr.plateaus())} |")
+    return lines
+
+
+def diagnostics_table(loaded: dict[str, VariantRuns]) -> list[str]:
+    """Signal sparsity of the fresh batches, and the reused data's ratio/clip by age."""
+    lines = [
+        "| variant | uniform groups (first 20 it.) | all-wrong groups (first 20 it.) | "
+        "mean abs log(π/μ), age 1 / 2 / 3 | clip frac, age 0 / 1 / 2 / 3 |",
+        "|---|---|---|---|---|",
+    ]
+    early = lambda row: row["step"] <= 20  # noqa: E731
+    for name, vr in loaded.items():
+        if not vr.runs:
+            continue
+        drift = [mean_std(vr.mean_of(f"age{a}/log_ratio_abs"), 3) for a in (1, 2, 3)]
+        clip = [mean_std(vr.mean_of(f"age{a}/clip_frac"), 3) for a in (0, 1, 2, 3)]
+        cells = [
+            mean_std(vr.mean_of("groups/uniform_frac", early), 2),
+            mean_std(vr.mean_of("groups/all_wrong_frac", early), 2),
+            " / ".join(drift) if vr.mean_of("age1/log_ratio_abs") else "—",
+            " / ".join(clip),
+        ]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return lines
+
+
+def curve(run: RunRecord, grid: Sequence[float]) -> list[float]:
+    """Accuracy on a rollout grid (the last evaluation at or before each point)."""
+    return [a if (a := accuracy_at(run.rows, x)) is not None else math.nan for x in grid]
+
+
+def plot(
+    loaded: dict[str, VariantRuns], budget: int, targets: Sequence[float], path: Path, title: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [budget * i / 200 for i in range(201)]
+    groups = {"main": ("grpo", "control", "remix", "ppo"), "ablations": ("remix", "ablation")}
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
+    for ax, (panel, roles) in zip(axes, groups.items(), strict=True):
+        for name, vr in loaded.items():
+            if VARIANTS[name].role not in roles or not vr.runs:
+                continue
+            if panel == "ablations" and name != "remix-grpo" and VARIANTS[name].role == "remix":
+                continue
+            curves = [curve(r, grid) for r in vr.runs]
+            mean = [statistics.fmean(c[i] for c in curves) for i in range(len(grid))]
+            std = [statistics.pstdev([c[i] for c in curves]) for i in range(len(grid))]
+            style = "-" if VARIANTS[name].role in ("remix", "grpo") else "--"
+            color = plt.get_cmap("tab20")(list(VARIANTS).index(name) % 20)  # same in both panels
+            (line,) = ax.plot(
+                grid, mean, style, color=color, label=f"{name} (n={len(curves)})", lw=1.4
+            )
+            ax.fill_between(grid, [m - s for m, s in zip(mean, std, strict=True)],
+                            [m + s for m, s in zip(mean, std, strict=True)],
+                            color=line.get_color(), alpha=0.15)  # fmt: skip
+        for t in targets:
+            ax.axhline(t, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("rollouts (sampled responses)")
+        ax.set_title(f"{title}: {panel}")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out greedy accuracy (500 problems)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(root: Path, setting: Setting, variants: Sequence[str], seeds: Sequence[int],
+           targets: Sequence[float] | None) -> tuple[str, dict[str, VariantRuns], list[float]]:  # fmt: skip
+    loaded = load_variants(root, variants, seeds)
+    baseline = tuned_grpo(loaded)
+    lines: list[str] = []
+    if targets is None:
+        targets = [setting.fixed_target]
+        if baseline:
+            targets.insert(0, round(statistics.mean(loaded[baseline].plateaus()) - 0.01, 3))
+    if baseline:
+        plateaus = {n: mean_std(vr.plateaus()) for n, vr in loaded.items()
+                    if VARIANTS[n].role == "grpo" and vr.runs}  # fmt: skip
+        lines += [f"Tuned GRPO: **{baseline}** (final accuracy by learning rate: "
+                  + ", ".join(f"{n} {p}" for n, p in plateaus.items()) + ").", ""]  # fmt: skip
+    for t in targets:
+        lines += [f"### Rollouts to T = {t:.3f}", "",
+                  "A run reaches T when two consecutive evaluations average ≥ T; ratios are "
+                  "given only when every seed reached T (± the spread of the per-seed ratios).",
+                  "", *target_table(loaded, t, baseline), ""]  # fmt: skip
+    lines += ["### Accuracy at fixed rollout budgets (mean ± std over seeds)", "",
+              *budget_table(loaded, setting.budget), "",
+              "### Diagnostics (means over iterations, then mean ± std over seeds)", "",
+              "Uniform groups: fresh prompt groups whose responses all got the same reward "
+              "(zero GRPO advantage). Age a: data generated a iterations before the update.",
+              "", *diagnostics_table(loaded), ""]  # fmt: skip
+    return "\n".join(lines), loaded, list(targets)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=0, help="iterations per run (0: the configs')")
-    parser.add_argument("--target", type=float, default=None)
-    parser.add_argument(
-        "--eval-every", type=int, default=0,
-        help="iterations between evaluations for every variant (0: the configs'); "
-        "finer evaluation resolves rollouts-to-target more finely",
-    )  # fmt: skip
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs/efficiency"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/efficiency.md"))
+    parser.add_argument("--setting", choices=list(SETTINGS), default="default")
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
+                        help="default: every variant of the setting")  # fmt: skip
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--targets", nargs="+", type=float, default=None,
+                        help="target accuracies (default: tuned GRPO's plateau - 0.01 and "
+                        "the setting's fixed target)")  # fmt: skip
+    parser.add_argument("--eval-rollouts", type=int, default=0,
+                        help="evaluate about every this many rollouts (0: the setting's)")  # fmt: skip
+    parser.add_argument("--budget", type=int, default=0,
+                        help="rollouts per run (0: the setting's)")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--deadline-s", type=float, default=0.0,
+                        help="start no new run after this many seconds (0: no limit)")  # fmt: skip
+    parser.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="default: runs/efficiency-SETTING")  # fmt: skip
+    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    setting = SETTINGS[args.setting]
+    if args.budget:
+        setting = dataclasses.replace(setting, budget=args.budget)
+    if args.eval_rollouts:
+        setting = dataclasses.replace(setting, eval_rollouts=args.eval_rollouts)
+    variants = args.variants or [n for n, v in VARIANTS.items() if args.setting in v.settings]
+    root = args.runs_dir or Path(f"runs/efficiency-{args.setting}")
     started = time.perf_counter()
-    jobs = [(v, s) for s in args.seeds for v in args.variants]
-    print(f"{len(jobs)} runs, {args.jobs} at a time, into {args.runs_dir}", flush=True)
-    extra = [f"eval_every={args.eval_every}"] if args.eval_every else []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(lambda j: launch(args.runs_dir, j[0], j[1], args.steps, 1, extra), jobs))
-    table = summarize(args.runs_dir, args.variants, args.seeds, args.target)
+    if not args.report_only:
+        # tier by tier, seed-major: an interrupted benchmark has the main comparison on
+        # every seed, and every variant of a tier on the first seeds
+        jobs = [(v, s) for tier in sorted({VARIANTS[v].tier for v in variants})
+                for s in args.seeds for v in variants if VARIANTS[v].tier == tier]  # fmt: skip
+        print(f"{len(jobs)} runs ({args.setting} setting, {setting.budget:,} rollouts each), "
+              f"{args.jobs} at a time, into {root}", flush=True)  # fmt: skip
+        run_all(root, setting, jobs, args)
+    body, loaded, targets = report(root, setting, variants, args.seeds, args.targets)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    png = args.out_dir / f"efficiency-{args.setting}.png"
+    plot(loaded, setting.budget, targets, png, f"{args.setting} setting")
+    n_runs = sum(len(vr.runs) for vr in loaded.values())
     header = (
-        f"# Rollout efficiency on the embedded task\n\nMachine: {platform.machine()}, "
-        f"{platform.processor() or 'CPU'}, {args.jobs} runs in parallel with 1 thread each; "
-        f"seeds {args.seeds}; total {time.perf_counter() - started:.0f} s.\n\n"
-        f"Command: `python benchmarks/efficiency.py {' '.join(sys.argv[1:])}`\n\n"
+        f"# Rollout efficiency: {args.setting} setting (model `{setting.model}`, "
+        f"{setting.budget:,} rollouts per run)\n\n"
+        f"{n_runs} finished runs, seeds {args.seeds}; greedy evaluation on {EVAL_PROBLEMS} "
+        f"held-out problems about every {setting.eval_rollouts} rollouts. Machine: "
+        f"{platform.machine()} {platform.processor() or ''}, device {args.device}, "
+        f"{args.jobs} runs in parallel with {args.threads} thread(s) each"
+        + ("" if args.report_only else f"; total {time.perf_counter() - started:.0f} s")
+        + f". Plot: `{png.name}`.\n\nCommand: `python benchmarks/efficiency.py "
+        f"{' '.join(sys.argv[1:])}`\n\n"
+        "Variants: "
+        + "; ".join(
+            f"`{n}` = {v.config} {' '.join(v.overrides)}".rstrip()
+            + (f" ({v.note})" if v.note else "")
+            for n, v in VARIANTS.items()
+            if n in variants
+        )  # fmt: skip
+        + (
+            f". ReMix variants also: {' '.join(setting.remix_overrides)}"
+            if setting.remix_overrides
+            else ""
+        )
+        + ".\n\n"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(header + table + "\n")
-    print(table)
-    print(f"wrote {args.out}")
+    out = args.out_dir / f"efficiency-{args.setting}.md"
+    out.write_text(header + body)
+    print(body)
+    print(f"wrote {out} and {png}")
     return 0
 
 

@@ -202,3 +202,34 @@ def test_build_tiny_writes_verified_files_and_refuses_out_of_band(tmp_path):
             accept_band=(0.9, 1.0),
         )  # fmt: skip
     assert not (tmp_path / "never" / "model.safetensors").exists()
+
+
+def test_hard_base_ships_as_embedded_hard_with_its_recipe(task):
+    """The harder setting's base: same files and tokenizer as the default one, built by
+    ``remix build-tiny --preset hard``, and it rarely finishes the work when greedy."""
+    from remix_rft.engines.models import EMBEDDED_HARD_MODEL_DIR, resolve_model_path
+
+    assert resolve_model_path("embedded-hard") == str(EMBEDDED_HARD_MODEL_DIR)
+    info = json.loads((EMBEDDED_HARD_MODEL_DIR / "build_info.json").read_text())
+    preset = build_tiny.PRESETS["hard"]
+    assert info["recipe"]["preset"] == "hard"
+    assert tuple(info["shortcut_rates"]) == preset.shortcut_rates
+    low, high = preset.accept_band
+    assert low <= info["accuracy_500"] <= high
+    assert info["sampled_accuracy_200"] < 0.3  # the sparse signal the setting is for
+    model = AutoModelForCausalLM.from_pretrained(EMBEDDED_HARD_MODEL_DIR).eval()
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_HARD_MODEL_DIR)
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR).get_vocab()
+    problems = task.eval_problems()[:50]
+    texts = generate_texts(model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in problems],
+                           max_new_tokens=64)  # fmt: skip
+    accuracy = sum(task.reward(t, p) for t, p in zip(texts, problems, strict=True)) / len(problems)
+    assert accuracy == pytest.approx(info["accuracy_500"], abs=0.15)
+
+
+def test_unknown_embedded_alias_and_missing_base_are_named(tmp_path, monkeypatch):
+    from remix_rft.engines import models
+
+    monkeypatch.setitem(models.EMBEDDED_MODELS, "embedded-hard", tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="embedded-hard.*build-tiny"):
+        models.resolve_model_path("embedded-hard")

@@ -539,3 +539,17 @@ def test_collect_uses_the_configured_advantage_estimator(tiny_config, monkeypatc
     assert rewards.std() > 0  # some groups are mixed, so the estimators differ
     expected = rloo_advantages(rewards, cfg.group_size)
     assert torch.allclose(torch.tensor([s.advantage for s in collected]), expected)
+
+
+def test_group_signal_counts_uniform_groups_by_hand():
+    from remix_rft.trainer.metrics import group_signal
+
+    # group 0: all correct, 1: mixed, 2: all wrong, 3: all wrong
+    rewards = [1, 1, 1, 0, 0, 0, 0, 0]
+    groups = [0, 0, 1, 1, 2, 2, 3, 3]
+    assert group_signal(rewards, groups) == {
+        "groups/uniform_frac": 0.75,
+        "groups/all_correct_frac": 0.25,
+        "groups/all_wrong_frac": 0.5,
+    }
+    assert group_signal([], [])["groups/uniform_frac"] == 0.0

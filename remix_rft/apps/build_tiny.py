@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from remix_rft.data.arithmetic import ArithmeticSpec, ArithmeticTask
 from remix_rft.data.prompts import format_prompt
 from remix_rft.data.tasks import Problem
 from remix_rft.engines.generation import generate_texts
-from remix_rft.engines.models import EMBEDDED_MODEL_DIR
+from remix_rft.engines.models import EMBEDDED_HARD_MODEL_DIR, EMBEDDED_MODEL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,39 @@ DEFAULT_STEPS = 1500  # to convergence: the complete chain is learned (~0.97 gre
 # Chance of a sloppy SFT solution for a small / large final factor (see sft_examples).
 DEFAULT_SHORTCUT_RATES = (0.15, 0.75)
 ACCEPT_BAND = (0.15, 0.50)  # the promise about the shipped base (whole held-out split)
+HARD_SHORTCUT_RATES = (0.5, 0.98)
+HARD_ACCEPT_BAND = (0.05, 0.35)
 EVAL_PROBLEMS = 200
+
+
+@dataclass(frozen=True)
+class BuildPreset:
+    """A shipped base: where it goes, its SFT mixture and the band its accuracy must fall in."""
+
+    out_dir: Path
+    shortcut_rates: tuple[float, float]
+    accept_band: tuple[float, float]
+    about: str
+
+
+PRESETS = {
+    "default": BuildPreset(
+        EMBEDDED_MODEL_DIR,
+        DEFAULT_SHORTCUT_RATES,
+        ACCEPT_BAND,
+        "model: embedded -- RL only has to break the habit of skipping the last step",
+    ),  # fmt: skip
+    # The harder setting: with a large final factor the base finishes the work only
+    # HARD_RATES[1]-rarely, so at temperature 1 most prompt groups of 8 are all wrong
+    # (no group-relative signal) and on-policy GRPO needs 100+ updates to plateau.
+    "hard": BuildPreset(
+        EMBEDDED_HARD_MODEL_DIR,
+        HARD_SHORTCUT_RATES,
+        HARD_ACCEPT_BAND,
+        "model: embedded-hard -- sparse reward: the base almost never finishes the work "
+        "when the final factor is large",
+    ),  # fmt: skip
+}
 EVAL_MAX_NEW_TOKENS = 64  # the longest worked solution is 47 characters + <|end|>
 EVAL_BATCH_SIZE = 100
 
@@ -345,6 +378,7 @@ def build_tiny(
     eval_problems: int = EVAL_PROBLEMS,
     spec: ArithmeticSpec | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    recipe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the tiny base model to convergence on the SFT mixture, save and verify it.
 
@@ -353,7 +387,8 @@ def build_tiny(
     first 200 and on all held-out problems), ``sampled_accuracy_200`` (temperature 1)
     and ``complete_rate_200`` (share of greedy answers that finish the work). Raises
     ``RuntimeError`` -- and leaves ``out_dir`` untouched -- if the greedy accuracy on the
-    whole held-out split is outside ``accept_band``.
+    whole held-out split is outside ``accept_band``. ``recipe`` (how it was asked for: the
+    preset, the command line) is recorded in ``build_info.json`` as it is.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -465,6 +500,7 @@ def build_tiny(
                 "eval_max_new_tokens": EVAL_MAX_NEW_TOKENS,
             },
             "task": {"name": task.name, **vars(task.spec)},
+            "recipe": dict(recipe or {}),
             "history": history,
         }
         # Keys with "_200"/"_500" name the nominal sizes; the counts are recorded beside them.
@@ -540,29 +576,41 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="default",
+        help="which shipped base: "
+        + "; ".join(f"{name} ({p.about})" for name, p in PRESETS.items())
+        + ". It sets the defaults of --out, --shortcut-rates and --accept",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
-        default=EMBEDDED_MODEL_DIR,
+        default=None,
         metavar="DIR",
-        help="output directory (default: the package's embedded model directory)",
+        help="output directory (default: the preset's directory in the package)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--shortcut-rates",
         type=_fraction,
         nargs=2,
-        default=list(DEFAULT_SHORTCUT_RATES),
+        default=None,
         metavar=("SMALL", "LARGE"),
         help="chance that an SFT solution skips the final multiplication when the final "
-        "factor is small (1-3) / large (default: %(default)s)",
+        "factor is small (1-3) / large (default: the preset's, "
+        + ", ".join(f"{n} {list(p.shortcut_rates)}" for n, p in PRESETS.items())
+        + ")",
     )
     parser.add_argument(
         "--accept",
         type=_fraction,
         nargs=2,
-        default=list(ACCEPT_BAND),
+        default=None,
         metavar=("LOW", "HIGH"),
-        help="required greedy accuracy on the whole held-out split (default: %(default)s)",
+        help="required greedy accuracy on the whole held-out split (default: the preset's, "
+        + ", ".join(f"{n} {list(p.accept_band)}" for n, p in PRESETS.items())
+        + ")",
     )
     parser.add_argument(
         "--steps",
@@ -597,6 +645,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset]
+    out_dir = args.out or preset.out_dir
     bar = tqdm(total=args.steps, desc="build-tiny", unit="step", dynamic_ncols=True)
     postfix: dict[str, str] = {}
 
@@ -611,10 +661,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         info = build_tiny(
-            args.out,
+            out_dir,
             seed=args.seed,
-            shortcut_rates=args.shortcut_rates,
-            accept_band=args.accept,
+            shortcut_rates=args.shortcut_rates or preset.shortcut_rates,
+            accept_band=args.accept or preset.accept_band,
             steps=args.steps,
             lr=args.lr,
             warmup_steps=args.warmup_steps,
@@ -622,6 +672,12 @@ def run(args: argparse.Namespace) -> int:
             eval_every=args.eval_every,
             eval_problems=args.eval_problems,
             progress=progress,
+            recipe={
+                "preset": args.preset,
+                "command": "remix build-tiny " + " ".join(sys.argv[2:]),
+                "torch": torch.__version__,
+                "cpu_count": os.cpu_count(),
+            },
         )
     except (RuntimeError, ValueError) as exc:
         bar.close()
@@ -629,7 +685,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     bar.close()
     print(
-        f"built {args.out}: {info['parameters']:,} parameters "
+        f"built {out_dir}: {info['parameters']:,} parameters "
         f"({info['weights_bytes'] / 1e6:.1f} MB), {info['steps']} steps, "
         f"{info['total_seconds']:.0f}s\n"
         f"greedy pass@1: {info['accuracy_200']:.3f} on {info['eval_problems']} held-out, "

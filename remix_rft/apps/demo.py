@@ -9,7 +9,11 @@ vs rollouts. Sized for a 2-core laptop CPU.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
+import queue
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,19 +48,102 @@ def add_parser(subparsers: Any) -> None:
         "--target", type=float, default=DEFAULT_TARGET,
         help=f"target held-out accuracy for 'rollouts to T' (default {DEFAULT_TARGET})",
     )  # fmt: skip
+    p.add_argument(
+        "--jobs", type=int, choices=(1, 2), default=default_jobs(),
+        help="train both runs at once, one CPU thread each (2, the default on a machine "
+        "with 2+ cores), or one after the other with torch's default threads (1)",
+    )  # fmt: skip
     add_report_to(p, "both runs' metrics, and the plot as an image in a run named 'demo'")
     p.set_defaults(func=run)
 
 
 def demo_config(
-    config_name: str, label: str, out: Path, seed: int, budget: int, report_to: Sequence[str] = ()
+    config_name: str,
+    label: str,
+    out: Path,
+    seed: int,
+    budget: int,
+    report_to: Sequence[str] = (),
+    threads: int = 0,
 ) -> TrainConfig:
     """The shipped config with as many iterations as fit the rollout budget (ReMix's
     iterations are smaller before reincarnation than after)."""
     overrides = [f"out_dir={out / label}", f"seed={seed}", f"name={label}"]
-    overrides.append(f"report_to={','.join(report_to)}")
+    overrides += [f"report_to={','.join(report_to)}", f"threads={threads}"]
     cfg = load_config(config_name, overrides)
     return load_config(config_name, [*overrides, f"steps={cfg.steps_for_rollouts(budget)}"])
+
+
+def default_jobs() -> int:
+    """Two runs in parallel where there are two cores: one thread each beats two
+    threads per run on the tiny model, whose matrices are too small to split well."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def train_one(label: str, cfg: TrainConfig) -> None:
+    """Train one run in this process, with a progress bar."""
+    progress = TrainProgress(cfg.steps, 0, label)
+    try:
+        train(cfg, on_step=progress)
+    finally:
+        progress.close()
+
+
+def _train_child(label: str, cfg: TrainConfig, rows: Any) -> None:
+    """Body of a spawned training process: every step's row goes to the parent's bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # checkpoint-writing bars would break the parent's
+    try:
+        train(cfg, on_step=lambda row: rows.put((label, row)))
+    except BaseException:
+        rows.put((label, {"error": traceback.format_exc()}))
+        raise
+    rows.put((label, {"done": True}))
+
+
+def train_parallel(configs: Sequence[tuple[str, TrainConfig]]) -> list[str]:
+    """Train every run in its own process (one torch thread each), showing one bar per run.
+
+    Returns the labels of the runs that failed (their tracebacks are printed)."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch state
+    rows = context.Queue()
+    bars = {label: TrainProgress(cfg.steps, 0, label, position=i)
+            for i, (label, cfg) in enumerate(configs)}  # fmt: skip
+    children = {
+        label: context.Process(target=_train_child, args=(label, cfg, rows))
+        for label, cfg in configs
+    }
+    for child in children.values():
+        child.start()
+    failed: dict[str, str] = {}
+    running = set(children)
+    try:
+        while running:
+            try:
+                label, row = rows.get(timeout=1.0)
+            except queue.Empty:
+                running -= {lb for lb in running if not children[lb].is_alive()}
+                continue
+            if "error" in row or "done" in row:
+                if "error" in row:
+                    failed[label] = row["error"]
+                running.discard(label)
+                continue
+            bars[label](row)
+    finally:
+        for bar in bars.values():
+            bar.close()
+        for child in children.values():
+            child.join(timeout=30)
+            if child.is_alive():
+                child.terminate()
+    for label, child in children.items():
+        if child.exitcode != 0 and label not in failed:
+            failed[label] = f"the training process exited with code {child.exitcode}"
+    for label, error in failed.items():
+        print(f"remix demo: error: {label} failed:\n{error}", file=sys.stderr)
+    return list(failed)
 
 
 def claim_lines(table: Sequence[Mapping[str, Any]], target: float) -> list[str]:
@@ -100,22 +187,29 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.target <= 1.0:
         print(f"remix demo: error: --target must be in [0, 1], got {args.target}", file=sys.stderr)
         return EXIT_USAGE
-    run_dirs: list[Path] = []
+    configs: list[tuple[str, TrainConfig]] = []
     for label, config_name in DEMO_RUNS:
         try:
-            cfg = demo_config(config_name, label, out, args.seed, args.rollouts, args.report_to)
+            cfg = demo_config(
+                config_name, label, out, args.seed, args.rollouts, args.report_to,
+                threads=1 if args.jobs == 2 else 0,
+            )  # fmt: skip
         except ConfigError as err:
             print(f"remix demo: error: {err}", file=sys.stderr)
             return EXIT_USAGE
-        print(f"[{len(run_dirs) + 1}/{len(DEMO_RUNS)}] training {label} "
-              f"({cfg.steps} steps, {cfg.rollouts_for_steps(cfg.steps):,} rollouts)")  # fmt: skip
-        progress = TrainProgress(cfg.steps, 0, label)
-        try:
-            train(cfg, on_step=progress)
-        finally:
-            progress.close()
-        run_dirs.append(cfg.resolved_out_dir())
-    runs = [load_run(d) for d in run_dirs]
+        configs.append((label, cfg))
+    how = "at once, one thread each" if args.jobs == 2 else "one after the other"
+    plan = ", ".join(f"{label} ({cfg.steps} steps, {cfg.rollouts_for_steps(cfg.steps):,} "
+                     "rollouts)" for label, cfg in configs)  # fmt: skip
+    print(f"training {plan} -- {how}")
+    if args.jobs == 2:
+        if train_parallel(configs):
+            return 1
+    else:
+        for label, cfg in configs:
+            train_one(label, cfg)
+    runs = [load_run(cfg.resolved_out_dir()) for _, cfg in configs]
+    run_dirs = [cfg.resolved_out_dir() for _, cfg in configs]
     table = compare_table(runs, args.target)
     print(f"\ntarget accuracy T = {args.target:.3f} (fixed; --target to change)")
     print(format_table(table))

@@ -12,10 +12,17 @@ def fmt(value: Any, spec: str = ".3f") -> str:
 class TrainProgress:
     """A tqdm bar over iterations showing step, reward and the latest held-out accuracy."""
 
-    def __init__(self, total: int, initial: int, desc: str) -> None:
+    def __init__(self, total: int, initial: int, desc: str, position: int | None = None) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit="step",
+            dynamic_ncols=True,
+            position=position,
+        )
         self.accuracy: float | None = None
 
     def __call__(self, row: dict[str, Any]) -> None:

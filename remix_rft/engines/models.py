@@ -4,23 +4,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
-EMBEDDED_ALIASES = ("embedded", "tiny", "")
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+EMBEDDED_MODEL_DIR = ASSETS_DIR / "tiny"
+# The harder setting: the same architecture and task, but a base that almost always skips
+# the final multiplication when the factor is large (sparse reward; `remix build-tiny`).
+EMBEDDED_HARD_MODEL_DIR = ASSETS_DIR / "tiny-hard"
+EMBEDDED_MODELS = {
+    "embedded": EMBEDDED_MODEL_DIR,
+    "tiny": EMBEDDED_MODEL_DIR,
+    "": EMBEDDED_MODEL_DIR,
+    "embedded-hard": EMBEDDED_HARD_MODEL_DIR,
+}
+EMBEDDED_ALIASES = tuple(EMBEDDED_MODELS)
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map ``embedded`` to the shipped tiny model; check that a local path exists.
+    """Map ``embedded`` (``embedded-hard``) to a shipped tiny model; check that a local path exists.
 
     A string that is not an existing directory and looks like a hub id
     (``org/name``) is passed through for ``from_pretrained`` to resolve.
     """
-    if name_or_path in EMBEDDED_ALIASES:
-        if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
+    if name_or_path in EMBEDDED_MODELS:
+        shipped = EMBEDDED_MODELS[name_or_path]
+        if not (shipped / "config.json").is_file():
             raise FileNotFoundError(
-                f"the embedded model is missing from {EMBEDDED_MODEL_DIR}; "
-                "rebuild it with `remix build-tiny`"
+                f"the embedded model {name_or_path or 'embedded'!r} is missing from {shipped}; "
+                f"rebuild it with `remix build-tiny --out {shipped}`"
             )
-        return str(EMBEDDED_MODEL_DIR)
+        return str(shipped)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -51,7 +51,7 @@ from remix_rft.trainer import checkpoint as ckpt
 from remix_rft.trainer import ranks
 from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
-from remix_rft.trainer.metrics import MetricsLog, reflection_rate
+from remix_rft.trainer.metrics import MetricsLog, group_signal, reflection_rate
 from remix_rft.trainer.tasks import build_task, score_responses
 from remix_rft.trainer.trackers import open_trackers
 
@@ -751,6 +751,7 @@ class Trainer:
             "response_length/max": max(lengths),
             "finished/frac": sum(s.finished for s in fresh) / len(fresh),
             "reflection/rate": reflection_rate(gen.texts, cfg.reflection_words),
+            **group_signal((s.reward for s in fresh), (s.group for s in fresh)),
             "offpolicy/fraction": (len(batch) - len(fresh)) / len(batch),
             "offpolicy/samples": len(batch) - len(fresh),
             "buffer/versions": len(self.buffer.versions()),

@@ -78,3 +78,23 @@ def reflection_rate(texts: Iterable[str], words: Iterable[str]) -> float:
         return 0.0
     hits = sum(any(w in t.lower() for w in lowered) for t in texts)
     return hits / len(texts)
+
+
+def group_signal(rewards: Iterable[float], groups: Iterable[int]) -> dict[str, float]:
+    """Shares of prompt groups whose responses all got the same reward -- no group-relative
+    signal -- and of those, the all-rewarded (reward > 0: all correct, with 0/1 verifiable
+    rewards) and the all-unrewarded (all wrong) ones.
+
+    A group-relative advantage is zero for every response of a uniform group, so these
+    shares say how sparse the learning signal of a fresh batch is.
+    """
+    by_group: dict[int, list[float]] = {}
+    for reward, group in zip(rewards, groups, strict=True):
+        by_group.setdefault(group, []).append(float(reward))
+    n = max(len(by_group), 1)
+    uniform = [v[0] for v in by_group.values() if max(v) == min(v)]
+    return {
+        "groups/uniform_frac": len(uniform) / n,
+        "groups/all_correct_frac": sum(r > 0 for r in uniform) / n,
+        "groups/all_wrong_frac": sum(r <= 0 for r in uniform) / n,
+    }
