@@ -53,3 +53,16 @@ def test_demo_refuses_a_non_empty_output_directory(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "x").read_text() == "keep me"
+
+
+def test_a_failing_parallel_run_is_reported_with_its_traceback(tmp_path, capsys):
+    """A run that fails in its own process is named, with the error, and not waited on."""
+    import dataclasses
+
+    from remix_rft.apps.demo import train_parallel
+
+    cfg = demo_config("tiny-grpo", "broken", tmp_path, seed=0, budget=128, threads=1)
+    cfg = dataclasses.replace(cfg, model=str(tmp_path / "no-such-model"))
+    assert train_parallel([("broken", cfg)]) == ["broken"]
+    err = capsys.readouterr().err
+    assert "broken failed" in err and "no-such-model" in err
