@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from remix_rft.apps.compare import eval_rows, load_run, plateau_accuracy, rollouts_to_target
-from remix_rft.apps.runs import RunLoadError, RunRecord
+from remix_rft.apps.runs import EVAL_KEY, RunLoadError, RunRecord
 from remix_rft.trainer.config import load_config
 
 
@@ -202,20 +202,13 @@ def run_all(
 # ------------------------------------------------------------------------------ analysis
 
 
-def mean_std(values: Sequence[float], digits: int = 3) -> str:
+def mean_std(values: Sequence[float], spec: str = ".3f") -> str:
+    """``mean ± std`` of ``values`` in format ``spec`` (one value: itself; none: a dash)."""
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def count_std(values: Sequence[float]) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:,.0f}"
-    return f"{statistics.mean(values):,.0f} ± {statistics.stdev(values):,.0f}"
+        return format(values[0], spec)
+    return f"{format(statistics.mean(values), spec)} ± {format(statistics.stdev(values), spec)}"
 
 
 def train_seconds_to(rows: Sequence[dict[str, Any]], step: int) -> float:
@@ -226,7 +219,7 @@ def train_seconds_to(rows: Sequence[dict[str, Any]], step: int) -> float:
 def accuracy_at(rows: Sequence[dict[str, Any]], rollouts: float) -> float | None:
     """The last held-out accuracy measured at or before ``rollouts``."""
     before = [r for r in eval_rows(rows) if float(r.get("rollouts", 0)) <= rollouts + 1e-9]
-    return float(before[-1]["eval/accuracy"]) if before else None
+    return float(before[-1][EVAL_KEY]) if before else None
 
 
 @dataclass
@@ -311,8 +304,8 @@ def target_table(loaded: dict[str, VariantRuns], target: float, baseline: str | 
         all_reached = len(rollouts) == len(vr.runs)
         lines.append(
             f"| {name} | {VARIANTS[name].role} | {len(rollouts)}/{len(vr.runs)} | "
-            f"{count_std(rollouts)} | {ratio(rollouts, base, all_reached)} | "
-            f"{ratio(rollouts, ctrl, all_reached)} | {mean_std(seconds, 0)} |"
+            f"{mean_std(rollouts, ',.0f')} | {ratio(rollouts, base, all_reached)} | "
+            f"{ratio(rollouts, ctrl, all_reached)} | {mean_std(seconds, '.0f')} |"
         )
     return lines
 
@@ -353,11 +346,11 @@ def diagnostics_table(loaded: dict[str, VariantRuns]) -> list[str]:
     for name, vr in loaded.items():
         if not vr.runs:
             continue
-        drift = [mean_std(vr.mean_of(f"age{a}/log_ratio_abs"), 3) for a in (1, 2, 3)]
-        clip = [mean_std(vr.mean_of(f"age{a}/clip_frac"), 3) for a in (0, 1, 2, 3)]
+        drift = [mean_std(vr.mean_of(f"age{a}/log_ratio_abs"), ".3f") for a in (1, 2, 3)]
+        clip = [mean_std(vr.mean_of(f"age{a}/clip_frac"), ".3f") for a in (0, 1, 2, 3)]
         cells = [
-            mean_std(vr.mean_of("groups/uniform_frac", early), 2),
-            mean_std(vr.mean_of("groups/all_wrong_frac", early), 2),
+            mean_std(vr.mean_of("groups/uniform_frac", early), ".2f"),
+            mean_std(vr.mean_of("groups/all_wrong_frac", early), ".2f"),
             " / ".join(drift) if vr.mean_of("age1/log_ratio_abs") else "—",
             " / ".join(clip),
         ]

@@ -208,8 +208,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         for label, cfg in configs:
             train_one(label, cfg)
-    runs = [load_run(cfg.resolved_out_dir()) for _, cfg in configs]
     run_dirs = [cfg.resolved_out_dir() for _, cfg in configs]
+    runs = [load_run(d) for d in run_dirs]
     table = compare_table(runs, args.target)
     print(f"\ntarget accuracy T = {args.target:.3f} (fixed; --target to change)")
     print(format_table(table))

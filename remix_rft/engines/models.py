@@ -15,7 +15,6 @@ EMBEDDED_MODELS = {
     "": EMBEDDED_MODEL_DIR,
     "embedded-hard": EMBEDDED_HARD_MODEL_DIR,
 }
-EMBEDDED_ALIASES = tuple(EMBEDDED_MODELS)
 
 
 def resolve_model_path(name_or_path: str) -> str:
