@@ -94,7 +94,7 @@ def run_update(cfg, run_dir: Path, ranks: list[int]) -> dict:
     fresh = [s for rows in per_rank for s in rows if s.version == 1]
     old = [s for rows in per_rank for s in rows if s.version == 0]
     batch = collate(fresh + old, trainer.pad_id)
-    pre = trainer.precompute(batch, len(fresh), step=1)
+    pre = trainer.precompute(batch, step=1)
     stats = trainer.dist.merge_stats(trainer.update(batch, pre, step=1))
     out: dict = {"stats": stats.means(), "params": {}, "grads": {}}
     models = {"policy": trainer.policy}

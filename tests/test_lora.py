@@ -81,7 +81,7 @@ def test_reference_is_the_base_with_the_adapter_off_and_reincarnation_merges(mod
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     batch = fixed_batch(trainer.pad_id)
     assert torch.allclose(logprobs(trainer.reference, batch), logprobs(base, batch), atol=1e-6)
-    pre = trainer.precompute(batch, len(batch), step=1)
+    pre = trainer.precompute(batch, step=1)
     trainer.update(batch, pre, step=1)
     trainer.policy.eval()
     after = logprobs(trainer.policy, batch)

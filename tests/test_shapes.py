@@ -171,18 +171,18 @@ def test_token_budget_groups_rows_by_length_within_budget():
 def test_token_budget_micro_batches_give_the_one_batch_loss_and_grads(
     model_dir, tmp_path, monkeypatch, agg
 ):
-    from remix_rft.trainer import loop
+    from remix_rft.trainer import loop, update
     from remix_rft.trainer.config import load_config
 
     losses: list[torch.Tensor] = []
-    original = loop.mix_ppg_policy_loss
+    original = update.mix_ppg_policy_loss
 
     def spy(*args, **kwargs):
         out = original(*args, **kwargs)
         losses.append(out.loss.detach())
         return out
 
-    monkeypatch.setattr(loop, "mix_ppg_policy_loss", spy)
+    monkeypatch.setattr(update, "mix_ppg_policy_loss", spy)
     samples = random_samples(12, seed=11, max_r=40)
     results = {}
     for name, extra in (("one", []), ("budget", ["micro_batch_tokens=60"])):
@@ -199,7 +199,7 @@ def test_token_budget_micro_batches_give_the_one_batch_loss_and_grads(
         trainer = loop.Trainer(cfg, tmp_path / name)
         batch = collate(samples, trainer.pad_id)
         n_fresh = sum(s.version == 1 for s in samples)
-        pre = trainer.precompute(batch, n_fresh, step=1)
+        pre = trainer.precompute(batch, step=1)
         stats = trainer.update(batch, pre, step=1).means()
         grads = {n: p.grad.clone() for n, p in trainer.policy.named_parameters()}
         results[name] = (torch.stack(losses).sum(), len(losses), grads, stats)

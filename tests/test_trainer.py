@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from remix_rft.engines.policy import response_logprobs
-from remix_rft.trainer import loop
+from remix_rft.trainer import loop, update
 from remix_rft.trainer.checkpoint import latest_checkpoint
 from remix_rft.trainer.loop import Trainer, resume, train
 
@@ -58,27 +58,27 @@ def _perturb_policy_before_update(monkeypatch, at_step: int, std: float = 0.02) 
     then were drawn from another policy than the π_k the update starts from."""
     original = Trainer.precompute
 
-    def perturbed(self, batch, n_fresh, step):
+    def perturbed(self, batch, step):
         if step == at_step:
             gen = torch.Generator().manual_seed(step)
             with torch.no_grad():
                 for p in self.policy.parameters():
                     p.add_(torch.randn(p.shape, generator=gen) * std)
-        return original(self, batch, n_fresh, step)
+        return original(self, batch, step)
 
     monkeypatch.setattr(Trainer, "precompute", perturbed)
 
 
 def _count_policy_no_grad_passes(monkeypatch) -> list[int]:
     calls: list[int] = []
-    original = loop.batched_no_grad
+    original = update.batched_no_grad
 
     def counting(fn, model, batch, micro, **kwargs):
         if fn is response_logprobs and any(p.requires_grad for p in model.parameters()):
             calls.append(len(batch))  # the policy's no-grad π_k pass (the reference is frozen)
         return original(fn, model, batch, micro, **kwargs)
 
-    monkeypatch.setattr(loop, "batched_no_grad", counting)
+    monkeypatch.setattr(update, "batched_no_grad", counting)
     return calls
 
 
@@ -183,7 +183,7 @@ def _holds(row_ids: tuple, sample) -> bool:
 
 
 def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tiny_config, monkeypatch):
-    original = loop.mix_ppg_policy_loss
+    original = update.mix_ppg_policy_loss
     calls = []
 
     def poisoned(*args, **kwargs):  # from the second update on, the loss is NaN
@@ -193,7 +193,7 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tiny_config, mon
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(loop, "mix_ppg_policy_loss", poisoned)
+    monkeypatch.setattr(update, "mix_ppg_policy_loss", poisoned)
     cfg = tiny_config("steps=5", "max_nonfinite_updates=2", "save_every=1")
     with pytest.raises(loop.NonFiniteTrainingError, match="max_nonfinite_updates=2"):
         train(cfg)
@@ -331,12 +331,13 @@ def test_replay_batches_hold_stored_samples_with_their_behaviour_logprobs(tiny_c
     original = Trainer.update
 
     def spy(self, batch, pre, step):
-        # After the update: a single update takes the fresh rows' μ = π_k from its own forward.
+        # After the update: a single update takes the fresh rows' μ = π_k from its own forward
+        # (pre.behavior holds μ of every row as the update resolved it).
         stats = original(self, batch, pre, step)
         seen[step] = {"versions": batch.versions.tolist(), "reused": []}
         for i, version in enumerate(batch.versions.tolist()):
             tokens = tuple(batch.input_ids[i][batch.attention_mask[i].bool()].tolist())
-            mu = batch.behavior_logprobs[i][batch.response_mask[i].bool()].clone()
+            mu = pre.behavior[i][batch.response_mask[i].bool()].clone()
             if version == step:
                 generated[tokens] = (version, mu)
             else:
@@ -417,7 +418,7 @@ def test_post_reincarnation_phase_switches_batch_updates_and_lr_at_the_reincarna
     original = Trainer.update
 
     def spy(self, batch, pre, step):
-        kl_terms[step] = self.kl_coef()
+        kl_terms[step] = self.phase().kl_coef
         return original(self, batch, pre, step)
 
     monkeypatch.setattr(Trainer, "update", spy)
@@ -524,15 +525,17 @@ def _wait_for_progress(run_dir: Path, proc: subprocess.Popen, extra: float) -> N
 def test_collect_uses_the_configured_advantage_estimator(tiny_config, monkeypatch):
     from remix_rft.algorithm import rloo_advantages
 
-    collected = []
-    original = Trainer.collect
+    from remix_rft.trainer.producer import Producer
 
-    def spy(self, step):
-        out = original(self, step)
-        collected.extend(out[0])
+    collected = []
+    original = Producer.produce
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        collected.extend(out.samples)
         return out
 
-    monkeypatch.setattr(Trainer, "collect", spy)
+    monkeypatch.setattr(Producer, "produce", spy)
     cfg = tiny_config("steps=1", "advantage_estimator=rloo", "max_new_tokens=64")
     train(cfg)
     rewards = torch.tensor([s.reward for s in collected])

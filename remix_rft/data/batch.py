@@ -32,7 +32,8 @@ class TrainBatch:
     behavior_logprobs: torch.Tensor  # [B, R]
     advantages: torch.Tensor  # [B, R]: GRPO broadcasts the scalar; PPO fills per token
     rewards: torch.Tensor  # [B]
-    versions: torch.Tensor  # int64 [B]
+    versions: torch.Tensor  # int64 [B]: iteration each row was generated for
+    policy_versions: torch.Tensor  # int64 [B]: learner iteration whose weights generated it
     prompt_len: int
 
     def __len__(self) -> int:
@@ -75,6 +76,7 @@ def collate(samples: Sequence[Sample], pad_id: int) -> TrainBatch:
         advantages=advantages,
         rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32),
         versions=torch.tensor([s.version for s in samples], dtype=torch.long),
+        policy_versions=torch.tensor([s.policy_version for s in samples], dtype=torch.long),
         prompt_len=p_len,
     )
 

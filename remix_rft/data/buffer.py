@@ -1,7 +1,7 @@
 """Versioned samples and the replay buffer of the last ν iterations (ReMix's reused data).
 
-Each sample carries the iteration (policy version) that generated it and the
-behaviour policy's per-token log-probs μ, which Mix-PPG needs for its importance
+Each sample carries the iteration it was generated for, the policy version that
+generated it and that behaviour policy's per-token log-probs μ, which Mix-PPG needs for its importance
 ratio and clip centre long after the generating weights are gone.
 """
 
@@ -21,12 +21,19 @@ class Sample:
     behavior_logprobs: torch.Tensor  # float32 [R]: log μ(y_t | ...) of the generating policy
     reward: float
     advantage: float  # GRPO group advantage, kept as computed when generated
-    version: int  # iteration whose policy generated the sample
+    version: int  # iteration the sample was generated for (its first training iteration)
     group: int  # id of the prompt group (all G responses of one prompt)
     finished: bool  # ended with EOS
+    # Learner iteration whose weights generated it: version - 1 when generation waits for
+    # the learner (sync); up to max_staleness older when it runs ahead (async).
+    policy_version: int = -1
 
     _TENSORS = ("prompt_ids", "response_ids", "behavior_logprobs")
-    _SCALARS = ("reward", "advantage", "version", "group", "finished")
+    _SCALARS = ("reward", "advantage", "version", "group", "finished", "policy_version")
+
+    def __post_init__(self) -> None:
+        if self.policy_version < 0:
+            self.policy_version = self.version - 1
 
     def to_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {k: getattr(self, k).clone() for k in self._TENSORS}
@@ -35,7 +42,8 @@ class Sample:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Sample:
-        return cls(**{k: state[k] for k in (*cls._TENSORS, *cls._SCALARS)})
+        # Checkpoints from before asynchronous rollouts hold no policy_version (sync: version − 1).
+        return cls(**{k: state[k] for k in (*cls._TENSORS, *cls._SCALARS) if k in state})
 
 
 class ReplayBuffer:

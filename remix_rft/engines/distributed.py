@@ -138,24 +138,6 @@ class DistEnv:
     def local_offpolicy(self, global_count: int) -> int:
         return global_count // self.world_size
 
-    # -- helpers the loop calls around models --
-    @contextmanager
-    def full_params(self, model: Any) -> Iterator[None]:
-        """Unsharded weights on every rank for ``generate`` (no collectives inside)."""
-        if not self.enabled:
-            yield
-            return
-        with unsharded(model):
-            yield
-
-    def to_device(
-        self, batch: Any, pre: dict[str, torch.Tensor]
-    ) -> tuple[Any, dict[str, torch.Tensor]]:
-        if self.device.type == "cpu":
-            return batch, pre
-        moved = {k: v.to(self.device) if v is not None else None for k, v in pre.items()}
-        return move_batch(batch, self.device), moved
-
     def masked_whiten(
         self, values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8
     ) -> torch.Tensor:

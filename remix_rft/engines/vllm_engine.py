@@ -24,7 +24,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ from remix_rft.engines.rollout import (
     SamplingSettings,
     register_engine,
 )
+from remix_rft.engines.transport import policy_weights
 
 log = logging.getLogger(__name__)
 
@@ -212,22 +213,6 @@ class VLLMEngine(RolloutEngine):
             client.shutdown()
         del llm
         gc.collect()
-
-
-def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) of the policy as a plain causal LM: LoRA merged, FSDP gathered."""
-    from remix_rft.engines import lora
-    from remix_rft.engines.distributed import full_state_dict
-
-    if lora.is_lora(model):
-        state = lora.merged_state_dict(model)
-    else:  # a collective under FSDP2: every rank gets the full tensors for its own engine
-        state = full_state_dict(model, every_rank=True)
-    # vLLM keeps its own lm_head even for tied embeddings (its reload does not re-tie):
-    # send it explicitly, or the output layer keeps the old weights.
-    if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    yield from state.items()
 
 
 def _sampled_logprobs(per_position: Any, tokens: list[int]) -> torch.Tensor:

@@ -1,25 +1,82 @@
-"""Checkpoints: model weights as safetensors, trainer state via ``torch.save``.
+"""Checkpoints: model weights as safetensors, trainer state via ``torch.save``, and a manifest.
 
-A checkpoint directory is written under a temporary name and renamed when
-complete, then ``latest`` is switched atomically, so a run killed at any moment
-resumes from the last whole checkpoint.
+A checkpoint directory is written under a temporary name (``step_NNNNNN.tmp``); when every
+file is in it, ``manifest.json`` (relative path, size and sha256 of each file) is written
+last, the directory is renamed to ``step_NNNNNN`` and ``latest`` is switched atomically. So a
+run killed at any moment resumes from the last whole checkpoint, and a checkpoint damaged
+later (a truncated copy, a flipped bit, a file lost on a shared filesystem) is detected on
+resume, which then falls back to the newest checkpoint that still verifies.
+
+Checkpoints written before manifests existed (``trainer_state.pt`` but no ``manifest.json``)
+still load, unverified, with a warning.
+
+A write that fails (ENOSPC, EIO) raises :class:`CheckpointWriteError`, removes the partial
+directory and leaves the previous checkpoint and ``latest`` as they were.
+
+The single-process trainer calls :func:`save_checkpoint`. The sharded (DCP) path, where each
+rank writes its own files into the temporary directory, uses the pieces: every rank writes into
+:func:`begin_checkpoint`'s directory, then rank 0 alone calls :func:`commit_checkpoint` (or, on
+failure, :func:`abort_checkpoint`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno as errno_mod
+import hashlib
+import json
 import logging
+import math
+import os
+import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
-from remix_rft.trainer.io import atomic_write_text
+from remix_rft.trainer import io as rio  # module attribute: tests replace rio.write_all
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+TMP_SUFFIX = ".tmp"
+OLD_SUFFIX = ".old"  # a same-step checkpoint moved aside while its replacement is renamed in
+_STEP_DIR = re.compile(r"step_(\d+)")
+_CHUNK = 8 << 20
+# Hashing is I/O- and hashlib-bound (hashlib releases the GIL), so a few threads help on
+# multi-GB checkpoints without taking every core from the training job.
+_HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous checkpoint and ``latest`` are intact."""
+
+
+class NoValidCheckpointError(FileNotFoundError):
+    """Checkpoints exist but none verifies; the message lists each one and why."""
+
+
+@dataclass(frozen=True)
+class CheckpointChoice:
+    """The checkpoint a resume uses, and the newer ones it skipped (with the reason)."""
+
+    path: Path | None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    legacy: bool = False  # no manifest: written before manifests existed, loaded unverified
+
+    def summary(self) -> str | None:
+        """One line naming the checkpoint used and each one skipped; None if none was skipped."""
+        if not self.skipped:
+            return None
+        used = self.path.name if self.path is not None else "nothing"
+        skipped = "; ".join(f"{p.name} ({reason})" for p, reason in self.skipped)
+        return f"resuming from {used}: skipped newer invalid checkpoint(s) {skipped}"
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -30,6 +87,271 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a ``step_NNNNNN`` directory name; None for anything else (``.tmp``, ``.old``)."""
+    match = _STEP_DIR.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Renamed (finished) checkpoint directories, oldest step first; nothing is verified."""
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if checkpoint_step(p) is not None and p.is_dir()]
+    return sorted(dirs, key=lambda p: checkpoint_step(p) or 0)
+
+
+# ---- manifest -----------------------------------------------------------------------
+def _payload_files(directory: Path) -> list[str]:
+    """Relative paths of the files a manifest covers: all of them but the manifest itself and
+    leftovers of an interrupted atomic write (``*.tmp``)."""
+    files = []
+    for path in directory.rglob("*"):
+        rel = path.relative_to(directory).as_posix()
+        if path.is_file() and rel != MANIFEST and not rel.endswith(TMP_SUFFIX):
+            files.append(rel)
+    return sorted(files)
+
+
+def _sha256(path: Path, *, sync: bool = False) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+        if sync:  # files written by save_pretrained are not fsynced; make them durable
+            os.fsync(fh.fileno())
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, *, score: float | None = None) -> Path:
+    """Record size and sha256 of every file under ``directory`` in ``manifest.json``.
+
+    Call it LAST, when every file of the checkpoint is written and before the directory is
+    renamed into place: a directory with a valid manifest is by definition complete. Files are
+    fsynced as they are hashed, so the checkpoint is durable before it is published.
+
+    Sharded (DCP) checkpoints: every rank writes its files into the same temporary directory;
+    after a barrier (all ranks done), rank 0 alone calls this (a shared filesystem, which the
+    DCP checkpoint needs anyway, lets it see the other ranks' files), then renames. ``score``
+    (e.g. the eval accuracy at this step, higher is better) is kept for ``keep_best`` retention.
+    """
+    rels = _payload_files(directory)
+    with ThreadPoolExecutor(_HASH_THREADS) as pool:
+        sums = list(pool.map(lambda rel: _sha256(directory / rel, sync=True), rels))
+    files = {
+        rel: {"size": (directory / rel).stat().st_size, "sha256": digest}
+        for rel, digest in zip(rels, sums, strict=True)
+    }
+    manifest = {"format": MANIFEST_FORMAT, "score": score, "files": files}
+    path = directory / MANIFEST
+    rio.atomic_write_json(path, manifest)
+    return path
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The parsed manifest; None if there is none; ValueError if it is unreadable."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{MANIFEST}: unreadable ({err})") from err
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError(f"{MANIFEST}: not a checkpoint manifest (no 'files' table)")
+    return manifest
+
+
+def _check_files(directory: Path, files: dict[str, Any]) -> str | None:
+    """The first missing or damaged file, sizes first (cheap) then checksums."""
+    for rel, entry in files.items():
+        path = directory / rel
+        if not path.is_file():
+            return f"{rel}: missing"
+        size = path.stat().st_size
+        if size != entry.get("size"):
+            return f"{rel}: size mismatch ({size} bytes, manifest says {entry.get('size')})"
+    rels = list(files)
+    with ThreadPoolExecutor(_HASH_THREADS) as pool:
+        sums = list(pool.map(lambda rel: _sha256(directory / rel), rels))
+    for rel, digest in zip(rels, sums, strict=True):
+        if digest != files[rel].get("sha256"):
+            return f"{rel}: checksum mismatch (sha256 {digest[:12]}..., manifest says {str(files[rel].get('sha256'))[:12]}...)"
+    return None
+
+
+def verify_checkpoint(directory: Path, *, allow_legacy: bool = True) -> str | None:
+    """None if ``directory`` is a whole checkpoint, else why not, naming the file.
+
+    A directory without a manifest but with ``trainer_state.pt`` was written before manifests
+    existed: with ``allow_legacy`` it counts as valid (a warning is logged), so old runs still
+    resume; otherwise the reason is the missing manifest."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return f"{directory}: not a directory"
+    try:
+        manifest = read_manifest(directory)
+    except ValueError as err:
+        return str(err)
+    if manifest is None:
+        if allow_legacy and (directory / STATE_FILE).is_file():
+            log.warning(
+                "checkpoint %s has no %s (written before manifests existed); loading it unverified",
+                directory, MANIFEST,
+            )  # fmt: skip
+            return None
+        return f"no {MANIFEST}"
+    return _check_files(directory, manifest["files"])
+
+
+def checkpoint_score(directory: Path) -> float | None:
+    """The score stored in the manifest at save time; None if none (or no readable manifest)."""
+    try:
+        manifest = read_manifest(directory)
+    except ValueError:
+        return None
+    score = manifest.get("score") if manifest else None
+    return float(score) if isinstance(score, int | float) else None
+
+
+# ---- writing ------------------------------------------------------------------------
+def _tmp_dir(run_dir: Path, step: int) -> Path:
+    return checkpoint_root(run_dir) / (step_dir_name(step) + TMP_SUFFIX)
+
+
+def latest_pointer(run_dir: Path) -> Path | None:
+    """The checkpoint ``latest`` names (else the newest renamed one), without verifying it:
+    cheap, for messages; resume uses :func:`resolve_resume_checkpoint`."""
+    root = checkpoint_root(run_dir)
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        name = (root / LATEST).read_text().strip()
+        if name and checkpoint_step(root / name) is not None and (root / name).is_dir():
+            return root / name
+    done = list_checkpoints(root)
+    return done[-1] if done else None
+
+
+def _io_failure(exc: BaseException) -> OSError | None:
+    """The OSError behind an I/O failure, else None. safetensors (Rust) reports a full disk as
+    its own exception type whose message carries the errno ("... (os error 28)")."""
+    if isinstance(exc, OSError):
+        return exc
+    match = re.search(r"os error (\d+)", str(exc))
+    if match is None:
+        return None
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code))
+
+
+def _write_error(tmp: Path, failure: OSError, previous: Path | None) -> CheckpointWriteError:
+    code = failure.errno
+    name = errno_mod.errorcode.get(code, f"errno {code}") if code is not None else "I/O error"
+    intact = (
+        f"the previous checkpoint {previous.name} is intact and '{LATEST}' still names it"
+        if previous is not None
+        else "there is no previous checkpoint"
+    )
+    error = CheckpointWriteError(
+        f"checkpoint write to {tmp} failed: {name} ({failure.strerror or failure}); "
+        f"the partial directory was removed; {intact}"
+    )
+    error.errno = code  # still an OSError a caller can switch on (ENOSPC: free space, resume)
+    return error
+
+
+def abort_checkpoint(tmp: Path, error: BaseException) -> BaseException:
+    """Remove the partial directory ``tmp`` and return the exception to raise: a
+    :class:`CheckpointWriteError` for an I/O failure (ENOSPC, EIO), else ``error`` itself.
+
+    Sharded (DCP) path: when any rank's write failed, rank 0 calls this (the others must not
+    touch ``tmp``); ``latest`` and the previous checkpoint are left as they are."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(error, CheckpointWriteError):
+        return error
+    failure = _io_failure(error)
+    if failure is None:
+        return error
+    wrapped = _write_error(tmp, failure, latest_pointer(tmp.parent.parent))
+    wrapped.__cause__ = error
+    return wrapped
+
+
+def _fail(tmp: Path, exc: BaseException) -> NoReturn:
+    error = abort_checkpoint(tmp, exc)
+    if error is exc:
+        raise exc
+    raise error from exc
+
+
+def begin_checkpoint(run_dir: Path, step: int) -> Path:
+    """A fresh, empty ``step_NNNNNN.tmp`` to write a checkpoint into (a stale one is removed).
+    Sharded path: rank 0 calls it, then a barrier, then every rank writes its files."""
+    tmp = _tmp_dir(run_dir, step)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through :func:`remix_rft.trainer.io.write_all`, fsynced."""
+    with rio.open_for_write(path) as fh:
+        torch.save(state, fh)
+
+
+def _rename_into_place(tmp: Path, final: Path) -> Path | None:
+    """Rename ``tmp`` to ``final``; a same-step checkpoint already there is moved aside (and
+    returned) rather than deleted, so it survives until its replacement is published."""
+    old = None
+    if final.exists():
+        old = final.with_name(final.name + OLD_SUFFIX)
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    try:
+        tmp.rename(final)
+    except BaseException:
+        if old is not None:
+            old.rename(final)
+        raise
+    return old
+
+
+def _roll_back(final: Path, old: Path | None) -> None:
+    shutil.rmtree(final, ignore_errors=True)
+    if old is not None:
+        with contextlib.suppress(OSError):
+            old.rename(final)
+
+
+def commit_checkpoint(
+    tmp: Path, *, keep: int, keep_best: bool = False, score: float | None = None
+) -> Path:
+    """Publish the finished directory ``tmp``: manifest (last), rename, switch ``latest``; only
+    then prune to the newest ``keep`` (plus, with ``keep_best``, the best ``score``).
+
+    On an I/O failure: :class:`CheckpointWriteError`, nothing of the new checkpoint is left and
+    the previous checkpoint and ``latest`` are untouched. Sharded path: rank 0 only, after the
+    barrier that follows every rank's writes (wrap it in ``env.on_main`` so an error reaches
+    every rank instead of leaving them waiting)."""
+    root = tmp.parent
+    final = root / tmp.name.removesuffix(TMP_SUFFIX)
+    try:
+        write_manifest(tmp, score=score)
+        old = _rename_into_place(tmp, final)
+    except BaseException as exc:
+        _fail(tmp, exc)
+    try:
+        rio.atomic_write_text(root / LATEST, final.name + "\n")
+        rio.fsync_dir(root)  # the rename and the pointer survive a power loss together
+    except BaseException as exc:
+        _roll_back(final, old)  # first, so the message names the checkpoint `latest` names
+        _fail(tmp, exc)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(root, keep, keep_best=keep_best)
+    return final
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -37,48 +359,98 @@ def save_checkpoint(
     state: dict[str, Any],
     *,
     keep: int,
+    keep_best: bool = False,
+    score: float | None = None,
 ) -> Path:
-    """Write ``models`` (each via ``save_pretrained``) and ``state``; prune old checkpoints."""
-    root = checkpoint_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(step)
-    tmp = root / (final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, model in models.items():
-        model.save_pretrained(tmp / name)
-    torch.save(state, tmp / STATE_FILE)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    atomic_write_text(root / LATEST, final.name + "\n")
-    _prune(root, keep)
-    return final
+    """Write ``models`` (each via ``save_pretrained``) and ``state``, publish, prune.
+
+    ``score``: this step's eval accuracy (higher is better), None if it was not evaluated; with
+    ``keep_best`` the best-scoring checkpoint is kept besides the newest ``keep``. Raises
+    :class:`CheckpointWriteError` (previous checkpoint intact, no ``.tmp`` left) if a write fails.
+    """
+    tmp = _tmp_dir(run_dir, step)
+    try:
+        begin_checkpoint(run_dir, step)
+        for name, model in models.items():
+            model.save_pretrained(tmp / name)
+        save_state(state, tmp / STATE_FILE)
+    except BaseException as exc:
+        _fail(tmp, exc)
+    return commit_checkpoint(tmp, keep=keep, keep_best=keep_best, score=score)
 
 
-def _complete_checkpoints(root: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in root.glob("step_*")
-        if p.is_dir() and not p.name.endswith(".tmp") and (p / STATE_FILE).is_file()
-    )
+# ---- retention ----------------------------------------------------------------------
+def _best(directories: list[Path]) -> Path | None:
+    """The highest-scoring checkpoint; the earliest on ties (as the trainer's best-so-far)."""
+    best, best_score = None, -math.inf
+    for directory in directories:
+        score = checkpoint_score(directory)
+        if score is not None and math.isfinite(score) and score > best_score:
+            best, best_score = directory, score
+    return best
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint saved with the highest score; None if none has one."""
+    return _best(list_checkpoints(checkpoint_root(run_dir)))
+
+
+def prune_checkpoints(root: Path, keep: int, *, keep_best: bool = False) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (and, with ``keep_best``, the best-scoring
+    one) and leftovers of interrupted writes; returns what was deleted. Call it only after a new
+    checkpoint is published (:func:`commit_checkpoint` does)."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1 (the checkpoint just written), got {keep}")
+    for stale in [*root.glob(f"step_*{TMP_SUFFIX}"), *root.glob(f"step_*{OLD_SUFFIX}")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    done = list_checkpoints(root)
+    kept = set(done[-keep:])
+    best = _best(done) if keep_best else None
+    if best is not None:
+        kept.add(best)
+    removed = [d for d in done if d not in kept]
+    for directory in removed:
+        shutil.rmtree(directory, ignore_errors=True)
+    return removed
 
 
 def _prune(root: Path, keep: int) -> None:
-    for stale in root.glob("step_*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for old in _complete_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    """Kept for callers of the old name (ranks.py); use :func:`prune_checkpoints`."""
+    prune_checkpoints(root, keep)
+
+
+# ---- choosing a checkpoint to resume from ------------------------------------------
+def resolve_resume_checkpoint(run_dir: Path) -> CheckpointChoice:
+    """The newest checkpoint that verifies, and the newer ones skipped (each logged).
+
+    Newest by step, not by ``latest``: the manifest is written before the rename, so a renamed
+    directory that verifies is whole even if the run was killed before ``latest`` named it.
+    ``path`` is None when there are no checkpoints; :class:`NoValidCheckpointError` when there
+    are some but none verifies. Hashes the files: under torchrun resolve on rank 0 only."""
+    root = checkpoint_root(run_dir)
+    skipped: list[tuple[Path, str]] = []
+    for directory in reversed(list_checkpoints(root)):
+        reason = verify_checkpoint(directory)
+        if reason is None:
+            legacy = not (directory / MANIFEST).is_file()
+            choice = CheckpointChoice(directory, skipped, legacy)
+            if skipped:
+                log.warning("%s", choice.summary())
+            return choice
+        log.warning("checkpoint %s is invalid: %s", directory, reason)
+        skipped.append((directory, reason))
+    if skipped:
+        listing = "; ".join(f"{p.name}: {reason}" for p, reason in skipped)
+        raise NoValidCheckpointError(
+            f"no valid checkpoint in {root} ({listing}); restore one from a copy, or move them "
+            "away to restart the run from step 0"
+        )
+    return CheckpointChoice(None)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    root = checkpoint_root(run_dir)
-    pointer = root / LATEST
-    if pointer.is_file():
-        candidate = root / pointer.read_text().strip()
-        if (candidate / STATE_FILE).is_file():
-            return candidate
-    complete = _complete_checkpoints(root) if root.is_dir() else []
-    return complete[-1] if complete else None
+    """The newest valid checkpoint (see :func:`resolve_resume_checkpoint`); None if none exists."""
+    return resolve_resume_checkpoint(run_dir).path
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:

@@ -35,6 +35,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 DTYPES = ("float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 BEHAVIOR_LOGPROBS = ("trainer", "engine")
+ROLLOUT_MODES = ("sync", "async")
 RENAMED_KEYS = {"generation_backend": "rollout_engine"}  # old name -> new name
 DEFAULT_REFLECTION_WORDS = (
     "wait",
@@ -191,6 +192,15 @@ class TrainConfig:
     # on-policy by construction); "engine" = the engine's sampling log-probs, so Mix-PPG's
     # ratio π_θ/μ also corrects the engine-trainer mismatch (bf16, kernels)
     behavior_logprobs: str = "trainer"
+    # asynchronous rollouts (trainer/rollouts.py): "sync" generates inline after each
+    # update; "async" runs the producer in its own process, overlapping generation with
+    # training, at most max_staleness policy versions behind the learner (η; 0 = the
+    # synchronous schedule in two processes). Stale samples are corrected by Mix-PPG's
+    # ratio against the generating engine's μ and clip centre π_k/μ.
+    rollout_mode: str = "sync"
+    max_staleness: int = 1
+    rollout_threads: int = 1  # torch CPU threads of the async producer (0: torch's default)
+    weight_transport: str = "shared-memory"  # learner -> producer weights (engines/transport.py)
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory (of host RAM on CPU)
     vllm_max_model_len: int = 0  # 0: longest prompt budget + max_new_tokens, from the task
     vllm_sleep: bool = True  # CUDA: free vLLM's memory during the update (sleep mode)
@@ -259,6 +269,11 @@ class TrainConfig:
             if self.post_reincarnation_kl_coef < 0
             else self.post_reincarnation_kl_coef,
         )
+
+    def is_eval_step(self, step: int) -> bool:
+        """Iterations that end with an evaluation (and log kl/base when asked): every
+        ``eval_every`` and the last."""
+        return step % self.eval_every == 0 or step == self.steps
 
     def rollouts_for_steps(self, steps: int) -> int:
         """Responses sampled in ``steps`` iterations, the batch switching at a fixed
@@ -364,6 +379,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _one_of(cfg, "device", DEVICES)
     _one_of(cfg, "rollout_engine", _engine_names())
     _one_of(cfg, "behavior_logprobs", BEHAVIOR_LOGPROBS)
+    _one_of(cfg, "rollout_mode", ROLLOUT_MODES)
+    _one_of(cfg, "weight_transport", _transport_names())
     _check(cfg.eval_temperature >= 0, "eval_temperature", ">= 0 (0: greedy)", cfg.eval_temperature)
     _check(0 < cfg.eval_top_p <= 1, "eval_top_p", "in (0, 1]", cfg.eval_top_p)
     _check(
@@ -401,7 +418,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "post_reincarnation_minibatch_size", "post_reincarnation_lr",
         "eval_max_new_tokens", "norm_length", "threads", "max_grad_norm", "seed",
         "vllm_max_model_len", "micro_batch_tokens", "logprob_chunk_tokens", "entropy_coef",
-        "max_nonfinite_updates",
+        "max_nonfinite_updates", "max_staleness", "rollout_threads",
     )  # fmt: skip
     for key in non_negative:
         _check(getattr(cfg, key) >= 0, key, ">= 0", getattr(cfg, key))
@@ -513,6 +530,12 @@ def _validate_post_reincarnation(cfg: TrainConfig) -> None:
             "%s ignored: reincarnation_step and reincarnation_patience are 0 (no reincarnation)",
             ", ".join(set_keys),
         )
+
+
+def _transport_names() -> tuple[str, ...]:
+    from remix_rft.engines.transport import TRANSPORTS
+
+    return tuple(sorted(TRANSPORTS))
 
 
 def _engine_names() -> tuple[str, ...]:
