@@ -116,7 +116,9 @@ def test_a_killed_producer_is_an_error_naming_it(tiny_config, monkeypatch):
 
     monkeypatch.setattr(Trainer, "run", run)
     cfg = tiny_config("steps=4", "rollout_mode=async", "max_staleness=0")
-    with pytest.raises(ProducerError, match=r"remix-producer-rank0 \(pid \d+\) died with exit code -9"):
+    with pytest.raises(
+        ProducerError, match=r"remix-producer-rank0 \(pid \d+\) died with exit code -9"
+    ):
         train(cfg)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from remix_rft.algorithm.policy_losses import POLICY_LOSSES
 from remix_rft.data.batch import MicroBatching, collate, compact, padding_counts, row_lengths
 from remix_rft.data.buffer import Sample
 from remix_rft.engines.policy import _LogprobEntropy, response_stats
@@ -171,18 +172,18 @@ def test_token_budget_groups_rows_by_length_within_budget():
 def test_token_budget_micro_batches_give_the_one_batch_loss_and_grads(
     model_dir, tmp_path, monkeypatch, agg
 ):
-    from remix_rft.trainer import loop, update
+    from remix_rft.trainer import loop
     from remix_rft.trainer.config import load_config
 
     losses: list[torch.Tensor] = []
-    original = update.mix_ppg_policy_loss
+    original = POLICY_LOSSES["mix-ppg"]
 
     def spy(*args, **kwargs):
         out = original(*args, **kwargs)
         losses.append(out.loss.detach())
         return out
 
-    monkeypatch.setattr(update, "mix_ppg_policy_loss", spy)
+    monkeypatch.setitem(POLICY_LOSSES, "mix-ppg", spy)
     samples = random_samples(12, seed=11, max_r=40)
     results = {}
     for name, extra in (("one", []), ("budget", ["micro_batch_tokens=60"])):
@@ -198,7 +199,6 @@ def test_token_budget_micro_batches_give_the_one_batch_loss_and_grads(
         losses.clear()
         trainer = loop.Trainer(cfg, tmp_path / name)
         batch = collate(samples, trainer.pad_id)
-        n_fresh = sum(s.version == 1 for s in samples)
         pre = trainer.precompute(batch, step=1)
         stats = trainer.update(batch, pre, step=1).means()
         grads = {n: p.grad.clone() for n, p in trainer.policy.named_parameters()}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from remix_rft.algorithm.policy_losses import POLICY_LOSSES
 from remix_rft.engines.policy import response_logprobs
 from remix_rft.trainer import loop, update
 from remix_rft.trainer.checkpoint import latest_checkpoint
@@ -183,7 +184,7 @@ def _holds(row_ids: tuple, sample) -> bool:
 
 
 def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tiny_config, monkeypatch):
-    original = update.mix_ppg_policy_loss
+    original = POLICY_LOSSES["mix-ppg"]
     calls = []
 
     def poisoned(*args, **kwargs):  # from the second update on, the loss is NaN
@@ -193,7 +194,7 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tiny_config, mon
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(update, "mix_ppg_policy_loss", poisoned)
+    monkeypatch.setitem(POLICY_LOSSES, "mix-ppg", poisoned)
     cfg = tiny_config("steps=5", "max_nonfinite_updates=2", "save_every=1")
     with pytest.raises(loop.NonFiniteTrainingError, match="max_nonfinite_updates=2"):
         train(cfg)
@@ -524,7 +525,6 @@ def _wait_for_progress(run_dir: Path, proc: subprocess.Popen, extra: float) -> N
 
 def test_collect_uses_the_configured_advantage_estimator(tiny_config, monkeypatch):
     from remix_rft.algorithm import rloo_advantages
-
     from remix_rft.trainer.producer import Producer
 
     collected = []

@@ -34,6 +34,7 @@ class TrainBatch:
     rewards: torch.Tensor  # [B]
     versions: torch.Tensor  # int64 [B]: iteration each row was generated for
     policy_versions: torch.Tensor  # int64 [B]: learner iteration whose weights generated it
+    finished: torch.Tensor  # bool [B]: ended with EOS (not cut at the token budget)
     prompt_len: int
 
     def __len__(self) -> int:
@@ -77,6 +78,7 @@ def collate(samples: Sequence[Sample], pad_id: int) -> TrainBatch:
         rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32),
         versions=torch.tensor([s.version for s in samples], dtype=torch.long),
         policy_versions=torch.tensor([s.policy_version for s in samples], dtype=torch.long),
+        finished=torch.tensor([s.finished for s in samples], dtype=torch.bool),
         prompt_len=p_len,
     )
 

@@ -227,10 +227,16 @@ class Trainer:
     def iteration(self, step: int) -> dict[str, Any]:
         started = time.perf_counter()
         rollout = self.source().next(step, self.phase())
-        fresh = rollout.samples
+        fresh, c = rollout.samples, self.counters
+        c.step = step
+        c.rollouts += self.dist.sum_int(rollout.generated)  # dropped groups count too
+        c.tokens += self.dist.sum_int(rollout.num_tokens)
+        if not fresh:  # dynamic sampling found no group with signal: nothing to learn from
+            log.warning("step %d: every generated group was uniform; no update", step)
+            self.publish(step, changed=False)  # the version advances, the weights do not
+            return self.dist.reduce_row(self.generation_row(step, rollout))
         batch = collate(self.mixed_batch(fresh, step), self.pad_id)
         pre = self.precompute(batch, step)
-        c = self.counters
         skipped_before, updates_before = c.skipped_updates, c.updates
         stats = self.dist.merge_stats(self.update(batch, pre, step))
         self.publish(step, changed=c.updates > updates_before)
@@ -238,9 +244,6 @@ class Trainer:
             s.behavior_logprobs = pre.behavior[i, : s.response_ids.numel()].clone()
         self.buffer.add(fresh)
         self.buffer.evict(step)
-        c.step = step
-        c.rollouts += len(fresh) * self.dist.world_size  # every rank samples as many
-        c.tokens += self.dist.sum_int(rollout.num_tokens)
         row = self.step_row(step, rollout, batch, pre, stats)
         row["nonfinite/skipped_updates"] = c.skipped_updates - skipped_before
         row["time/step_s"] = time.perf_counter() - started
@@ -249,14 +252,11 @@ class Trainer:
     def step_row(
         self, step: int, rollout: Rollout, batch: TrainBatch, pre: Precomputed, stats: StepStats
     ) -> dict[str, Any]:
-        fresh, c = rollout.samples, self.counters
+        fresh = rollout.samples
         lengths = [float(s.response_ids.numel()) for s in fresh]
         staleness = [step - 1 - s.policy_version for s in fresh]
         return {
-            "step": step,
-            "rollouts": c.rollouts,
-            "tokens": c.tokens,
-            "updates": c.updates,
+            **self.generation_row(step, rollout),
             "utd": self.phase().updates(len(batch) * self.dist.world_size),
             "reward/mean": sum(s.reward for s in fresh) / len(fresh),
             "response_length/mean": sum(lengths) / len(lengths),
@@ -270,11 +270,22 @@ class Trainer:
             "async/staleness_mean": sum(staleness) / len(staleness),
             "async/staleness_max": max(staleness),
             "lr": self.scheduler.get_last_lr()[0],
+            **pre.mismatch,
+            **stats.means(),
+        }
+
+    def generation_row(self, step: int, rollout: Rollout) -> dict[str, Any]:
+        """The counters and what generating this iteration's rollout cost."""
+        c = self.counters
+        return {
+            "step": step,
+            "rollouts": c.rollouts,
+            "tokens": c.tokens,
+            "updates": c.updates,
             "time/gen_s": rollout.gen_seconds,
             "time/gen_tokens_per_s": rollout.tokens_per_s,
             "time/wait_s": rollout.wait_seconds,
-            **pre.mismatch,
-            **stats.means(),
+            **rollout.metrics,
         }
 
     @torch.no_grad()

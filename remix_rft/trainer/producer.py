@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from remix_rft.algorithm import advantage_estimator
+from remix_rft.algorithm import advantage_estimator, overlong_penalty
 from remix_rft.data.buffer import Sample
 from remix_rft.data.prompts import format_prompt
 from remix_rft.data.sampler import PromptSampler
@@ -36,10 +36,18 @@ class RolloutRequest:
     """One iteration's fresh batch, as this rank's learner wants it."""
 
     step: int  # the iteration that will train on it
-    problems: tuple[int, ...]  # indices into the task's train problems (this rank's slice)
+    # indices into the task's train problems (this rank's slice); with dynamic sampling
+    # `rounds` batches of them, the later ones drawn only to refill dropped groups
+    problems: tuple[int, ...]
     group_size: int  # responses per prompt
-    first_group: int  # id of the first prompt group (ids are unique across the run)
+    first_group: int  # id of the group of problems[0] (ids are unique across the run)
     oldest_version: int  # the oldest policy version allowed to generate it
+    rounds: int = 1  # generation rounds allowed (dynamic sampling: max_generation_rounds)
+
+    @property
+    def prompts(self) -> int:
+        """Prompt groups the learner wants back."""
+        return len(self.problems) // self.rounds
 
 
 @dataclass
@@ -49,25 +57,35 @@ class Rollout:
     step: int
     samples: list[Sample]
     policy_version: int  # the learner iteration whose weights generated them
-    num_tokens: int
+    generated: int  # responses sampled (dynamic sampling: dropped groups included)
+    num_tokens: int  # tokens of every generated response
     gen_seconds: float
     tokens_per_s: float
     reflection_rate: float
     wait_seconds: float = 0.0  # how long the learner waited for it (set by the learner)
-    texts: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)  # dynamic sampling, overlong
 
 
 def plan_request(
-    step: int, phase: PhaseSettings, sampler: PromptSampler, dist: DistEnv, max_staleness: int
+    step: int,
+    phase: PhaseSettings,
+    sampler: PromptSampler,
+    dist: DistEnv,
+    max_staleness: int,
+    rounds: int = 1,
 ) -> RolloutRequest:
-    """All ranks draw the same prompts; each keeps its slice (whole groups per rank)."""
-    mine = dist.shard(sampler.next(phase.prompts_per_step))
+    """All ranks draw the same prompts; each keeps its slice (whole groups per rank).
+    Dynamic sampling draws ``rounds`` batches up front, so the prompt order stays a function
+    of the iteration alone (reserve prompts left unused are skipped this epoch)."""
+    drawn = rounds * phase.prompts_per_step
+    mine = dist.shard(sampler.next(drawn))
     return RolloutRequest(
         step=step,
         problems=tuple(mine),
         group_size=phase.group_size,
-        first_group=(step - 1) * phase.prompts_per_step + dist.rank * len(mine),
+        first_group=(step - 1) * drawn + dist.rank * len(mine),
         oldest_version=step - 1 - max_staleness,
+        rounds=rounds,
     )
 
 
@@ -92,7 +110,7 @@ def needs_sampling_logprobs(cfg: TrainConfig, vocab_size: int, batch_size: int) 
     log-probs and stale (asynchronous) samples need them always."""
     if cfg.rollout_engine == "vllm" or cfg.behavior_logprobs == "engine":
         return True
-    if cfg.rollout_mode == "async":
+    if cfg.rollout_mode == "async" or cfg.rollout_correction != "none":
         return True
     return vocab_size * cfg.max_new_tokens * batch_size <= 2**28
 
@@ -105,6 +123,7 @@ class Producer:
     ) -> None:
         self.cfg, self.task, self.problems, self.prompts = cfg, task, problems, prompts
         self.estimator = advantage_estimator(cfg.estimator)
+        self.last_penalty = 0.0  # mean overlong penalty of the last generation call
 
     def settings(self, record_logprobs: bool) -> SamplingSettings:
         cfg = self.cfg
@@ -120,14 +139,57 @@ class Producer:
         policy_version: int,
         record_logprobs: bool,
     ) -> Rollout:
-        """G responses per requested prompt, scored, with advantages (per response) and
-        μ as the engine sampled it."""
-        problems = [self.problems[i] for i in request.problems]
+        """G responses per requested prompt, scored, with advantages (per response) and μ
+        as the engine sampled it. Dynamic sampling keeps only groups with a reward spread,
+        generating for reserve prompts (further rounds) until the batch is full."""
+        kept: list[Sample] = []
+        generated = tokens = rounds = 0
+        seconds, texts = 0.0, []
+        wanted, queue = request.prompts, list(enumerate(request.problems))
+        while len(kept) < wanted * request.group_size and queue and rounds < request.rounds:
+            missing = wanted - len(kept) // request.group_size
+            batch, queue = queue[:missing], queue[missing:]
+            gen, samples = self.generate_groups(engine, request, batch, policy_version,
+                                                record_logprobs)  # fmt: skip
+            rounds += 1
+            generated, tokens, seconds = (
+                generated + len(gen),
+                tokens + gen.num_tokens(),
+                seconds + gen.seconds,
+            )
+            texts += gen.texts
+            kept += samples if request.rounds == 1 else with_signal(samples, request.group_size)
+        metrics = (
+            {"overlong/penalty_mean": self.last_penalty} if self.cfg.overlong_buffer_tokens else {}
+        )
+        if request.rounds > 1:
+            metrics.update({
+                "dynamic/rounds": float(rounds),
+                "dynamic/dropped_groups": float((generated - len(kept)) // request.group_size),
+                "dynamic/kept_groups": float(len(kept) // request.group_size),
+            })  # fmt: skip
+        return Rollout(
+            step=request.step, samples=kept, policy_version=policy_version, generated=generated,
+            num_tokens=tokens, gen_seconds=seconds, tokens_per_s=tokens / max(seconds, 1e-9),
+            reflection_rate=reflection_rate(texts, self.cfg.reflection_words), metrics=metrics,
+        )  # fmt: skip
+
+    def generate_groups(
+        self,
+        engine: RolloutEngine,
+        request: RolloutRequest,
+        batch: list[tuple[int, int]],
+        policy_version: int,
+        record_logprobs: bool,
+    ) -> tuple[Any, list[Sample]]:
+        """One generation call for ``batch`` ((position in the request, problem index))."""
         group_size = request.group_size
+        problems = [self.problems[i] for _, i in batch]
         prompts = [self.prompts(p) for p in problems for _ in range(group_size)]
         gen = engine.generate(prompts, self.settings(record_logprobs))
         pairs = [(text, problems[i // group_size]) for i, text in enumerate(gen.texts)]
         rewards = score_responses(self.task, pairs, graded=gen.finished)  # unfinished: 0
+        rewards = self.shaped(rewards, [int(r.numel()) for r in gen.response_ids])
         advantages = self.advantages(rewards, group_size)
         samples = [
             Sample(
@@ -137,22 +199,25 @@ class Producer:
                 reward=rewards[i],
                 advantage=float(advantages[i]),
                 version=request.step,
-                group=request.first_group + i // group_size,
+                group=request.first_group + batch[i // group_size][0],
                 finished=gen.finished[i],
                 policy_version=policy_version,
             )
             for i in range(len(gen))
         ]
-        return Rollout(
-            step=request.step,
-            samples=samples,
-            policy_version=policy_version,
-            num_tokens=gen.num_tokens(),
-            gen_seconds=gen.seconds,
-            tokens_per_s=gen.stats["time/gen_tokens_per_s"],
-            reflection_rate=reflection_rate(gen.texts, self.cfg.reflection_words),
-            texts=gen.texts,
-        )
+        return gen, samples
+
+    def shaped(self, rewards: list[float], lengths: list[int]) -> list[float]:
+        """DAPO's soft overlong penalty added to the verifier's rewards (when configured)."""
+        cfg = self.cfg
+        if not cfg.overlong_buffer_tokens:
+            return rewards
+        penalty = overlong_penalty(
+            torch.tensor(lengths), max_new_tokens=cfg.max_new_tokens,
+            buffer_tokens=cfg.overlong_buffer_tokens, penalty=cfg.overlong_penalty,
+        )  # fmt: skip
+        self.last_penalty = float(penalty.mean())
+        return [r + float(p) for r, p in zip(rewards, penalty, strict=True)]
 
     def advantages(self, rewards: list[float], group_size: int) -> torch.Tensor:
         reward_t = torch.tensor(rewards, dtype=torch.float32)
@@ -160,3 +225,13 @@ class Producer:
             return torch.zeros_like(reward_t)
         # per response, kept with the sample when it is reused (docs/design.md §Advantages)
         return self.estimator.fn(reward_t, group_size, scale_by_std=self.cfg.scale_adv_by_std)
+
+
+def with_signal(samples: list[Sample], group_size: int) -> list[Sample]:
+    """The groups whose rewards are not all equal (a uniform group has no GRPO signal)."""
+    kept: list[Sample] = []
+    for begin in range(0, len(samples), group_size):
+        group = samples[begin : begin + group_size]
+        if len({s.reward for s in group}) > 1:
+            kept += group
+    return kept

@@ -132,6 +132,8 @@ def packed_rollout(rollout: Rollout) -> dict[str, Any]:
     return {
         "step": rollout.step,
         "policy_version": rollout.policy_version,
+        "generated": rollout.generated,
+        "metrics": rollout.metrics,
         "num_tokens": rollout.num_tokens,
         "gen_seconds": rollout.gen_seconds,
         "tokens_per_s": rollout.tokens_per_s,
@@ -176,8 +178,10 @@ def unpacked_rollout(packed: dict[str, Any]) -> Rollout:
         step=packed["step"],
         samples=samples,
         policy_version=packed["policy_version"],
+        generated=packed["generated"],
         num_tokens=packed["num_tokens"],
         gen_seconds=packed["gen_seconds"],
         tokens_per_s=packed["tokens_per_s"],
         reflection_rate=packed["reflection_rate"],
+        metrics=packed["metrics"],
     )

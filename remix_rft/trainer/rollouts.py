@@ -46,11 +46,15 @@ class ProducerError(RuntimeError):
 class RolloutSource(ABC):
     """Fresh rollouts, one per iteration, in iteration order."""
 
-    def __init__(self, sampler: PromptSampler, dist: DistEnv, max_staleness: int) -> None:
+    def __init__(
+        self, sampler: PromptSampler, dist: DistEnv, max_staleness: int, rounds: int = 1
+    ) -> None:
         self.sampler, self.dist, self.max_staleness = sampler, dist, max_staleness
+        self.rounds = rounds  # generation rounds per request (dynamic sampling)
 
     def plan(self, step: int, phase: PhaseSettings) -> RolloutRequest:
-        return plan_request(step, phase, self.sampler, self.dist, self.max_staleness)
+        return plan_request(step, phase, self.sampler, self.dist, self.max_staleness,
+                            self.rounds)  # fmt: skip
 
     @abstractmethod
     def next(self, step: int, phase: PhaseSettings) -> Rollout:
@@ -83,7 +87,7 @@ class InlineRollouts(RolloutSource):
         ready: Callable[[], AbstractContextManager[RolloutEngine]],
         record_logprobs: Callable[[], bool],
     ) -> None:
-        super().__init__(sampler, dist, max_staleness=0)
+        super().__init__(sampler, dist, max_staleness=0, rounds=producer.cfg.generation_rounds)
         self.producer, self.ready, self.record_logprobs = producer, ready, record_logprobs
 
     def next(self, step: int, phase: PhaseSettings) -> Rollout:
@@ -107,7 +111,7 @@ class AsyncRollouts(RolloutSource):
         weights: Weights,
         version: int,
     ) -> None:
-        super().__init__(sampler, dist, max_staleness=cfg.max_staleness)
+        super().__init__(sampler, dist, cfg.max_staleness, rounds=cfg.generation_rounds)
         self.last_step = cfg.steps
         context = mp.get_context("spawn")
         self.transport: WeightTransport = build_transport(cfg.weight_transport, weights, context)

@@ -21,8 +21,14 @@ from typing import Any
 
 import torch
 
-from remix_rft.algorithm import advantage_estimator, kl_convex, mix_ppg_policy_loss, value_loss
-from remix_rft.algorithm.aggregation import aggregate, aggregation_count
+from remix_rft.algorithm import (
+    advantage_estimator,
+    assemble_policy_objective,
+    mask_truncated,
+    rollout_correction,
+    value_loss,
+)
+from remix_rft.algorithm.aggregation import aggregation_count
 from remix_rft.data.batch import MicroBatching, TrainBatch
 from remix_rft.engines.distributed import DistEnv, move_batch
 from remix_rft.engines.policy import (
@@ -54,6 +60,8 @@ class Precomputed:
     behavior: torch.Tensor  # log μ of every row (filled in by the update when precedent is None)
     precedent: torch.Tensor | None  # log π_k; None: the single update's own forward
     base: torch.Tensor | None  # log π_base; None when neither the loss nor a metric uses it
+    loss_mask: torch.Tensor  # response tokens the policy loss counts (mask_truncated, mis)
+    weights: torch.Tensor | None = None  # rollout-correction weights; None: 1 everywhere
     values: torch.Tensor | None = None  # critic values at iteration start (PPO)
     returns: torch.Tensor | None = None
     mismatch: dict[str, float] = field(default_factory=dict)  # engine vs trainer log-probs
@@ -130,7 +138,7 @@ class Updater:
         state.policy.eval()
         logprobs = dict(temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk_tokens)
         precedent = base = None
-        if not self.is_single_update(len(batch)):
+        if not self.is_single_update(len(batch)) or cfg.rollout_correction != "none":
             precedent = batched_no_grad(
                 response_logprobs, state.policy, batch, self.micro(), **logprobs
             )
@@ -138,18 +146,42 @@ class Updater:
             base = batched_no_grad(
                 response_logprobs, state.reference, batch, self.micro(), **logprobs
             )
-        pre = Precomputed(behavior=batch.behavior_logprobs.clone(), precedent=precedent, base=base)
+        loss_mask = batch.response_mask
+        if cfg.mask_truncated:
+            loss_mask = mask_truncated(loss_mask, batch.finished)
+        pre = Precomputed(
+            behavior=batch.behavior_logprobs.clone(), precedent=precedent, base=base,
+            loss_mask=loss_mask,
+        )  # fmt: skip
         if precedent is not None:
             on = on_policy_rows(batch, step)
             pre.mismatch = logprob_mismatch(
                 batch.behavior_logprobs[on], precedent[on], batch.response_mask[on]
             )
+            if cfg.rollout_correction != "none":
+                self.correct_rollouts(batch, pre, on)
             pre.behavior = resolve_behavior(
                 batch.behavior_logprobs, precedent, on, cfg.behavior_logprobs
             )
         if state.critic is not None:
             pre.values, pre.returns = self.critic_advantages(batch)
         return pre
+
+    def correct_rollouts(self, batch: TrainBatch, pre: Precomputed, on: torch.Tensor) -> None:
+        """Rollout correction of the rows π_k generated, whose μ is the trainer's π_k: a
+        weight min(π_k/π_engine, threshold) (tis) or a mask (mis) on their surrogate. Other
+        rows keep the generating engine's μ, so Mix-PPG's ratio corrects them already."""
+        cfg = self.cfg
+        assert pre.precedent is not None
+        rows = on.unsqueeze(1)
+        corr = rollout_correction(
+            pre.precedent, batch.behavior_logprobs, pre.loss_mask * rows,
+            mode=cfg.rollout_correction, level=cfg.rollout_correction_level,
+            threshold=cfg.rollout_correction_threshold,
+        )  # fmt: skip
+        pre.weights = torch.where(rows, corr.weights, torch.ones_like(corr.weights))
+        pre.loss_mask = torch.where(rows, corr.mask, pre.loss_mask)
+        pre.mismatch.update(corr.metrics)
 
     def critic_advantages(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Critic estimators (PPO's GAE): advantages of every row, reused ones included, from
@@ -218,40 +250,34 @@ class Updater:
         stats: StepStats,
     ) -> None:
         cfg, state = self.cfg, self.state
-        norm_length = cfg.norm_length or cfg.max_new_tokens
         # Global count (summed over ranks): N ranks make one rank's update on the same batch.
-        denominator = self.dist.sum(aggregation_count(batch.response_mask[mb], cfg.loss_agg))
-        norm = dict(denominator=denominator, norm_length=norm_length)
+        denominator = self.dist.sum(aggregation_count(pre.loss_mask[mb], cfg.loss_agg))
         state.optimizer.zero_grad(set_to_none=True)
         loss_total = 0.0
         for idx in self.micro().split(batch, mb):
             sub = batch.select(idx)
-            mask = sub.response_mask
             token = response_stats(
                 state.policy, sub, temperature=cfg.temperature,
                 chunk_tokens=cfg.logprob_chunk_tokens,
             )  # fmt: skip
-            logprob = token.logprobs
-            precedent, behavior = self.proximal_logprobs(pre, sub, idx, logprob, step, stats)
-            out = mix_ppg_policy_loss(
-                logprob, behavior, precedent, sub.advantages, mask,
-                eps_low=eps[0][idx], eps_high=eps[1][idx], centre=cfg.clip_centre, agg=cfg.loss_agg, **norm,
+            precedent, behavior = self.proximal_logprobs(pre, sub, idx, token.logprobs, step, stats)
+            base = pre.base[idx] if pre.base is not None else None
+            objective = assemble_policy_objective(
+                token.logprobs, behavior, precedent, sub.advantages, pre.loss_mask[idx],
+                eps_low=eps[0][idx], eps_high=eps[1][idx], loss=cfg.policy_loss,
+                centre=cfg.clip_centre, agg=cfg.loss_agg, denominator=denominator,
+                norm_length=cfg.norm_length or cfg.max_new_tokens,
+                clip_ratio_c=cfg.clip_ratio_c or None,
+                weights=pre.weights[idx] if pre.weights is not None else None,
+                kl_coef=self.phase().kl_coef, kl_lambda=cfg.kl_lambda,
+                kl_estimator=cfg.kl_estimator, base_logprob=base, entropy=token.entropy,
+                entropy_coef=cfg.entropy_coef,
             )  # fmt: skip
-            loss = out.loss
-            kl_coef = self.phase().kl_coef
-            if kl_coef > 0:
-                # λ = 0 needs no π_base: the precedent stands in for the unused base term.
-                base = pre.base[idx] if pre.base is not None else precedent
-                kl = kl_convex(logprob, base, precedent, lam=cfg.kl_lambda, kind=cfg.kl_estimator)
-                loss = loss + kl_coef * aggregate(kl, mask, cfg.loss_agg, **norm)
-            if cfg.entropy_coef > 0:  # a bonus: more entropy, lower loss
-                loss = loss - cfg.entropy_coef * aggregate(token.entropy, mask, cfg.loss_agg, **norm)
-            loss.backward()
-            loss_total += float(loss.detach())
-            base_rows = pre.base[idx] if pre.base is not None else None
+            objective.loss.backward()
+            loss_total += float(objective.loss.detach())
             record_policy_stats(
-                stats, out, logprob.detach(), precedent, behavior, base_rows, sub, step,
-                cfg.kl_estimator,
+                stats, objective.policy, token.logprobs.detach(), precedent, behavior, base, sub,
+                step, cfg.kl_estimator,
             )  # fmt: skip
             record_entropy(stats, token.entropy.detach(), sub, step)
         grad_norm = self.optimizer_step(state.optimizer, state.policy, loss_total, "policy")

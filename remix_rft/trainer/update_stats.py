@@ -82,6 +82,8 @@ def record_policy_stats(
     stats.add("clip/frac", float(clipped.sum()), n)
     stats.add("clip/frac_low", float(out.clipped_low.sum()), n)
     stats.add("clip/frac_high", float(out.clipped_high.sum()), n)
+    if out.clipped_dual is not None:  # dual clip (clip_ratio_c) bounding a negative advantage
+        stats.add("clip/frac_dual", float(out.clipped_dual.sum()), n)
     stats.add("kl/precedent", float(kl_prec[mask].sum()), n)
     ages = data_ages(sub, step)
     for age in ages.unique().tolist():
