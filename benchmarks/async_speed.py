@@ -100,7 +100,11 @@ def mean_std(values: list[float | None], spec: str = ".1f") -> str:
         return "not reached"
     mean = statistics.fmean(got)
     spread = statistics.stdev(got) if len(got) > 1 else 0.0
-    missing = f" ({len(values) - len(got)} of {len(values)} not reached)" if len(got) < len(values) else ""
+    missing = (
+        f" ({len(values) - len(got)} of {len(values)} not reached)"
+        if len(got) < len(values)
+        else ""
+    )
     return f"{mean:{spec}} ± {spread:{spec}}{missing}"
 
 

@@ -57,6 +57,14 @@ _HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written; the previous checkpoint and ``latest`` are intact."""
 
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code  # still an OSError a caller can switch on (ENOSPC: free space)
+
+    def __reduce__(self) -> tuple[type, tuple[str, int | None]]:
+        # keeps errno across pickling (env.on_main sends rank 0's exception to every rank)
+        return type(self), (str(self.args[0]), self.errno)
+
 
 class NoValidCheckpointError(FileNotFoundError):
     """Checkpoints exist but none verifies; the message lists each one and why."""
@@ -142,6 +150,8 @@ def write_manifest(directory: Path, *, score: float | None = None) -> Path:
         rel: {"size": (directory / rel).stat().st_size, "sha256": digest}
         for rel, digest in zip(rels, sums, strict=True)
     }
+    if score is not None and not math.isfinite(score):
+        score = None  # NaN/inf is not JSON and cannot rank checkpoints
     manifest = {"format": MANIFEST_FORMAT, "score": score, "files": files}
     path = directory / MANIFEST
     rio.atomic_write_json(path, manifest)
@@ -251,12 +261,11 @@ def _write_error(tmp: Path, failure: OSError, previous: Path | None) -> Checkpoi
         if previous is not None
         else "there is no previous checkpoint"
     )
-    error = CheckpointWriteError(
+    return CheckpointWriteError(
         f"checkpoint write to {tmp} failed: {name} ({failure.strerror or failure}); "
-        f"the partial directory was removed; {intact}"
+        f"the partial directory was removed; {intact}",
+        code,
     )
-    error.errno = code  # still an OSError a caller can switch on (ENOSPC: free space, resume)
-    return error
 
 
 def abort_checkpoint(tmp: Path, error: BaseException) -> BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -10,10 +11,61 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from remix_rft.trainer import io as rio  # module attribute: tests replace rio.write_all
 from remix_rft.trainer.io import atomic_write_text
 from remix_rft.trainer.trackers import Tracker
 
 log = logging.getLogger(__name__)
+
+
+class MetricsWriteError(OSError):
+    """A ``metrics.jsonl`` line could not be written; the file holds only whole lines."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code  # still an OSError a caller can switch on (ENOSPC: free space)
+
+    def __reduce__(self) -> tuple[type, tuple[str, int | None]]:
+        # keeps errno across pickling (env.on_main sends rank 0's exception to every rank)
+        return type(self), (str(self.args[0]), self.errno)
+
+
+def _append_line(path: Path, data: bytes) -> None:
+    """Append ``data`` in one write (O_APPEND) and fsync; on failure truncate back to the old
+    length, so a full disk (ENOSPC) or a failing device (EIO) never leaves a partial line."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        # A line torn by an earlier kill has no newline: start on a fresh line, or the new row
+        # would be glued to it and dropped with it on read.
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        try:
+            rio.write_all(fd, data)
+            os.fsync(fd)
+        except OSError as err:
+            _truncate(fd, size)
+            raise _write_error(path, err) from err
+    finally:
+        os.close(fd)
+
+
+def _truncate(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError as err:  # the file may now end in a partial line; read() drops it
+        log.warning("could not truncate metrics file back to %d bytes: %s", size, err)
+
+
+def _write_error(path: Path, err: OSError) -> MetricsWriteError:
+    name = errno.errorcode.get(err.errno, f"errno {err.errno}") if err.errno else "I/O error"
+    return MetricsWriteError(
+        f"could not append to {path}: {name} ({err.strerror or err}); the file was left "
+        "holding whole lines only (the row was not written): free space / check the disk, "
+        "then resume the run",
+        err.errno,
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -30,12 +82,10 @@ class MetricsLog:
         self.trackers = list(trackers)
 
     def append(self, row: dict[str, Any]) -> None:
-        line = json.dumps({k: _jsonable(v) for k, v in row.items()})
-        with open(self.path, "a") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        for tracker in self.trackers:
+        """Append one line; MetricsWriteError (the file left as it was) if the write fails."""
+        line = json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n"
+        _append_line(self.path, line.encode())
+        for tracker in self.trackers:  # only rows that are in the file reach the trackers
             tracker.log_metrics(row)
 
     def close(self) -> None:
