@@ -1,4 +1,4 @@
-"""Rollout efficiency of ReMix vs on-policy baselines and controls (DESIGN §7 protocol).
+"""Rollout efficiency of ReMix vs on-policy baselines and controls (docs/design.md §5).
 
 Two settings of the embedded task:
 

@@ -11,7 +11,7 @@ pass@1 on the first 200 held-out problems (``generate_texts`` + ``task.reward``)
 
 Reported for TRL GRPO, our GRPO and our ReMix-GRPO (``tiny-remix-grpo``):
 seconds per iteration (mean over iterations, evaluation excluded),
-rollouts-to-target and training-wall-clock-to-target (DESIGN §7: the first
+rollouts-to-target and training-wall-clock-to-target (docs/design.md §5: the first
 evaluation where the mean of two consecutive evaluations reaches the target),
 and the final accuracy::
 
@@ -565,7 +565,7 @@ def write_markdown(
         "update for GRPO; ReMix also recomputes log-probs of reused samples and takes its own "
         "number of updates), evaluation and checkpointing excluded; gen s/iter is its "
         "generation share. rollouts→T and train wall→T are read at the first evaluation "
-        "where the mean of two consecutive evaluations is ≥ T (DESIGN §7); train wall is "
+        "where the mean of two consecutive evaluations is ≥ T (docs/design.md §5); train wall is "
         "the cumulative iteration time (evaluation excluded) so the three are comparable. "
         "Means ± std are over runs that reached T.",
         "",

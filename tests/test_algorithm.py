@@ -1,6 +1,6 @@
 """Hand-computed checks of the pure tensor functions in ``remix_rft.algorithm``.
 
-Every expected number is derived in a comment next to it (DESIGN §3), so a reader can
+Every expected number is derived in a comment next to it (docs/design.md §2), so a reader can
 verify the arithmetic without running anything.
 """
 

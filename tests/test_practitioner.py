@@ -176,3 +176,56 @@ def test_mask_truncated_and_overlong_penalty_end_to_end(tiny_config, tmp_path, m
 def test_policy_losses_by_name_train_end_to_end(tiny_config, loss):
     summary = train(tiny_config("steps=2", f"policy_loss={loss}", "clip_ratio_c=3.0"))
     assert summary["updates"] == 2
+
+
+def test_critic_warmup_iterations_train_only_the_critic(tiny_config, monkeypatch):
+    """``critic_warmup_steps=2``: iterations 1 and 2 leave the policy alone, 3 trains it."""
+    trained = []
+    original = update.Updater.policy_update
+
+    def spy(self, batch, pre, mb, eps, step, stats):
+        trained.append(step)
+        return original(self, batch, pre, mb, eps, step, stats)
+
+    monkeypatch.setattr(update.Updater, "policy_update", spy)
+    train(tiny_config("algorithm=ppo", "steps=3", "critic_warmup_steps=2", "eval_every=100"))
+    assert sorted(set(trained)) == [3]
+
+
+def test_paper_kl_lambda_schedule_by_hand():
+    from remix_rft.algorithm import PAPER_KL_LAMBDA_SCHEDULE as paper
+
+    values = {t: paper(t) for t in (1, 50, 59, 60, 69, 70, 95, 100, 500)}
+    expected = {1: 1.0, 50: 1.0, 59: 1.0, 60: 0.9, 69: 0.9, 70: 0.8, 95: 0.6, 100: 0.5, 500: 0.5}
+    assert values == pytest.approx(expected)
+    assert [t for t, _ in paper.breakpoints(200)] == [1, 60, 70, 80, 90, 100]
+
+
+def test_step_down_schedule_floors_at_kl_lambda_and_reaches_the_loss(tiny_config):
+    cfg = tiny_config("algorithm=remix-grpo", "kl_coef=0.01", "kl_lambda_schedule=step-down",
+                      "kl_lambda_hold_steps=1", "kl_lambda_every=1", "kl_lambda_decrement=0.25",
+                      "kl_lambda=0.6", "steps=3", "eval_every=100")  # fmt: skip
+    assert [cfg.kl_lambda_at(t) for t in (1, 2, 3, 4)] == pytest.approx([1.0, 0.75, 0.6, 0.6])
+    assert cfg.needs_reference  # λ starts at 1: π_base is needed even if the floor were 0
+    train(cfg)
+    rows = rows_of(cfg)[1:]
+    assert [r["kl/lambda"] for r in rows] == pytest.approx([1.0, 0.75, 0.6])
+
+
+def test_constant_schedule_is_kl_lambda(tiny_config):
+    cfg = tiny_config("kl_lambda=0.3")
+    assert cfg.kl_lambda_at(1) == cfg.kl_lambda_at(10**6) == 0.3
+
+
+def test_bad_schedule_names_the_key(tiny_config):
+    with pytest.raises(ConfigError, match="kl_lambda_schedule"):
+        tiny_config("kl_lambda_schedule=linear")
+
+
+def test_eval_every_rollouts_evaluates_on_the_rollout_grid(tiny_config):
+    # 16 rollouts per iteration, a multiple of 40 crossed at iterations 3 (48), 5 (80), 8 (128)
+    cfg = tiny_config("steps=9", "eval_every_rollouts=40", "save_every=100")
+    assert [t for t in range(1, 10) if cfg.is_eval_step(t, (16 * (t - 1), 16 * t))] == [3, 5, 8, 9]
+    train(cfg)
+    evaluated = [r["step"] for r in rows_of(cfg) if "eval/accuracy" in r]
+    assert evaluated == [0, 3, 5, 8, 9]  # the base model, the grid, the last iteration

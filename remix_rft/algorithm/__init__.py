@@ -20,7 +20,14 @@ from remix_rft.algorithm.correction import (
     RolloutCorrection,
     rollout_correction,
 )
-from remix_rft.algorithm.kl import KL_ESTIMATORS, kl_convex, kl_estimate
+from remix_rft.algorithm.kl import (
+    KL_ESTIMATORS,
+    KL_LAMBDA_SCHEDULES,
+    PAPER_KL_LAMBDA_SCHEDULE,
+    StepDownSchedule,
+    kl_convex,
+    kl_estimate,
+)
 from remix_rft.algorithm.losses import (
     CLIP_CENTRES,
     PolicyLossOutput,
@@ -67,6 +74,9 @@ __all__ = [
     "gae_advantages",
     "grpo_advantages",
     "gspo_policy_loss",
+    "KL_LAMBDA_SCHEDULES",
+    "PAPER_KL_LAMBDA_SCHEDULE",
+    "StepDownSchedule",
     "kl_convex",
     "kl_estimate",
     "mask_truncated",

@@ -5,7 +5,7 @@ Two kinds, told apart by ``AdvantageEstimator.uses_critic``:
 
 * per response (``grpo``, ``rloo``): ``fn(rewards, group_size, **options) -> [N]`` on a flat
   tensor of consecutive groups of ``group_size`` responses to one prompt; computed when
-  the samples are generated and kept with them when they are reused (DESIGN §3.1);
+  the samples are generated and kept with them when they are reused (docs/design.md §2.2);
 * per token from a critic (``gae``): ``fn(token_rewards, values, mask, **options) ->
   (advantages, returns)``, recomputed with the current critic for every training batch.
 

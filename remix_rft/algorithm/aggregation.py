@@ -1,4 +1,4 @@
-"""Loss aggregation (DESIGN §3.5): how per-token losses become one number.
+"""Loss aggregation (docs/design.md §2.6): how per-token losses become one number.
 
 Under data parallelism or gradient accumulation, pass the token / sequence count
 of the whole (global) minibatch as the denominator so that every shard computes

@@ -1,8 +1,9 @@
-"""KL estimators and the KL-Convex constraint (DESIGN §3.3)."""
+"""KL estimators and the KL-Convex constraint (docs/design.md §2.5)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -62,3 +63,38 @@ def kl_convex(
     return lam * kl_estimate(logprob, base_logprob, kind) + (1.0 - lam) * kl_estimate(
         logprob, precedent_logprob, kind
     )
+
+
+# ---- the KL-Convex λ over the run ---------------------------------------------------
+@dataclass(frozen=True)
+class StepDownSchedule:
+    """λ(t) = max(floor, start − decrement·⌊max(t − hold, 0) / every⌋) at iteration t.
+
+    The ReMix paper's schedule ("paper"): λ = 1 up to iteration 50, then 0.1 lower every 10
+    iterations down to 0.5 — λ(59) = 1.0, λ(60) = 0.9, ..., λ(100) = 0.5 onwards. Early on the
+    base KL holds the policy near π_base; later the precedent term takes a growing share, so
+    the trust region follows the policy instead of pinning it to the start.
+    """
+
+    start: float = 1.0
+    hold: int = 50
+    every: int = 10
+    decrement: float = 0.1
+    floor: float = 0.5
+
+    def __call__(self, step: int) -> float:
+        drops = max(step - self.hold, 0) // self.every
+        return max(self.floor, self.start - self.decrement * drops)
+
+    def breakpoints(self, last_step: int) -> list[tuple[int, float]]:
+        """(first iteration, λ) of every constant piece up to ``last_step``, for ``--dry-run``."""
+        points: list[tuple[int, float]] = [(1, self(1))]
+        step = self.hold + self.every
+        while step <= last_step and points[-1][1] > self.floor:
+            points.append((step, self(step)))
+            step += self.every
+        return points
+
+
+PAPER_KL_LAMBDA_SCHEDULE = StepDownSchedule()
+KL_LAMBDA_SCHEDULES = ("constant", "step-down", "paper")

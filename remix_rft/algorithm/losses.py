@@ -1,4 +1,4 @@
-"""Mix-policy proximal policy gradient (DESIGN §3.2) and the clipped value loss.
+"""Mix-policy proximal policy gradient (docs/design.md §2.3) and the clipped value loss.
 
 Per token, with r = π_θ/μ (μ the behaviour policy that generated the token) and
 the clip centre c = π_k/μ (π_k the policy at the start of the iteration)::

@@ -1,4 +1,4 @@
-"""The whole policy objective of one micro-batch, in one pure function (DESIGN §3.2-3.3)::
+"""The whole policy objective of one micro-batch, in one pure function (docs/design.md §2.7)::
 
     loss = policy_loss + β·agg(KL-Convex) − entropy_coef·agg(H(π_θ))
 

@@ -1,6 +1,6 @@
 """`remix compare`: rollouts and wall-clock to a target accuracy, side by side.
 
-The measurement follows DESIGN.md §7: the target T defaults to the plateau
+The measurement follows docs/design.md §5: the target T defaults to the plateau
 accuracy (mean of the last three evaluations) of the first run given, and a
 run *reaches* T at the first evaluation i where the mean of evaluations i-1 and
 i is at least T. Rollouts and wall-clock are read at evaluation i.

@@ -1,1 +1,1 @@
-"""Trainer: the iteration loop of DESIGN §2, its configuration, checkpoints and metrics."""
+"""Trainer: the iteration loop of docs/design.md §1, its configuration, checkpoints and metrics."""

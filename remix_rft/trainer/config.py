@@ -21,6 +21,11 @@ import yaml
 
 from remix_rft.algorithm.advantages import ADVANTAGE_ESTIMATORS
 from remix_rft.algorithm.correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTIONS
+from remix_rft.algorithm.kl import (
+    KL_LAMBDA_SCHEDULES,
+    PAPER_KL_LAMBDA_SCHEDULE,
+    StepDownSchedule,
+)
 from remix_rft.algorithm.policy_losses import POLICY_LOSSES
 from remix_rft.data.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX, is_builtin
 from remix_rft.reward_pool import RewardError, is_file_spec, parse_reward_spec
@@ -137,6 +142,15 @@ class TrainConfig:
     kl_coef: float = 0.0  # β
     kl_estimator: str = "k3"
     kl_lambda: float = 1.0  # KL-Convex λ: 1 = base KL only, 0 = precedent KL only
+    # λ over the run (algorithm/kl.py StepDownSchedule): constant (kl_lambda throughout),
+    # step-down (kl_lambda_start held kl_lambda_hold_steps iterations, then lowered by
+    # kl_lambda_decrement every kl_lambda_every iterations down to kl_lambda), or paper
+    # (the ReMix paper's: 1 up to iteration 50, then -0.1 every 10 down to 0.5)
+    kl_lambda_schedule: str = "constant"
+    kl_lambda_start: float = 1.0
+    kl_lambda_hold_steps: int = 50
+    kl_lambda_every: int = 10
+    kl_lambda_decrement: float = 0.1
     entropy_coef: float = 0.0  # entropy bonus: loss − entropy_coef · H(π_θ) on response tokens
     # policy loss by name (algorithm/policy_losses.py): mix-ppg (PPO/GRPO's clip, Mix-PPG's
     # clip centre π_k/μ for reused data), gspo (sequence-level ratio), cispo (clipped IS
@@ -179,7 +193,7 @@ class TrainConfig:
     offpolicy_clip_eps_high: float = -1.0
     reincarnation_step: int = 0  # iteration of policy reincarnation (0: never)
     reincarnation_patience: int = 0  # or: after this many evaluations without improvement
-    # After reincarnation the run is on-policy GRPO/PPO from the new base (DESIGN §3.4), with
+    # After reincarnation the run is on-policy GRPO/PPO from the new base (docs/design.md §2.12), with
     # the on-policy method's own settings: 0 (-1 for the KL coefficient) keeps the value above.
     post_reincarnation_prompts_per_step: int = 0
     post_reincarnation_group_size: int = 0
@@ -190,6 +204,9 @@ class TrainConfig:
 
     # evaluation, logging, checkpoints
     eval_every: int = 10
+    # evaluate when `rollouts` crosses each multiple of this (0: every eval_every iterations
+    # instead), so runs with different batch sizes share one x-axis grid
+    eval_every_rollouts: int = 0
     eval_problems: int = 200
     eval_batch_size: int = 200
     eval_max_new_tokens: int = 0  # 0: max_new_tokens
@@ -253,12 +270,12 @@ class TrainConfig:
     @property
     def uses_base_kl(self) -> bool:
         """The loss has a KL(π_θ ‖ π_base) term."""
-        return self.kl_coef > 0 and self.kl_lambda > 0
+        return self.kl_coef > 0 and self.kl_lambda_max > 0
 
     @property
     def needs_reference(self) -> bool:
         """Whether anything uses π_base: the loss, or the ``kl/base`` diagnostic."""
-        post_kl = self.post_reincarnation_kl_coef > 0 and self.kl_lambda > 0
+        post_kl = self.post_reincarnation_kl_coef > 0 and self.kl_lambda_max > 0
         return self.uses_base_kl or post_kl or self.log_kl_base
 
     def fresh_batch_size(self) -> int:
@@ -299,10 +316,39 @@ class TrainConfig:
         """Generation rounds per iteration: more than one only with dynamic sampling."""
         return self.max_generation_rounds if self.dynamic_sampling else 1
 
-    def is_eval_step(self, step: int) -> bool:
+    def is_eval_step(self, step: int, rollouts: tuple[int, int] = (0, 0)) -> bool:
         """Iterations that end with an evaluation (and log kl/base when asked): every
-        ``eval_every`` and the last."""
-        return step % self.eval_every == 0 or step == self.steps
+        ``eval_every``, or those whose ``rollouts`` (before, after the iteration) crossed a
+        multiple of ``eval_every_rollouts``; and the last."""
+        if step == self.steps:
+            return True
+        if self.eval_every_rollouts:
+            before, after = rollouts
+            return after // self.eval_every_rollouts > before // self.eval_every_rollouts
+        return step % self.eval_every == 0
+
+    def kl_lambda_schedule_fn(self) -> StepDownSchedule | None:
+        """The λ schedule, or None for a constant ``kl_lambda``."""
+        if self.kl_lambda_schedule == "paper":
+            return PAPER_KL_LAMBDA_SCHEDULE
+        if self.kl_lambda_schedule == "step-down":
+            return StepDownSchedule(
+                start=self.kl_lambda_start, hold=self.kl_lambda_hold_steps,
+                every=self.kl_lambda_every, decrement=self.kl_lambda_decrement,
+                floor=self.kl_lambda,
+            )  # fmt: skip
+        return None
+
+    def kl_lambda_at(self, step: int) -> float:
+        """KL-Convex λ at iteration ``step``."""
+        schedule = self.kl_lambda_schedule_fn()
+        return self.kl_lambda if schedule is None else schedule(step)
+
+    @property
+    def kl_lambda_max(self) -> float:
+        """The largest λ of the run (whether π_base is ever needed)."""
+        schedule = self.kl_lambda_schedule_fn()
+        return self.kl_lambda if schedule is None else max(schedule.start, schedule.floor)
 
     def rollouts_for_steps(self, steps: int) -> int:
         """Responses sampled in ``steps`` iterations, the batch switching at a fixed
@@ -413,6 +459,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _one_of(cfg, "rollout_correction", ROLLOUT_CORRECTIONS)
     _one_of(cfg, "rollout_correction_level", ROLLOUT_CORRECTION_LEVELS)
     _validate_practitioner_keys(cfg)
+    _validate_kl_lambda_schedule(cfg)
     _one_of(cfg, "weight_transport", _transport_names())
     _check(cfg.eval_temperature >= 0, "eval_temperature", ">= 0 (0: greedy)", cfg.eval_temperature)
     _check(0 < cfg.eval_top_p <= 1, "eval_top_p", "in (0, 1]", cfg.eval_top_p)
@@ -601,6 +648,15 @@ def _validate_practitioner_keys(cfg: TrainConfig) -> None:
         f"<= max_new_tokens ({cfg.max_new_tokens})",
         cfg.overlong_buffer_tokens,
     )
+
+
+def _validate_kl_lambda_schedule(cfg: TrainConfig) -> None:
+    _one_of(cfg, "kl_lambda_schedule", KL_LAMBDA_SCHEDULES)
+    _check(0 <= cfg.kl_lambda_start <= 1, "kl_lambda_start", "in [0, 1]", cfg.kl_lambda_start)
+    _check(cfg.kl_lambda_every >= 1, "kl_lambda_every", ">= 1", cfg.kl_lambda_every)
+    _check(cfg.kl_lambda_hold_steps >= 0, "kl_lambda_hold_steps", ">= 0", cfg.kl_lambda_hold_steps)
+    _check(cfg.kl_lambda_decrement >= 0, "kl_lambda_decrement", ">= 0", cfg.kl_lambda_decrement)
+    _check(cfg.eval_every_rollouts >= 0, "eval_every_rollouts", ">= 0", cfg.eval_every_rollouts)
 
 
 def _transport_names() -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The training loop (docs/design.md, "One iteration") — top to bottom, for GRPO, PPO, ReMix.
+"""The training loop (docs/design.md §1) — top to bottom, for GRPO, PPO, ReMix.
 
     producer: prompts → engine (π ≤ η versions old) → scores → advantages → fresh samples
     learner:  mixed batch (fresh + replay) → log π_k, log π_base, values → U updates →
@@ -79,6 +79,7 @@ class Trainer:
         self.engine_stale = True  # a copy-holding engine loaded the model file, not ours
         self.producer = Producer(cfg, self.task, self.train_problems, self.prompt_text)
         self.rollouts: RolloutSource | None = None  # started at the first iteration
+        self.rollout_span = (0, 0)  # `rollouts` before and after the current iteration
         trackers = open_trackers(cfg.report_to, run_dir, cfg.name, cfg.to_dict())
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", trackers)
         if self.dist.enabled:  # ranks sample different responses; only rank 0 writes
@@ -202,7 +203,7 @@ class Trainer:
         return self.cfg.phase(self.state.reincarnated)
 
     def evaluates_at(self, step: int) -> bool:
-        return bool(self.eval_problems) and self.cfg.is_eval_step(step)
+        return bool(self.eval_problems) and self.cfg.is_eval_step(step, self.rollout_span)
 
     # ---- one iteration, phase by phase -------------------------------------------------
     def mixed_batch(self, fresh: list[Sample], step: int) -> list[Sample]:
@@ -213,7 +214,9 @@ class Trainer:
 
     def precompute(self, batch: TrainBatch, step: int) -> Precomputed:
         """Quantities fixed for the whole iteration: μ, log π_k, log π_base, values."""
-        return self.updater.precompute(batch, step, evaluating=self.cfg.is_eval_step(step))
+        return self.updater.precompute(
+            batch, step, evaluating=self.cfg.is_eval_step(step, self.rollout_span)
+        )
 
     def update(self, batch: TrainBatch, pre: Precomputed, step: int) -> StepStats:
         return self.updater.update(batch, pre, step)
@@ -228,12 +231,14 @@ class Trainer:
         started = time.perf_counter()
         rollout = self.source().next(step, self.phase())
         fresh, c = rollout.samples, self.counters
-        c.step = step
+        before = c.rollouts
         c.rollouts += self.dist.sum_int(rollout.generated)  # dropped groups count too
+        self.rollout_span = (before, c.rollouts)  # eval_every_rollouts: a multiple crossed?
         c.tokens += self.dist.sum_int(rollout.num_tokens)
         if not fresh:  # dynamic sampling found no group with signal: nothing to learn from
             log.warning("step %d: every generated group was uniform; no update", step)
             self.publish(step, changed=False)  # the version advances, the weights do not
+            c.step = step
             return self.dist.reduce_row(self.generation_row(step, rollout))
         batch = collate(self.mixed_batch(fresh, step), self.pad_id)
         pre = self.precompute(batch, step)
@@ -244,6 +249,7 @@ class Trainer:
             s.behavior_logprobs = pre.behavior[i, : s.response_ids.numel()].clone()
         self.buffer.add(fresh)
         self.buffer.evict(step)
+        c.step = step  # after the update: critic warm-up and error messages count from 0
         row = self.step_row(step, rollout, batch, pre, stats)
         row["nonfinite/skipped_updates"] = c.skipped_updates - skipped_before
         row["time/step_s"] = time.perf_counter() - started
@@ -270,6 +276,7 @@ class Trainer:
             "async/staleness_mean": sum(staleness) / len(staleness),
             "async/staleness_max": max(staleness),
             "lr": self.scheduler.get_last_lr()[0],
+            "kl/lambda": self.cfg.kl_lambda_at(step),
             **pre.mismatch,
             **stats.means(),
         }

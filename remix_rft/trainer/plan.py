@@ -45,7 +45,8 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f"UTD ratio      {cfg.updates_per_step()} optimizer updates per step "
         f"(minibatch {cfg.minibatch_size}, epochs {cfg.epochs}); "
         f"{cfg.planned_updates()} in the run (the {cfg.lr_schedule} lr schedule's length)",
-        f"KL             beta {cfg.kl_coef}, lambda {cfg.kl_lambda}, estimator {cfg.kl_estimator}",
+        f"KL             beta {cfg.kl_coef}, lambda {_lambda_text(cfg)}, "
+        f"estimator {cfg.kl_estimator}",
         f"reincarnation  {cfg.reincarnation_step or 'never'}"
         + (
             f" (or after {cfg.reincarnation_patience} evaluations without gain)"
@@ -54,7 +55,8 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         ),
         f"budget         {budget} rollouts ({budget / 1e6:.3f}M), "
         f"<= {budget * cfg.max_new_tokens / 1e6:.1f}M generated tokens",
-        f"evaluation     every {cfg.eval_every} steps on {min(cfg.eval_problems, n_eval)} held-out problems",
+        f"evaluation     every {_eval_interval(cfg)} on {min(cfg.eval_problems, n_eval)} "
+        "held-out problems",
     ]
     if cfg.reincarnates:
         lines.insert(-2, _post_reincarnation_line(cfg))
@@ -80,3 +82,22 @@ def print_plan(cfg: TrainConfig) -> int:
     print("\n".join(lines))
     print("dry run: config and data are valid; nothing was trained")
     return 0
+
+
+def _lambda_text(cfg: TrainConfig) -> str:
+    """``0.5``, or the schedule's pieces: ``1.0 (steps 1-59), 0.9 (60-69), ...``."""
+    schedule = cfg.kl_lambda_schedule_fn()
+    if schedule is None:
+        return str(cfg.kl_lambda)
+    points = schedule.breakpoints(cfg.steps)
+    pieces = []
+    for i, (first, value) in enumerate(points):
+        last = points[i + 1][0] - 1 if i + 1 < len(points) else cfg.steps
+        pieces.append(f"{value:g} (steps {first}-{last})")
+    return f"{cfg.kl_lambda_schedule} schedule: " + ", ".join(pieces)
+
+
+def _eval_interval(cfg: TrainConfig) -> str:
+    if cfg.eval_every_rollouts:
+        return f"{cfg.eval_every_rollouts} rollouts"
+    return f"{cfg.eval_every} steps"

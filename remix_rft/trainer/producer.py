@@ -223,7 +223,7 @@ class Producer:
         reward_t = torch.tensor(rewards, dtype=torch.float32)
         if self.estimator.uses_critic:  # per token, from the current critic at every batch
             return torch.zeros_like(reward_t)
-        # per response, kept with the sample when it is reused (docs/design.md §Advantages)
+        # per response, kept with the sample when it is reused (docs/design.md §2.2)
         return self.estimator.fn(reward_t, group_size, scale_by_std=self.cfg.scale_adv_by_std)
 
 

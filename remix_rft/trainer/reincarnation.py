@@ -1,4 +1,4 @@
-"""Policy reincarnation (docs/design.md, "Policy reincarnation"): all of it lives here.
+"""Policy reincarnation (docs/design.md §1.5, §2.12): all of it lives here.
 
 At the reincarnation iteration the mix-policy model becomes the new base
 (π_base ← π_θ), the replay buffer is emptied and training goes on on-policy with the

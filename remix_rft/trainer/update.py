@@ -125,11 +125,11 @@ class Updater:
         local_minibatch = self.dist.local_minibatch(self.phase().minibatch_size)
         return self.trains_policy() and self.phase().epochs == 1 and batch_size <= local_minibatch
 
-    def uses_base(self, evaluating: bool) -> bool:
+    def uses_base(self, step: int, evaluating: bool) -> bool:
         """log π_base is needed by the KL term; the ``kl/base`` diagnostic (eval steps) only
         when asked for (``log_kl_base``): it is a third of the no-grad compute on real models."""
         cfg = self.cfg
-        if self.phase().kl_coef > 0 and cfg.kl_lambda > 0:
+        if self.phase().kl_coef > 0 and cfg.kl_lambda_at(step) > 0:
             return True
         return cfg.log_kl_base and evaluating
 
@@ -142,7 +142,7 @@ class Updater:
             precedent = batched_no_grad(
                 response_logprobs, state.policy, batch, self.micro(), **logprobs
             )
-        if self.uses_base(evaluating):
+        if self.uses_base(step, evaluating):
             base = batched_no_grad(
                 response_logprobs, state.reference, batch, self.micro(), **logprobs
             )
@@ -269,7 +269,7 @@ class Updater:
                 norm_length=cfg.norm_length or cfg.max_new_tokens,
                 clip_ratio_c=cfg.clip_ratio_c or None,
                 weights=pre.weights[idx] if pre.weights is not None else None,
-                kl_coef=self.phase().kl_coef, kl_lambda=cfg.kl_lambda,
+                kl_coef=self.phase().kl_coef, kl_lambda=cfg.kl_lambda_at(step),
                 kl_estimator=cfg.kl_estimator, base_logprob=base, entropy=token.entropy,
                 entropy_coef=cfg.entropy_coef,
             )  # fmt: skip

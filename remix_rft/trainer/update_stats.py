@@ -1,5 +1,5 @@
 """Statistics of an iteration's updates: importance ratios, clipping, KL and entropy,
-overall and by data age — the off-policyness diagnostics of docs/design.md.
+overall and by data age — the off-policyness diagnostics of docs/design.md §2.1.
 
 A row's age is how many learner iterations older than π_k its generating policy is:
 ``(step − 1) − policy_version``. Synchronous fresh rows are age 0, a row replayed from
