@@ -26,6 +26,8 @@ def _train_command(args: argparse.Namespace) -> int:
     )
     from remix_rft.trainer.loop import NonFiniteTrainingError, resume, train
 
+    if args.help_config:
+        return _print_config_help()
     try:
         if args.resume:
             run_dir = Path(args.resume)
@@ -88,7 +90,21 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="validate config, data and tokenizer; print the plan"
     )
+    p.add_argument(
+        "--help-config", action="store_true",
+        help="print every config key, by section, with its type, default and help",
+    )  # fmt: skip
     p.set_defaults(func=_train_command)
+
+
+def _print_config_help() -> int:
+    from remix_rft.trainer.config import TrainConfig
+    from remix_rft.trainer.config_sections import help_lines
+
+    print("Config keys: flat (lr: 1e-5) or in their section (optim: {lr: 1e-5}); key=value")
+    print("overrides take either spelling (optim.lr=1e-5).\n")
+    print("\n".join(help_lines(TrainConfig, TrainConfig())))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,6 +73,42 @@ def test_every_shipped_config_is_valid():
         load_config(path)
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_in_the_sectioned_form_too(path):
+    import dataclasses
+
+    from remix_rft.trainer.config import TrainConfig, build_config, read_yaml
+    from remix_rft.trainer.config_sections import sectioned
+
+    flat = read_yaml(path)
+    nested = sectioned(flat, TrainConfig)
+    assert set(nested) & {"rollout", "optim", "loss", "eval"}  # really regrouped
+    assert dataclasses.asdict(build_config(nested)) == dataclasses.asdict(load_config(path))
+
+
+def test_sectioned_overrides_and_unknown_section_keys():
+    cfg = load_config(None, ["algorithm=remix-grpo", "rollout.mode=async", "optim.lr=3e-5",
+                             "remix.reincarnation_step=5", "post_reincarnation.lr=1e-4",
+                             "vllm.gpu_memory_utilization=0.3"])  # fmt: skip
+    assert (cfg.rollout_mode, cfg.lr, cfg.post_reincarnation_lr) == ("async", 3e-5, 1e-4)
+    assert cfg.vllm_gpu_memory_utilization == 0.3
+    with pytest.raises(ConfigError, match="'rollout.bogus'.*max_staleness"):
+        load_config(None, ["rollout.bogus=1"])
+
+
+def test_help_config_lists_every_key_with_its_help(capsys):
+    import dataclasses
+
+    from remix_rft.trainer.config import TrainConfig
+
+    assert main(["train", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    for field in dataclasses.fields(TrainConfig):
+        assert f" {field.name}:" in out or f"(flat: {field.name})" in out or field.name == "task"
+    assert "mode  (flat: rollout_mode): str = 'sync'" in out
+    assert "max_staleness" in out and "policy versions" in out  # the field's own comment
+
+
 def test_advantage_estimator_defaults_to_the_algorithm_and_is_a_key():
     assert load_config(None, ["algorithm=remix-grpo"]).estimator == "grpo"
     ppo = load_config(None, ["algorithm=remix-ppo"])

@@ -29,6 +29,7 @@ from remix_rft.algorithm.kl import (
 from remix_rft.algorithm.policy_losses import POLICY_LOSSES
 from remix_rft.data.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX, is_builtin
 from remix_rft.reward_pool import RewardError, is_file_spec, parse_reward_spec
+from remix_rft.trainer.config_sections import flat_key, flatten, section_table
 from remix_rft.trainer.trackers import TRACKERS, TrackerError, check_installed
 
 log = logging.getLogger(__name__)
@@ -836,10 +837,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def build_config(data: dict[str, Any], overrides: dict[str, str] | None = None) -> TrainConfig:
     cfg = TrainConfig()
-    for key, value in data.items():
+    table = section_table(TrainConfig)  # the sectioned spelling (rollout.mode, ...) too
+    for key, value in flatten(data, TrainConfig, ConfigError).items():
         _apply(cfg, str(key), value)
     for key, value in (overrides or {}).items():
-        _apply(cfg, key, value)
+        _apply(cfg, flat_key(key, table, ConfigError), value)
     return validate(cfg)
 
 
