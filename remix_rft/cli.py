@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,44 @@ EXIT_USAGE = 2
 
 
 def _train_command(args: argparse.Namespace) -> int:
-    from remix_rft.engines.rollout import EngineError
+    from remix_rft.trainer.preemption import (  # imports nothing heavy
+        PREEMPTED_EXIT_CODE,
+        PreemptionHandler,
+        validate_signal_names,
+    )
+
+    # A preemption notice is recorded, not fatal, from the first moment: the imports and the
+    # config take seconds (torch), and a notice then must still end in a clean exit 75.
+    with PreemptionHandler() as early:
+        if args.startup_signal:  # while main() built the parser
+            early.requested, early.signal_name = True, args.startup_signal
+        parsed = _train_config(args)
+    early_signal = signal.Signals[early.signal_name] if early.signal_name else None
+    if isinstance(parsed, int) or args.dry_run:
+        if early_signal is not None:  # nothing to checkpoint: what the signal would have done
+            signal.raise_signal(early_signal)
+        if isinstance(parsed, int):
+            return parsed
+        from remix_rft.trainer.plan import print_plan
+
+        return print_plan(parsed)
+    cfg = parsed
+    handled = validate_signal_names(cfg.preempt_signals)
+    if early_signal is not None and early_signal not in handled:
+        signal.raise_signal(early_signal)  # this run's config does not treat it as preemption
+    with PreemptionHandler(cfg.preempt_signals) as preemption:  # train/resume nest theirs here
+        if early_signal is not None:
+            preemption.requested, preemption.signal_name = True, early_signal.name
+        code = _train_run(args, cfg)
+    if code == PREEMPTED_EXIT_CODE:
+        for sig in handled:  # a repeated notice must not turn 75 into 143 while we exit
+            signal.signal(sig, signal.SIG_IGN)
+    return code
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    """The run's config, or the exit status when there is none to train with."""
+    from remix_rft.trainer import loop  # noqa: F401  (torch, transformers: the slow imports)
     from remix_rft.trainer.config import (
         ConfigError,
         build_config,
@@ -24,7 +62,6 @@ def _train_command(args: argparse.Namespace) -> int:
         parse_overrides,
         read_yaml,
     )
-    from remix_rft.trainer.loop import NonFiniteTrainingError, resume, train
 
     if args.help_config:
         return _print_config_help()
@@ -34,21 +71,24 @@ def _train_command(args: argparse.Namespace) -> int:
             if not (run_dir / "config.yaml").is_file():
                 raise ConfigError(f"--resume: {run_dir} holds no config.yaml (not a run directory)")
             overrides = parse_overrides(([args.config] if args.config else []) + args.overrides)
-            cfg = build_config(read_yaml(run_dir / "config.yaml"), overrides)
-        else:
-            if not args.config:
-                raise ConfigError(
-                    "give a CONFIG.yaml (e.g. configs/tiny-grpo.yaml) or --resume RUN_DIR"
-                )
-            cfg = load_config(args.config, args.overrides)
+            return build_config(read_yaml(run_dir / "config.yaml"), overrides)
+        if not args.config:
+            raise ConfigError(
+                "give a CONFIG.yaml (e.g. configs/tiny-grpo.yaml) or --resume RUN_DIR"
+            )
+        return load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"remix train: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    if args.dry_run:
-        from remix_rft.trainer.plan import print_plan
 
-        return print_plan(cfg)
+
+def _train_run(args: argparse.Namespace, cfg: Any) -> int:
     from remix_rft.engines.distributed import shutdown
+    from remix_rft.engines.rollout import EngineError
+    from remix_rft.trainer.checkpoint import CheckpointWriteError
+    from remix_rft.trainer.loop import NonFiniteTrainingError, resume, train
+    from remix_rft.trainer.metrics import MetricsWriteError
+    from remix_rft.trainer.preemption import PREEMPTED_EXIT_CODE, resume_hint
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 shows progress
     progress = TrainProgress(cfg.steps, 0, cfg.name) if main_rank else None
@@ -57,6 +97,13 @@ def _train_command(args: argparse.Namespace) -> int:
             summary = resume(Path(args.resume), cfg, on_step=progress)
         else:
             summary = train(cfg, on_step=progress)
+    except (CheckpointWriteError, MetricsWriteError) as err:
+        # a full disk or a failing device: the previous checkpoint and metrics.jsonl are valid
+        if progress is not None:
+            progress.close()
+        print(f"remix train: error: {err}", file=sys.stderr)
+        shutdown()
+        return 1
     except (
         FileNotFoundError,
         FileExistsError,
@@ -70,9 +117,16 @@ def _train_command(args: argparse.Namespace) -> int:
         shutdown()
         return 1 if isinstance(err, NonFiniteTrainingError) else EXIT_USAGE
     shutdown()
+    if progress is not None:
+        progress.close()
+    if summary.get("preempted"):  # checkpointed at this step; the scheduler may requeue on 75
+        if main_rank:
+            run_dir = Path(args.resume) if args.resume else cfg.resolved_out_dir()
+            hint = resume_hint(run_dir, summary["steps"] or None)
+            print(f"remix train: {hint}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     if progress is None:
         return 0
-    progress.close()
     print(
         f"{summary['algorithm']}: held-out accuracy {fmt(summary['base_eval_accuracy'])} -> "
         f"{fmt(summary['final_eval_accuracy'])} after {summary['steps']} steps, "
@@ -147,8 +201,16 @@ def _quiet_library_progress() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(_normalise_argv(argv))
+    from remix_rft.trainer.preemption import PreemptionHandler
+
+    # Building the parser imports torch (seconds): a preemption notice meanwhile is held for
+    # `remix train` (which then exits 75) and re-raised for the other commands.
+    with PreemptionHandler() as startup:
+        parser = build_parser()
+        args = parser.parse_args(_normalise_argv(argv))
+    args.startup_signal = startup.signal_name
+    if startup.signal_name and getattr(args, "func", None) is not _train_command:
+        signal.raise_signal(signal.Signals[startup.signal_name])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -256,6 +256,21 @@ def test_eio_while_a_model_is_saved_names_the_errno(tmp_path):
     assert sent.errno == errno.EIO and str(sent) == str(info.value)
 
 
+def test_enospc_inside_torch_save_is_not_masked_by_its_zip_writer(tmp_path, monkeypatch):
+    """A write failing while torch.save is still writing (state > the 1 MiB buffer) makes the
+    zip writer raise its own RuntimeError ("unexpected pos") on close; the ENOSPC behind it is
+    what is reported (found in the exception chain), as for a failure at the final flush."""
+    save(tmp_path, 1)
+    with monkeypatch.context() as m:
+        _fail_write_number(m, 0, errno.ENOSPC)
+        with pytest.raises(ckpt.CheckpointWriteError, match="ENOSPC") as info:
+            ckpt.save_checkpoint(
+                tmp_path, 2, {"policy": FakeModel()}, {"big": torch.zeros(3 << 18)}, keep=5
+            )
+    assert "step_000001 is intact" in str(info.value) and info.value.errno == errno.ENOSPC
+    assert pointer(tmp_path) == "step_000001" and leftovers(tmp_path) == []
+
+
 def test_safetensors_style_error_counts_as_a_write_failure(tmp_path):
     """safetensors reports a full disk as its own (non-OSError) type, errno in the message."""
 
@@ -321,6 +336,27 @@ def test_sigterm_sets_the_flag_and_the_handler_is_restored():
         _wait_for(lambda: len(handler.received) == 2)
         assert handler.signal_name == "SIGTERM" and handler.received == ["SIGTERM", "SIGUSR1"]
     assert signal.getsignal(signal.SIGTERM) is before and not handler.active
+
+
+def test_nested_handlers_share_a_request_both_ways():
+    """The trainer holds one over startup and shutdown, the loop its own inside it."""
+    before = signal.getsignal(signal.SIGTERM)
+    with PreemptionHandler() as outer:
+        os.kill(os.getpid(), signal.SIGUSR1)  # during startup
+        _wait_for(lambda: outer.requested)
+        with PreemptionHandler() as inner:
+            assert inner.requested and inner.signal_name == "SIGUSR1"
+    assert signal.getsignal(signal.SIGTERM) is before
+    with PreemptionHandler() as outer:
+        with PreemptionHandler() as inner:
+            os.kill(os.getpid(), signal.SIGTERM)  # during the loop
+            _wait_for(lambda: inner.requested)
+        assert signal.getsignal(signal.SIGTERM) == outer._handle  # the outer one again
+        assert outer.requested and outer.signal_name == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGTERM)  # during shutdown: recorded, nothing else
+        _wait_for(lambda: outer.received)
+        assert outer.received == ["SIGTERM"]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_signal_names_are_validated():

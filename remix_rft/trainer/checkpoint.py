@@ -243,14 +243,21 @@ def latest_pointer(run_dir: Path) -> Path | None:
 
 def _io_failure(exc: BaseException) -> OSError | None:
     """The OSError behind an I/O failure, else None. safetensors (Rust) reports a full disk as
-    its own exception type whose message carries the errno ("... (os error 28)")."""
-    if isinstance(exc, OSError):
-        return exc
-    match = re.search(r"os error (\d+)", str(exc))
-    if match is None:
-        return None
-    code = int(match.group(1))
-    return OSError(code, os.strerror(code))
+    its own exception type whose message carries the errno ("... (os error 28)"); torch.save,
+    when a write fails inside it, raises a RuntimeError of its zip writer ("unexpected pos")
+    while closing the archive, with the OSError as its context: the chain is searched."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError):
+            return cause
+        match = re.search(r"os error (\d+)", str(cause))
+        if match is not None:
+            code = int(match.group(1))
+            return OSError(code, os.strerror(code))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _write_error(tmp: Path, failure: OSError, previous: Path | None) -> CheckpointWriteError:

@@ -217,6 +217,11 @@ class TrainConfig:
     eval_samples: int = 1  # responses per held-out problem (avg@k)
     save_every: int = 10
     keep_checkpoints: int = 2
+    # also keep the checkpoint of the best eval accuracy; a new best is then checkpointed
+    # even between save_every steps
+    keep_best_checkpoint: bool = False
+    # signals that mean "finish this update, checkpoint, exit 75" (a scheduler's preemption notice)
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     reflection_words: list[str] = field(default_factory=lambda: list(DEFAULT_REFLECTION_WORDS))
     # experiment trackers besides metrics.jsonl: tensorboard, wandb (optional extras)
     report_to: list[str] = field(default_factory=list)
@@ -461,6 +466,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _one_of(cfg, "rollout_correction_level", ROLLOUT_CORRECTION_LEVELS)
     _validate_practitioner_keys(cfg)
     _validate_kl_lambda_schedule(cfg)
+    from remix_rft.trainer.preemption import validate_signal_names
+
+    try:
+        validate_signal_names(cfg.preempt_signals)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key 'preempt_signals': {err}") from None
     _one_of(cfg, "weight_transport", _transport_names())
     _check(cfg.eval_temperature >= 0, "eval_temperature", ">= 0 (0: greedy)", cfg.eval_temperature)
     _check(0 < cfg.eval_top_p <= 1, "eval_top_p", "in (0, 1]", cfg.eval_top_p)

@@ -13,6 +13,7 @@ the special case η = 0, generated inline (``rollouts.py``). The parts: ``produc
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
 from remix_rft.trainer.metrics import MetricsLog, group_signal
 from remix_rft.trainer.optim import UpdateSchedule, adamw, lr_scheduler
+from remix_rft.trainer.preemption import PreemptionHandler
 from remix_rft.trainer.producer import Producer, PromptFormatter, Rollout, needs_sampling_logprobs
 from remix_rft.trainer.producer_process import ProducerSpec
 from remix_rft.trainer.rollouts import AsyncRollouts, InlineRollouts, RolloutSource
@@ -323,11 +325,13 @@ class Trainer:
         if self.rollouts is not None:  # requests planned with the old phase's batch
             self.rollouts.restart()
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, score: float | None = None) -> None:
+        """Checkpoint ``step``; ``score``: its eval accuracy (None: not evaluated), by which
+        ``keep_best_checkpoint`` keeps the best checkpoint besides the last ``keep_checkpoints``."""
         sampler = self.source().sampler_state()
         saved_state.save(
             self.state, self.run_dir, step, self.dist, keep=self.cfg.keep_checkpoints,
-            sampler=sampler,
+            sampler=sampler, keep_best=self.cfg.keep_best_checkpoint, score=score,
         )  # fmt: skip
 
     def load(self, checkpoint: Path) -> None:
@@ -335,6 +339,8 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------
     def run(self, on_step: StepCallback | None = None) -> dict[str, Any]:
+        """Train to ``cfg.steps``; on a preemption signal (``cfg.preempt_signals``) stop after
+        the current iteration, checkpoint it and return the summary with ``preempted`` set."""
         cfg, c = self.cfg, self.counters
         session_start, wall_before = time.perf_counter(), c.wall_time_s
         self.schedule.total = cfg.planned_updates(c.reincarnated_at)  # a resumed run's phase
@@ -342,38 +348,64 @@ class Trainer:
         def wall() -> float:
             return wall_before + time.perf_counter() - session_start
 
-        self.source()  # an asynchronous producer starts up while the base is evaluated
-        if c.step == 0 and c.base_eval_accuracy is None and self.eval_problems:
-            started = time.perf_counter()
-            accuracy = self.evaluate()
-            c.base_eval_accuracy = accuracy
-            c.record_eval(accuracy)
-            row0 = {"step": 0, "rollouts": 0, "tokens": 0, "eval/accuracy": accuracy,
-                    "time/step_s": time.perf_counter() - started, "time/total_s": wall()}  # fmt: skip
-            self.metrics.append(row0)
-            if on_step:
-                on_step(row0)
-        for step in range(c.step + 1, cfg.steps + 1):
-            row = self.iteration(step)
-            evaluated = self.evaluates_at(step)
-            if evaluated:
-                row["eval/accuracy"] = self.evaluate()
-                c.record_eval(row["eval/accuracy"])
-            if reincarnation.due(cfg, self.state, step, evaluated):
-                self.reincarnate(step)
-                row["reincarnated"] = True
-            c.wall_time_s = wall()
-            row["time/total_s"] = c.wall_time_s
-            self.metrics.append(row)
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                self.save(step)
-            if on_step:
-                on_step(row)
-        self.metrics.close()  # trackers flush and finish
-        summary = self.summary()
-        if self.dist.is_main:
-            atomic_write_json(self.run_dir / "summary.json", summary)
-        return summary
+        # Installed for the whole loop: a signal only sets a flag, polled between iterations,
+        # and a second one during the save that follows is recorded, not acted on.
+        with PreemptionHandler(cfg.preempt_signals) as pre:
+            self.source()  # an asynchronous producer starts up while the base is evaluated
+            # a signal during startup: c.step is the checkpoint just loaded (or 0, nothing done)
+            if c.step < cfg.steps and self.preemption_requested(pre):
+                return self.stop_preempted(pre, c.step)
+            if c.step == 0 and c.base_eval_accuracy is None and self.eval_problems:
+                started = time.perf_counter()
+                accuracy = self.evaluate()
+                c.base_eval_accuracy = accuracy
+                c.record_eval(accuracy)
+                row0 = {"step": 0, "rollouts": 0, "tokens": 0, "eval/accuracy": accuracy,
+                        "time/step_s": time.perf_counter() - started, "time/total_s": wall()}  # fmt: skip
+                self.metrics.append(row0)
+                if on_step:
+                    on_step(row0)
+            for step in range(c.step + 1, cfg.steps + 1):
+                row = self.iteration(step)
+                evaluated = self.evaluates_at(step)
+                if evaluated:
+                    row["eval/accuracy"] = self.evaluate()
+                    c.record_eval(row["eval/accuracy"])
+                if reincarnation.due(cfg, self.state, step, evaluated):
+                    self.reincarnate(step)
+                    row["reincarnated"] = True
+                c.wall_time_s = wall()
+                row["time/total_s"] = c.wall_time_s
+                self.metrics.append(row)
+                new_best = cfg.keep_best_checkpoint and evaluated and c.evals_since_best == 0
+                saved = step % cfg.save_every == 0 or step == cfg.steps or new_best
+                if saved:
+                    self.save(step, score=row.get("eval/accuracy"))
+                if on_step:
+                    on_step(row)
+                if self.preemption_requested(pre) and step < cfg.steps:
+                    if not saved:
+                        self.save(step, score=row.get("eval/accuracy"))
+                    return self.stop_preempted(pre, step)
+            self.metrics.close()  # trackers flush and finish
+            summary = self.summary()
+            if self.dist.is_main:
+                atomic_write_json(self.run_dir / "summary.json", summary)
+            return summary
+
+    def preemption_requested(self, pre: PreemptionHandler) -> bool:
+        """Whether any rank got a preemption signal: every rank stops at the same step."""
+        return self.dist.max(float(pre.requested)) > 0
+
+    def stop_preempted(self, pre: PreemptionHandler, step: int) -> dict[str, Any]:
+        """After the checkpoint of ``step``: flush the trackers, the summary marked preempted."""
+        self.metrics.close()
+        log.warning(
+            "stopped at step %d on %s; checkpoint %s", step,
+            pre.signal_name or "another rank's preemption signal",
+            ckpt.step_dir_name(step) if step else "not needed (nothing trained yet)",
+        )  # fmt: skip
+        return {**self.summary(), "preempted": True, "signal": pre.signal_name}
 
     def close(self) -> None:
         """Stop the producer, then release the rollout engine (last: vLLM's shutdown also
@@ -418,31 +450,42 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, An
     env = distributed.setup(cfg.device)
     ranks.check_config(cfg, env.world_size)
     run_dir = env.on_main(lambda: prepare_run_dir(cfg))  # rank 0 writes; errors reach all ranks
-    trainer = Trainer(cfg, run_dir)
-    try:
-        return trainer.run(on_step)
-    finally:
-        trainer.close()
+    # From here to the end a preemption signal is only recorded: during startup the run stops
+    # before its first iteration, during shutdown a repeated notice cannot cut it short.
+    with PreemptionHandler(cfg.preempt_signals):
+        trainer = Trainer(cfg, run_dir)
+        try:
+            return trainer.run(on_step)
+        finally:
+            trainer.close()
 
 
 def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
-    """Continue a run from its last checkpoint (or from the start if it has none)."""
+    """Continue a run from its newest checkpoint that verifies (or from the start if it has
+    none); a newer one that is incomplete or corrupt is skipped, saying so on stderr."""
     env = distributed.setup(cfg.device)
-    checkpoint = ckpt.latest_checkpoint(run_dir)
+    # Rank 0 hashes the files; every rank gets its choice (or NoValidCheckpointError).
+    choice = env.on_main(lambda: ckpt.resolve_resume_checkpoint(run_dir))
+    note = choice.summary()
+    if note and env.is_main:
+        print(f"remix train: {note}", file=sys.stderr)
+    checkpoint = choice.path
     if checkpoint is not None:  # another world size is refused before any model is loaded
         saved_state.check_resume(checkpoint, env.world_size, env.enabled)
-    trainer = Trainer(cfg, run_dir)
-    try:
-        if checkpoint is not None:
-            trainer.load(checkpoint)
-            if trainer.state.reincarnated:  # the post-reincarnation lr, for older checkpoints too
-                reincarnation.apply_phase_lr(cfg, trainer.state)
-            log.info(
-                "resuming %s from %s (step %d)", run_dir, checkpoint.name, trainer.counters.step
-            )
-        trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
-        if trainer.dist.is_main:
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        return trainer.run(on_step)
-    finally:
-        trainer.close()
+    with PreemptionHandler(cfg.preempt_signals):  # as in train()
+        trainer = Trainer(cfg, run_dir)
+        try:
+            if checkpoint is not None:
+                trainer.load(checkpoint)
+                if trainer.state.reincarnated:  # the post-reincarnation lr, older checkpoints too
+                    reincarnation.apply_phase_lr(cfg, trainer.state)
+                log.info(
+                    "resuming %s from %s (step %d)", run_dir, checkpoint.name,
+                    trainer.counters.step,
+                )  # fmt: skip
+            trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
+            if trainer.dist.is_main:
+                atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+            return trainer.run(on_step)
+        finally:
+            trainer.close()

@@ -18,8 +18,6 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from remix_rft.trainer import checkpoint as ckpt
-
 log = logging.getLogger(__name__)
 
 # 75 is EX_TEMPFAIL of sysexits.h ("temporary failure; the user is invited to retry"). It is
@@ -62,6 +60,10 @@ class PreemptionHandler:
     ``received`` (a scheduler that repeats SIGTERM must not interrupt the save in progress).
     Handlers can only be installed from the main thread; elsewhere this is a no-op with a
     warning. The previous handlers are restored on exit.
+
+    Handlers nest and share a request: an inner one entered while an outer one holds the
+    signals starts ``requested`` if the outer one was, and passes its own request on to the
+    outer one on exit (the trainer holds one over startup and shutdown, the loop its own).
     """
 
     def __init__(self, signals: Iterable[str] = DEFAULT_SIGNALS) -> None:
@@ -71,6 +73,7 @@ class PreemptionHandler:
         self.received: list[str] = []
         self.active = False
         self._previous: dict[signal.Signals, Any] = {}
+        self._outer: PreemptionHandler | None = None
 
     def __enter__(self) -> PreemptionHandler:
         if threading.current_thread() is not threading.main_thread():
@@ -81,7 +84,13 @@ class PreemptionHandler:
             )
             return self
         for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            previous = signal.signal(sig, self._handle)
+            self._previous[sig] = previous
+            outer = getattr(previous, "__self__", None)
+            if isinstance(outer, PreemptionHandler) and outer is not self:
+                self._outer = outer
+        if self._outer is not None and self._outer.requested:
+            self.requested, self.signal_name = True, self._outer.signal_name
         self.active = True
         return self
 
@@ -96,6 +105,9 @@ class PreemptionHandler:
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
         self.active = False
+        outer, self._outer = self._outer, None
+        if outer is not None and self.requested and not outer.requested:
+            outer.requested, outer.signal_name = True, self.signal_name
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -112,6 +124,8 @@ def resume_hint(run_dir: Path, step: int | None = None) -> str:
 
     ``step``: the step just checkpointed; by default the one ``latest`` names."""
     if step is None:
+        from remix_rft.trainer import checkpoint as ckpt  # torch: this module imports nothing heavy
+
         latest = ckpt.latest_pointer(Path(run_dir))
         step = ckpt.checkpoint_step(latest) if latest is not None else None
     where = f"preempted at step {step}" if step is not None else "preempted before a checkpoint"

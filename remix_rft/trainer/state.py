@@ -11,7 +11,6 @@ Either way the directory is written under a temporary name and renamed when comp
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from remix_rft.data.sampler import PromptSampler
 from remix_rft.engines.distributed import DistEnv, full_state_dict, save_hf_policy
 from remix_rft.engines.policy import ValueModel
 from remix_rft.trainer import checkpoint as ckpt
-from remix_rft.trainer.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +93,28 @@ class TrainerState:
 
 # ---- one process -----------------------------------------------------------------
 def save(
-    state: TrainerState, run_dir: Path, step: int, env: DistEnv, *, keep: int, sampler: dict
+    state: TrainerState,
+    run_dir: Path,
+    step: int,
+    env: DistEnv,
+    *,
+    keep: int,
+    sampler: dict,
+    keep_best: bool = False,
+    score: float | None = None,
 ) -> Path:
     """A checkpoint of ``state`` after iteration ``step``; ``sampler`` is the prompt order
-    to resume from (an asynchronous producer may have drawn prompts ahead of ``step``)."""
+    to resume from (an asynchronous producer may have drawn prompts ahead of ``step``).
+
+    Retention keeps the newest ``keep`` checkpoints and, with ``keep_best``, the one of the
+    highest ``score`` (this step's eval accuracy; None if it was not evaluated). A failed write
+    raises :class:`~remix_rft.trainer.checkpoint.CheckpointWriteError` (on every rank) and
+    leaves the previous checkpoint as it was."""
     if env.enabled:
-        return _save_sharded(state, run_dir, step, env, keep=keep, sampler=sampler)
+        return _save_sharded(
+            state, run_dir, step, env, keep=keep, sampler=sampler, keep_best=keep_best,
+            score=score,
+        )  # fmt: skip
     models: dict[str, Any] = {"policy": _WithTokenizer(state.policy, state.tokenizer)}
     if state.lora:  # merged HF model + base and adapter (the reference is the base)
         from remix_rft.engines import lora
@@ -118,7 +132,9 @@ def save(
     }
     if state.critic_optimizer is not None:
         saved["critic_optimizer"] = state.critic_optimizer.state_dict()
-    return ckpt.save_checkpoint(run_dir, step, models, saved, keep=keep)
+    return ckpt.save_checkpoint(
+        run_dir, step, models, saved, keep=keep, keep_best=keep_best, score=score
+    )
 
 
 def load(state: TrainerState, checkpoint: Path, env: DistEnv, dtype: str) -> None:
@@ -200,38 +216,95 @@ def _app_state(state: TrainerState) -> dict[str, Any]:
 
 
 def _save_sharded(
-    state: TrainerState, run_dir: Path, step: int, env: DistEnv, *, keep: int, sampler: dict
+    state: TrainerState,
+    run_dir: Path,
+    step: int,
+    env: DistEnv,
+    *,
+    keep: int,
+    sampler: dict,
+    keep_best: bool = False,
+    score: float | None = None,
 ) -> Path:
+    """Every rank writes its DCP shards and its streams into rank 0's ``step_N.tmp``; when all
+    are done, rank 0 writes the manifest and publishes it (or, if any rank's write failed,
+    removes the directory), and every rank gets rank 0's result or error."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
-    root = ckpt.checkpoint_root(run_dir)
-    final = root / ckpt.step_dir_name(step)
-    tmp = root / (final.name + ".tmp")
-    if env.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    env.barrier()
-    dcp.save(_app_state(state), checkpoint_id=str(tmp / DCP_DIR))
-    torch.save(state.streams(sampler), tmp / RANK_STATE.format(rank=env.rank))
-    full = full_state_dict(state.policy)  # collective: every rank takes part
-    if env.is_main:
-        save_hf_policy(state.policy, full, state.tokenizer, tmp / "policy")
-        shared = {
-            "format": FORMAT,
-            "world_size": env.world_size,
-            "counters": asdict(state.counters),
-            "scheduler": state.scheduler.state_dict(),
-        }
-        torch.save(shared, tmp / ckpt.STATE_FILE)
-    env.barrier()
-    if env.is_main:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        atomic_write_text(root / ckpt.LATEST, final.name + "\n")
-        ckpt._prune(root, keep)
-    env.barrier()
-    return final
+    tmp = env.on_main(lambda: _begin(run_dir, step))  # broadcast: every rank waits for it
+    failure: BaseException | None = None
+    try:
+        dcp.save(_app_state(state), checkpoint_id=str(tmp / DCP_DIR))  # collective
+        ckpt.save_state(state.streams(sampler), tmp / RANK_STATE.format(rank=env.rank))
+    except (Exception, CheckpointException) as err:  # DCP: on every rank if any rank failed
+        failure = _unwrap(err)
+    full = full_state_dict(state.policy)  # collective: every rank takes part, failed or not
+    if env.is_main and failure is None:
+        try:
+            save_hf_policy(state.policy, full, state.tokenizer, tmp / "policy")
+            shared = {
+                "format": FORMAT,
+                "world_size": env.world_size,
+                "counters": asdict(state.counters),
+                "scheduler": state.scheduler.state_dict(),
+            }
+            ckpt.save_state(shared, tmp / ckpt.STATE_FILE)
+        except Exception as err:
+            failure = err
+    del full
+    failures = env.gather(_describe(failure))  # also the barrier: every rank's files are in
+
+    def finish() -> Path:
+        failed = [(rank, f) for rank, f in enumerate(failures) if f is not None]
+        if failed:
+            rank, (kind, message, code) = failed[0]
+            error: BaseException
+            if failure is not None and rank == env.rank:
+                error = failure
+            elif code is not None:
+                error = OSError(code, f"rank {rank}: {message}")
+            else:
+                error = RuntimeError(f"checkpoint write failed on rank {rank}: {kind}: {message}")
+            raise _picklable(ckpt.abort_checkpoint(tmp, error))
+        return ckpt.commit_checkpoint(tmp, keep=keep, keep_best=keep_best, score=score)
+
+    return env.on_main(finish)
+
+
+def _begin(run_dir: Path, step: int) -> Path:
+    try:
+        return ckpt.begin_checkpoint(run_dir, step)
+    except OSError as err:  # e.g. ENOSPC creating the directory
+        tmp = ckpt.checkpoint_root(run_dir) / (ckpt.step_dir_name(step) + ckpt.TMP_SUFFIX)
+        raise _picklable(ckpt.abort_checkpoint(tmp, err)) from err
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The first rank's own exception inside DCP's CheckpointException (a BaseException that
+    carries every rank's error and traceback), so an ENOSPC is reported as one."""
+    failures = getattr(error, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = failures[min(failures)]
+        inner = first[0] if isinstance(first, tuple) else first
+        if isinstance(inner, BaseException):
+            return inner
+    return error
+
+
+def _describe(error: BaseException | None) -> tuple[str, str, int | None] | None:
+    """What a rank's failure was, in a form every rank can receive (exceptions may not pickle)."""
+    if error is None:
+        return None
+    code = error.errno if isinstance(error, OSError) else None
+    return type(error).__name__, str(error), code
+
+
+def _picklable(error: BaseException) -> BaseException:
+    """``env.on_main`` sends rank 0's exception to every rank: keep ours, flatten others."""
+    if isinstance(error, ckpt.CheckpointWriteError | OSError | RuntimeError | ValueError):
+        return error
+    return RuntimeError(f"checkpoint write failed: {type(error).__name__}: {error}")
 
 
 def checkpoint_world_size(checkpoint: Path) -> int | None:
