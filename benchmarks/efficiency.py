@@ -129,6 +129,53 @@ VARIANTS: dict[str, Variant] = {
     ),
     "ppo": Variant("tiny-ppo", (), "ppo", settings=("hard",), tier=1),
     "remix-ppo": Variant("tiny-remix-ppo", (), "ppo", settings=("hard",), tier=1),
+    # DAPO's dynamic sampling: the filter that competes with reuse for the same sparse
+    # signal; every generated response counts in the rollouts, kept or dropped
+    "grpo-dynamic": Variant(
+        "tiny-grpo",
+        ("dynamic_sampling=true", "max_generation_rounds=3"),
+        "filter",
+        settings=("hard",),
+        tier=4,
+        note="16 x 8 fresh, groups without signal dropped and refilled, up to 3 rounds",
+    ),  # fmt: skip
+    # The three arms of the reuse test in the paper's regime (2 updates per batch, where
+    # the clip centre acts): (a) ReMix, (b) the same fresh batch and updates without the
+    # reuse, (c) half the fresh batch with one update: the same updates per rollout as
+    # (a) and (b). (c) reincarnates at the same rollout count (160 x 16 = 80 x 32) and
+    # steps its λ at the same rollout counts.
+    "paper-remix": Variant(
+        "tiny-remix-grpo-paper",
+        (),
+        "remix",
+        settings=("hard",),
+        tier=5,
+        note="4 x 8 fresh + 21 reused (window 3, p 0.4), 2 updates, λ schedule",
+    ),  # fmt: skip
+    "paper-no-reuse": Variant(
+        "tiny-remix-grpo-paper",
+        ("offpolicy_fraction=0",),
+        "control",
+        settings=("hard",),
+        tier=5,
+        note="arm (b): the same 4 x 8 fresh batch and 2 updates, no reuse",
+    ),  # fmt: skip
+    "paper-2x8-one-update": Variant(
+        "tiny-remix-grpo-paper",
+        (
+            "offpolicy_fraction=0",
+            "prompts_per_step=2",
+            "epochs=1",
+            "minibatch_size=16",
+            "reincarnation_step=160",
+            "kl_lambda_hold_steps=16",
+            "kl_lambda_every=4",
+        ),
+        "control",
+        settings=("hard",),
+        tier=5,
+        note="arm (c): 2 x 8 fresh, 1 update: the updates per rollout of (a) and (b)",
+    ),  # fmt: skip
 }
 BUDGET_SHARES = (0.125, 0.25, 0.5, 1.0)
 EVAL_PROBLEMS = 500
@@ -141,8 +188,13 @@ def run_dir_for(root: Path, variant: str, seed: int) -> Path:
     return root / variant / f"seed{seed}"
 
 
-def run_overrides(setting: Setting, variant: str, seed: int) -> list[str]:
-    """The overrides of one run: setting, variant, the budget's steps and the eval cadence."""
+def run_overrides(
+    setting: Setting, variant: str, seed: int, rollout_grid: bool = False
+) -> list[str]:
+    """The overrides of one run: setting, variant, the budget's steps and the eval cadence
+    (every ``eval_every`` iterations, or with ``rollout_grid`` whenever the rollout count
+    crosses a multiple of the setting's ``eval_rollouts``, the same grid for every batch
+    size, before and after reincarnation)."""
     v = VARIANTS[variant]
     extra = setting.remix_overrides if v.config.startswith("tiny-remix") else ()
     base = [f"model={setting.model}", *extra, *v.overrides]
@@ -150,7 +202,9 @@ def run_overrides(setting: Setting, variant: str, seed: int) -> list[str]:
     steps = cfg.steps_for_rollouts(setting.budget)
     per_step = cfg.rollouts_for_steps(1)  # before reincarnation: the smallest iterations
     eval_every = max(1, setting.eval_rollouts // per_step)
-    return [*base, f"steps={steps}", f"eval_every={eval_every}",
+    cadence = (f"eval_every_rollouts={setting.eval_rollouts}" if rollout_grid
+               else f"eval_every={eval_every}")  # fmt: skip
+    return [*base, f"steps={steps}", cadence,
             f"eval_problems={EVAL_PROBLEMS}", f"save_every={steps}", "keep_checkpoints=1",
             f"seed={seed}", f"name={variant}"]  # fmt: skip
 
@@ -159,7 +213,7 @@ def launch(root: Path, setting: Setting, variant: str, seed: int, args: argparse
     out = run_dir_for(root, variant, seed)
     if (out / "summary.json").is_file():
         return
-    overrides = run_overrides(setting, variant, seed)
+    overrides = run_overrides(setting, variant, seed, args.rollout_grid)
     cmd = [sys.executable, "-m", "remix_rft", "train", VARIANTS[variant].config, *overrides,
            f"out_dir={out}", f"threads={args.threads}", f"device={args.device}"]  # fmt: skip
     if (out / "metrics.jsonl").is_file():
@@ -372,7 +426,10 @@ def plot(
     import matplotlib.pyplot as plt
 
     grid = [budget * i / 200 for i in range(201)]
-    groups = {"main": ("grpo", "control", "remix", "ppo"), "ablations": ("remix", "ablation")}
+    groups = {
+        "main": ("grpo", "control", "filter", "remix", "ppo"),
+        "ablations": ("remix", "ablation"),
+    }
     fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
     for ax, (panel, roles) in zip(axes, groups.items(), strict=True):
         for name, vr in loaded.items():
@@ -455,6 +512,14 @@ def main() -> int:
     parser.add_argument("--runs-dir", type=Path, default=None,
                         help="default: runs/efficiency-SETTING")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--rollout-grid", action="store_true",
+                        help="evaluate on a rollout grid (eval_every_rollouts), not every "
+                        "N iterations")  # fmt: skip
+    parser.add_argument(
+        "--report-name",
+        default=None,
+        help="name of the table and plot (default: efficiency-SETTING)",
+    )
     args = parser.parse_args()
     setting = SETTINGS[args.setting]
     if args.budget:
@@ -474,7 +539,8 @@ def main() -> int:
         run_all(root, setting, jobs, args)
     body, loaded, targets = report(root, setting, variants, args.seeds, args.targets)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    png = args.out_dir / f"efficiency-{args.setting}.png"
+    report_name = args.report_name or f"efficiency-{args.setting}"
+    png = args.out_dir / f"{report_name}.png"
     plot(loaded, setting.budget, targets, png, f"{args.setting} setting")
     n_runs = sum(len(vr.runs) for vr in loaded.values())
     argv = [a for a in sys.argv[1:] if a != "--report-only"]
@@ -497,7 +563,7 @@ def main() -> int:
            if setting.remix_overrides else "")
         + ".\n\n"
     )  # fmt: skip
-    out = args.out_dir / f"efficiency-{args.setting}.md"
+    out = args.out_dir / f"{report_name}.md"
     out.write_text(header + body)
     print(body)
     print(f"wrote {out} and {png}")

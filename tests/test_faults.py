@@ -148,6 +148,26 @@ def test_a_second_signal_during_the_preemption_save_is_only_recorded(tiny_config
     assert signal.getsignal(signal.SIGTERM) is before  # the handler was restored
 
 
+def test_a_signal_during_startup_stops_before_the_first_iteration(tiny_config, monkeypatch):
+    """While the resumed run loads its checkpoint: nothing new is trained or written."""
+    cfg = tiny_config("steps=2", "save_every=1", "eval_every=10")
+    train(cfg)
+    run_dir = cfg.resolved_out_dir()
+    rows, dirs = rows_without_time(run_dir), step_dirs(run_dir)
+    original_load = loop.Trainer.load
+
+    def load_then_signal(self, checkpoint):
+        original_load(self, checkpoint)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(loop.Trainer, "load", load_then_signal)
+    longer = tiny_config("steps=4", "save_every=1", "eval_every=10")
+    summary = resume(run_dir, longer)
+    assert summary["preempted"] is True and summary["signal"] == "SIGUSR1"
+    assert summary["steps"] == 2
+    assert rows_without_time(run_dir) == rows and step_dirs(run_dir) == dirs
+
+
 # ---- integrity -------------------------------------------------------------------------
 def test_corrupt_newest_checkpoints_fall_back_to_the_previous_naming_them(tiny_config, capsys):
     cfg = tiny_config("steps=3", "save_every=1", "keep_checkpoints=3", "eval_every=2")
