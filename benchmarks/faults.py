@@ -34,6 +34,7 @@ import logging
 import os
 import platform
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -224,11 +225,15 @@ def inject(
         out.survived = rc == -signal.SIGKILL
         out.notes.append(f"killed after step {last}")
     elif rc == PREEMPTED_EXIT_CODE:
-        latest = ckpt.latest_pointer(run_dir)
-        at = ckpt.checkpoint_step(latest) if latest is not None else None
-        hint = f"preempted at step {at}: resume with" in log.read_text()
-        valid = latest is not None and ckpt.verify_checkpoint(latest) is None
-        out.survived = at == last and hint and valid
+        # The step it stopped at, as its resume line says: the step just trained, or during
+        # startup the checkpoint it had loaded (a newer one may be damaged, `latest` too).
+        said = re.search(r"preempted at step (\d+): resume with", log.read_text())
+        at = int(said.group(1)) if said else None
+        choice = ckpt.resolve_resume_checkpoint(run_dir).path
+        startup = resumed_from is not None and at == ckpt.checkpoint_step(resumed_from)
+        out.survived = (
+            at is not None and (at == last or startup) and ckpt.checkpoint_step(choice) == at
+        )
         out.notes.append(f"exit 75 at step {at} in {took:.1f} s")
         out.notes.append("exit75")
     elif rc == -signal.SIGTERM:  # before the loop installed its handler: nothing to lose

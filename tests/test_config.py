@@ -124,9 +124,10 @@ def test_a_registered_estimator_is_accepted_by_name(monkeypatch):
     from remix_rft.algorithm import advantages
 
     monkeypatch.setattr(advantages, "ADVANTAGE_ESTIMATORS", dict(advantages.ADVANTAGE_ESTIMATORS))
-    monkeypatch.setattr(
-        "remix_rft.trainer.config.ADVANTAGE_ESTIMATORS", advantages.ADVANTAGE_ESTIMATORS
-    )
+    for module in ("config_checks", "config_fields"):  # their references to the registry
+        monkeypatch.setattr(
+            f"remix_rft.trainer.{module}.ADVANTAGE_ESTIMATORS", advantages.ADVANTAGE_ESTIMATORS
+        )
 
     @advantages.register_advantage("sign")
     def sign(rewards, group_size, **_):

@@ -25,9 +25,8 @@ import torch
 
 from remix_rft.data.batch import TrainBatch, collate
 from remix_rft.data.buffer import ReplayBuffer, Sample
-from remix_rft.data.sampler import PromptSampler
 from remix_rft.data.tasks import Task
-from remix_rft.engines import distributed, factory
+from remix_rft.engines import distributed
 from remix_rft.engines.catalog import build_engine
 from remix_rft.engines.generation import pad_token_id
 from remix_rft.engines.models import resolve_model_path
@@ -35,17 +34,17 @@ from remix_rft.engines.policy import load_tokenizer
 from remix_rft.engines.rollout import EngineOptions, Generation, RolloutEngine, SamplingSettings
 from remix_rft.engines.transport import policy_weights
 from remix_rft.trainer import checkpoint as ckpt
-from remix_rft.trainer import ranks, reincarnation
+from remix_rft.trainer import ranks, reincarnation, rows, setup
 from remix_rft.trainer import state as saved_state
 from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
-from remix_rft.trainer.metrics import MetricsLog, group_signal
-from remix_rft.trainer.optim import UpdateSchedule, adamw, lr_scheduler
+from remix_rft.trainer.metrics import MetricsLog
 from remix_rft.trainer.preemption import PreemptionHandler
 from remix_rft.trainer.producer import Producer, PromptFormatter, Rollout, needs_sampling_logprobs
 from remix_rft.trainer.producer_process import ProducerSpec
 from remix_rft.trainer.rollouts import AsyncRollouts, InlineRollouts, RolloutSource
-from remix_rft.trainer.state import Counters, TrainerState
+from remix_rft.trainer.setup import prepare_run_dir
+from remix_rft.trainer.state import Counters
 from remix_rft.trainer.tasks import build_task, score_responses
 from remix_rft.trainer.trackers import open_trackers
 from remix_rft.trainer.update import NonFiniteTrainingError, Precomputed, Updater
@@ -54,7 +53,7 @@ from remix_rft.trainer.update_stats import StepStats
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[dict[str, Any]], None]
-__all__ = ["NonFiniteTrainingError", "Trainer", "resume", "train"]
+__all__ = ["NonFiniteTrainingError", "Trainer", "prepare_run_dir", "resume", "train"]
 
 
 class Trainer:
@@ -72,7 +71,9 @@ class Trainer:
         # One process unless launched by torchrun (engines/distributed.py: FSDP2, DCP).
         self.dist = distributed.setup(cfg.device)
         ranks.check_config(cfg, self.dist.world_size)
-        self.state = self.build_state()
+        self.state, self.schedule = setup.build_state(
+            cfg, self.dist, len(self.train_problems), self.tokenizer
+        )
         self.updater = Updater(cfg, self.state, self.dist)
         self.engine: RolloutEngine = build_engine(
             cfg.rollout_engine, policy=self.policy, tokenizer=self.tokenizer,
@@ -90,44 +91,15 @@ class Trainer:
                 self.metrics = ranks.NullMetrics()  # type: ignore[assignment]
 
     # ---- setup ---------------------------------------------------------------------
-    def build_state(self) -> TrainerState:
-        cfg, dist = self.cfg, self.dist
-        policy, reference = factory.build_models(cfg, dist)
-        optimizer = adamw(policy.parameters(), cfg.lr, cfg)
-        # recounted at reincarnation and on resume
-        self.schedule = UpdateSchedule(cfg.lr_schedule, cfg.warmup_steps, cfg.planned_updates())
-        critic = critic_optimizer = None
-        if cfg.uses_critic:
-            critic = factory.build_critic(cfg, dist)
-            critic_optimizer = adamw(critic.parameters(), cfg.critic_lr, cfg)
-        return TrainerState(
-            policy=policy, reference=reference, critic=critic, optimizer=optimizer,
-            critic_optimizer=critic_optimizer, scheduler=lr_scheduler(optimizer, self.schedule),
-            buffer=ReplayBuffer(cfg.window, seed=cfg.seed + 1 + 7919 * dist.rank),
-            sampler=PromptSampler(len(self.train_problems), cfg.seed),
-            shuffle_rng=torch.Generator().manual_seed(cfg.seed + 2),
-            counters=Counters(), tokenizer=self.tokenizer, lora=bool(cfg.lora_rank),
-        )  # fmt: skip
-
     def engine_options(self) -> EngineOptions:
-        cfg = self.cfg
-        max_len = cfg.vllm_max_model_len
-        if cfg.rollout_engine == "vllm" and not max_len:  # size vLLM's KV cache to the task
-            longest_prompt = max(
-                len(self.tokenizer(self.prompt_text(p), add_special_tokens=False)["input_ids"])
+        def prompt_lengths() -> list[int]:
+            encode = self.tokenizer
+            return [
+                len(encode(self.prompt_text(p), add_special_tokens=False)["input_ids"])
                 for p in self.train_problems + self.eval_problems
-            )
-            max_len = longest_prompt + max(cfg.max_new_tokens, cfg.eval_max_new_tokens)
-        return EngineOptions(
-            model_path=resolve_model_path(cfg.model),
-            dtype=cfg.dtype,
-            seed=cfg.seed + 7919 * self.dist.rank,
-            max_model_len=max_len,
-            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-            sleep_between_rollouts=cfg.vllm_sleep,
-            enforce_eager=cfg.vllm_enforce_eager,
-            batch_size=0,
-        )
+            ]
+
+        return setup.engine_options(self.cfg, self.dist.rank, prompt_lengths)
 
     def start_rollouts(self) -> RolloutSource:
         """The producer inline (sync), or in its own process holding a copy of the weights
@@ -216,9 +188,7 @@ class Trainer:
 
     def precompute(self, batch: TrainBatch, step: int) -> Precomputed:
         """Quantities fixed for the whole iteration: μ, log π_k, log π_base, values."""
-        return self.updater.precompute(
-            batch, step, evaluating=self.cfg.is_eval_step(step, self.rollout_span)
-        )
+        return self.updater.precompute(batch, step, evaluating=self.evaluates_at(step))
 
     def update(self, batch: TrainBatch, pre: Precomputed, step: int) -> StepStats:
         return self.updater.update(batch, pre, step)
@@ -241,7 +211,7 @@ class Trainer:
             log.warning("step %d: every generated group was uniform; no update", step)
             self.publish(step, changed=False)  # the version advances, the weights do not
             c.step = step
-            return self.dist.reduce_row(self.generation_row(step, rollout))
+            return self.dist.reduce_row(rows.generation_row(step, c, rollout))
         batch = collate(self.mixed_batch(fresh, step), self.pad_id)
         pre = self.precompute(batch, step)
         skipped_before, updates_before = c.skipped_updates, c.updates
@@ -260,42 +230,13 @@ class Trainer:
     def step_row(
         self, step: int, rollout: Rollout, batch: TrainBatch, pre: Precomputed, stats: StepStats
     ) -> dict[str, Any]:
-        fresh = rollout.samples
-        lengths = [float(s.response_ids.numel()) for s in fresh]
-        staleness = [step - 1 - s.policy_version for s in fresh]
-        return {
-            **self.generation_row(step, rollout),
-            "utd": self.phase().updates(len(batch) * self.dist.world_size),
-            "reward/mean": sum(s.reward for s in fresh) / len(fresh),
-            "response_length/mean": sum(lengths) / len(lengths),
-            "response_length/max": max(lengths),
-            "finished/frac": sum(s.finished for s in fresh) / len(fresh),
-            "reflection/rate": rollout.reflection_rate,
-            **group_signal((s.reward for s in fresh), (s.group for s in fresh)),
-            "offpolicy/fraction": (len(batch) - len(fresh)) / len(batch),
-            "offpolicy/samples": len(batch) - len(fresh),
-            "buffer/versions": len(self.buffer.versions()),
-            "async/staleness_mean": sum(staleness) / len(staleness),
-            "async/staleness_max": max(staleness),
-            "lr": self.scheduler.get_last_lr()[0],
-            "kl/lambda": self.cfg.kl_lambda_at(step),
-            **pre.mismatch,
-            **stats.means(),
-        }
-
-    def generation_row(self, step: int, rollout: Rollout) -> dict[str, Any]:
-        """The counters and what generating this iteration's rollout cost."""
-        c = self.counters
-        return {
-            "step": step,
-            "rollouts": c.rollouts,
-            "tokens": c.tokens,
-            "updates": c.updates,
-            "time/gen_s": rollout.gen_seconds,
-            "time/gen_tokens_per_s": rollout.tokens_per_s,
-            "time/wait_s": rollout.wait_seconds,
-            **rollout.metrics,
-        }
+        learner = rows.LearnerView(
+            utd=self.phase().updates(len(batch) * self.dist.world_size),
+            buffer_versions=len(self.buffer.versions()),
+            lr=self.scheduler.get_last_lr()[0],
+            kl_lambda=self.cfg.kl_lambda_at(step),
+        )
+        return rows.step_row(step, self.counters, rollout, batch, pre, stats, learner)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -415,35 +356,10 @@ class Trainer:
         self.engine.close()
 
     def summary(self) -> dict[str, Any]:
-        c = self.counters
-        return {
-            "algorithm": self.cfg.algorithm,
-            "name": self.cfg.name,
-            "base_eval_accuracy": c.base_eval_accuracy,
-            "final_eval_accuracy": c.last_eval_accuracy,
-            "best_eval_accuracy": c.best_eval_accuracy,
-            "rollouts": c.rollouts,
-            "tokens": c.tokens,
-            "updates": c.updates,
-            "steps": c.step,
-            "reincarnated_at": c.reincarnated_at or None,
-            "wall_time_s": c.wall_time_s,
-        }
+        return rows.run_summary(self.cfg, self.counters)
 
 
 # ---- entry points ----------------------------------------------------------------
-def prepare_run_dir(cfg: TrainConfig) -> Path:
-    run_dir = cfg.resolved_out_dir()
-    if (run_dir / "metrics.jsonl").exists():
-        raise FileExistsError(
-            f"run directory {run_dir} already holds a run; resume it with "
-            f"`remix train --resume {run_dir}` or choose another out_dir="
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    return run_dir
-
-
 def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
     """Start a new run in ``cfg.out_dir`` and train it to ``cfg.steps``."""
     resolve_model_path(cfg.model)  # a missing model fails before the run directory exists
