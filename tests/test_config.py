@@ -217,3 +217,12 @@ def test_post_reincarnation_keys_without_reincarnation_are_ignored_with_a_warnin
     cfg = load_config(None, [*REMIX, "reincarnation_step=0", "post_reincarnation_lr=5e-5"])
     assert "post_reincarnation_lr ignored" in caplog.text
     assert cfg.rollouts_for_steps(10) == 10 * cfg.fresh_batch_size()
+
+
+def test_a_renamed_key_still_loads_with_a_warning_naming_the_new_one(tmp_path, caplog):
+    """``warmup_steps`` counted optimizer updates, not iterations: it is now ``warmup_updates``."""
+    assert load_config(None, ["warmup_steps=7"]).warmup_updates == 7
+    assert "config key 'warmup_steps' is now 'warmup_updates'" in caplog.text
+    path = tmp_path / "old.yaml"
+    path.write_text("algorithm: grpo\nwarmup_steps: 3\n")
+    assert load_config(path).warmup_updates == 3

@@ -29,7 +29,11 @@ __all__ = [
 ]  # fmt: skip
 log = logging.getLogger(__name__)
 
-RENAMED_KEYS = {"generation_backend": "rollout_engine"}  # old name -> new name
+# old name -> new name: an old key still loads, with a warning naming the new one
+RENAMED_KEYS = {
+    "generation_backend": "rollout_engine",
+    "warmup_steps": "warmup_updates",  # it counts optimizer updates, not iterations (steps)
+}
 
 
 # ---- loading ----------------------------------------------------------------------

@@ -107,7 +107,7 @@ def _validate_ranges(cfg: TrainConfig) -> None:
     for key in positive_ints:
         check(getattr(cfg, key) >= 1, key, "an integer >= 1", getattr(cfg, key))
     non_negative = (
-        "micro_batch_size", "warmup_steps", "weight_decay", "kl_coef", "critic_warmup_steps",
+        "micro_batch_size", "warmup_updates", "weight_decay", "kl_coef", "critic_warmup_steps",
         "reincarnation_step", "reincarnation_patience", "post_reincarnation_epochs",
         "post_reincarnation_prompts_per_step", "post_reincarnation_group_size",
         "post_reincarnation_minibatch_size", "post_reincarnation_lr",

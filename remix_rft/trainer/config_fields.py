@@ -98,7 +98,7 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
-    warmup_steps: int = 0  # optimizer updates of linear warmup
+    warmup_updates: int = 0  # optimizer updates of linear lr warmup (formerly warmup_steps)
     lr_schedule: str = "constant"
     minibatch_size: int = 128  # samples per optimizer update
     micro_batch_size: int = 0  # samples per forward pass (0: the whole minibatch)

@@ -50,7 +50,7 @@ _SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
             "adam_beta1",
             "adam_beta2",
             "max_grad_norm",
-            "warmup_steps",
+            "warmup_updates",
             "lr_schedule",
             "minibatch_size",
             "micro_batch_size",

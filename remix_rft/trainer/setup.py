@@ -32,7 +32,7 @@ def build_state(
     (its length is recounted at reincarnation and on resume)."""
     policy, reference = factory.build_models(cfg, dist)
     optimizer = adamw(policy.parameters(), cfg.lr, cfg)
-    schedule = UpdateSchedule(cfg.lr_schedule, cfg.warmup_steps, cfg.planned_updates())
+    schedule = UpdateSchedule(cfg.lr_schedule, cfg.warmup_updates, cfg.planned_updates())
     critic = critic_optimizer = None
     if cfg.uses_critic:
         critic = factory.build_critic(cfg, dist)
