@@ -226,3 +226,20 @@ def test_a_renamed_key_still_loads_with_a_warning_naming_the_new_one(tmp_path, c
     path = tmp_path / "old.yaml"
     path.write_text("algorithm: grpo\nwarmup_steps: 3\n")
     assert load_config(path).warmup_updates == 3
+
+
+def test_unset_settings_are_none_and_older_sentinels_still_mean_unset(caplog):
+    """None inherits; the 0 / -1 that older configs wrote for "unset" load as None."""
+    cfg = load_config(None, [*REMIX, "reincarnation_step=5"])
+    assert cfg.post_reincarnation_lr is None and cfg.offpolicy_clip_eps_low is None
+    assert cfg.phase(reincarnated=True).lr == cfg.lr
+    old = load_config(
+        None,
+        [*REMIX, "reincarnation_step=5", "post_reincarnation_kl_coef=-1",
+         "post_reincarnation_epochs=0", "offpolicy_clip_eps_low=-1", "eval_max_new_tokens=0"],
+    )  # fmt: skip
+    assert old == cfg
+    assert "'post_reincarnation_kl_coef': -1.0 for 'unset' is deprecated" in caplog.text
+    beta0 = load_config(None, [*REMIX, "reincarnation_step=5", "post_reincarnation_kl_coef=0"])
+    assert beta0.phase(reincarnated=True).kl_coef == 0.0  # 0 is a real β, not "unset"
+    assert load_config(None, [*REMIX, "post_reincarnation_lr=null"]).post_reincarnation_lr is None

@@ -17,15 +17,21 @@ from typing import Any
 
 import yaml
 
-from remix_rft.trainer.config_checks import check, validate
-from remix_rft.trainer.config_fields import ConfigError, PhaseSettings, TaskConfig, TrainConfig
+from remix_rft.trainer.config_checks import LEGACY_UNSET, check, validate
+from remix_rft.trainer.config_fields import (
+    ConfigError,
+    PhaseSettings,
+    TaskConfig,
+    TrainConfig,
+    inherit,
+)
 from remix_rft.trainer.config_sections import flat_key, flatten, section_table
 
 # the configuration's public names, whichever module defines them
 __all__ = [
     "ConfigError", "PhaseSettings", "TaskConfig", "TrainConfig", "build_config",
     "dump_config", "load_config", "parse_overrides", "read_yaml", "resolve_config_path",
-    "validate", "PACKAGED_CONFIGS",
+    "validate", "PACKAGED_CONFIGS", "inherit",
 ]  # fmt: skip
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Convert a YAML or command-line value to the field's type, or explain why not."""
     origin = typing.get_origin(typ)
     if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None  # unset: the setting inherits (see the field's comment)
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
         origin = typing.get_origin(typ)
     if origin is list:
@@ -115,7 +123,14 @@ def _apply(target: Any, key: str, value: Any, prefix: str = "") -> None:
         return
     if rest:
         raise _unknown_key(prefix + key, [prefix + k for k in types_])
-    setattr(target, head, _coerce(prefix + head, value, typ))
+    value = _coerce(prefix + head, value, typ)
+    if not prefix and head in LEGACY_UNSET and value == LEGACY_UNSET[head]:
+        log.warning(
+            "config key '%s': %s for 'unset' is deprecated; write null (or leave it out)",
+            head, value,
+        )  # fmt: skip
+        value = None
+    setattr(target, head, value)
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

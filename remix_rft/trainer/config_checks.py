@@ -108,16 +108,17 @@ def _validate_ranges(cfg: TrainConfig) -> None:
         check(getattr(cfg, key) >= 1, key, "an integer >= 1", getattr(cfg, key))
     non_negative = (
         "micro_batch_size", "warmup_updates", "weight_decay", "kl_coef", "critic_warmup_steps",
-        "reincarnation_step", "reincarnation_patience", "post_reincarnation_epochs",
-        "post_reincarnation_prompts_per_step", "post_reincarnation_group_size",
-        "post_reincarnation_minibatch_size", "post_reincarnation_lr",
-        "eval_max_new_tokens", "norm_length", "threads", "max_grad_norm", "seed",
+        "reincarnation_step", "reincarnation_patience", "threads", "max_grad_norm", "seed",
         "vllm_max_model_len", "micro_batch_tokens", "logprob_chunk_tokens", "entropy_coef",
         "max_nonfinite_updates", "max_staleness", "rollout_threads", "overlong_buffer_tokens",
         "overlong_penalty",
     )  # fmt: skip
     for key in non_negative:
         check(getattr(cfg, key) >= 0, key, ">= 0", getattr(cfg, key))
+    for key in INHERITING:
+        value = getattr(cfg, key)
+        what = f"the {INHERITING[key]} value (older configs: {LEGACY_UNSET[key]})"
+        check(value is None or value >= 0, key, f">= 0, or null for {what}", value)
     for key in ("lr", "critic_lr", "temperature", "clip_eps_low", "clip_eps_high", "value_clip"):
         check(getattr(cfg, key) > 0, key, "> 0", getattr(cfg, key))
     for key in ("top_p", "gamma", "gae_lambda", "kl_lambda", "adam_beta1", "adam_beta2"):
@@ -133,13 +134,7 @@ def _validate_ranges(cfg: TrainConfig) -> None:
     check(cfg.clip_eps_low < 1.0, "clip_eps_low", "< 1", cfg.clip_eps_low)
     for key in ("offpolicy_clip_eps_low", "offpolicy_clip_eps_high"):
         value = getattr(cfg, key)
-        check(value == -1.0 or value > 0, key, "> 0, or -1 for the fresh-data value", value)
-    check(
-        cfg.post_reincarnation_kl_coef == -1.0 or cfg.post_reincarnation_kl_coef >= 0,
-        "post_reincarnation_kl_coef",
-        ">= 0, or -1 for the kl_coef value",
-        cfg.post_reincarnation_kl_coef,
-    )
+        check(value is None or value > 0, key, "> 0, or null for the fresh-data value", value)
 
 
 def _validate_groups(cfg: TrainConfig) -> None:
@@ -148,10 +143,10 @@ def _validate_groups(cfg: TrainConfig) -> None:
         for key in ("group_size", "post_reincarnation_group_size"):
             value = getattr(cfg, key)
             check(
-                value >= 2 or (key.startswith("post_") and value == 0),
+                (value is None and key.startswith("post_")) or (value or 0) >= 2,
                 key,
                 f">= 2 for the {cfg.estimator} advantage (it compares responses within a group)"
-                + (", or 0 for the group_size value" if key.startswith("post_") else ""),
+                + (", or null for the group_size value" if key.startswith("post_") else ""),
                 value,
             )
 
@@ -222,22 +217,34 @@ def _validate_reporting(cfg: TrainConfig) -> None:
 POST_REINCARNATION_KEYS = (
     "post_reincarnation_prompts_per_step", "post_reincarnation_group_size",
     "post_reincarnation_minibatch_size", "post_reincarnation_epochs", "post_reincarnation_lr",
+    "post_reincarnation_kl_coef",
 )  # fmt: skip
+# settings that inherit another value when unset (None), and what they inherit
+INHERITING = {
+    **{k: k.removeprefix("post_reincarnation_") for k in POST_REINCARNATION_KEYS},
+    "eval_max_new_tokens": "max_new_tokens",
+    "norm_length": "max_new_tokens",
+}
+# what older configs wrote for "unset": still read as None, with a deprecation warning
+LEGACY_UNSET: dict[str, float] = {
+    **{k: 0 for k in INHERITING},
+    "post_reincarnation_kl_coef": -1.0,  # 0 is a real β there
+    "offpolicy_clip_eps_low": -1.0,
+    "offpolicy_clip_eps_high": -1.0,
+}
 
 
 def _validate_post_reincarnation(cfg: TrainConfig) -> None:
     """Post-reincarnation settings need a run that reincarnates. On-policy algorithms never
     do, so a value there is a mistake; a ReMix run with reincarnation switched off (an
     ablation of a shipped config) only ignores them."""
-    set_keys = [k for k in POST_REINCARNATION_KEYS if getattr(cfg, k)]
-    if cfg.post_reincarnation_kl_coef != -1.0:
-        set_keys.append("post_reincarnation_kl_coef")
+    set_keys = [k for k in POST_REINCARNATION_KEYS if getattr(cfg, k) is not None]
     if not set_keys:
         return
     check(
         cfg.is_remix,
         set_keys[0],
-        f"unset (0) for the on-policy algorithm {cfg.algorithm}, which never reincarnates "
+        f"unset (null) for the on-policy algorithm {cfg.algorithm}, which never reincarnates "
         "(use remix-*)",
         getattr(cfg, set_keys[0]),
     )

@@ -10,13 +10,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from remix_rft.algorithm.advantages import ADVANTAGE_ESTIMATORS
 from remix_rft.algorithm.kl import (
     PAPER_KL_LAMBDA_SCHEDULE,
     StepDownSchedule,
 )
+
+T = TypeVar("T")
+
+
+def inherit(value: T | None, default: T) -> T:
+    """A setting that may be unset (None): then the value it inherits."""
+    return default if value is None else value
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -117,7 +124,7 @@ class TrainConfig:
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     loss_agg: str = "token-mean"
-    norm_length: float = 0.0  # Dr. GRPO constant length (0: max_new_tokens)
+    norm_length: float | None = None  # Dr. GRPO constant length (null: max_new_tokens)
     scale_adv_by_std: bool = True
     kl_coef: float = 0.0  # β
     kl_estimator: str = "k3"
@@ -169,18 +176,18 @@ class TrainConfig:
     window: int = 1  # ν: iterations of data kept, the fresh one included
     offpolicy_fraction: float = 0.0  # share of the training batch drawn from past iterations
     clip_centre: str = "current"  # "current": π_k/μ (GePPO); "one": clip around 1
-    offpolicy_clip_eps_low: float = -1.0  # ε for reused samples (-1: same as fresh)
-    offpolicy_clip_eps_high: float = -1.0
+    offpolicy_clip_eps_low: float | None = None  # ε for reused samples (null: as for fresh)
+    offpolicy_clip_eps_high: float | None = None
     reincarnation_step: int = 0  # iteration of policy reincarnation (0: never)
     reincarnation_patience: int = 0  # or: after this many evaluations without improvement
     # After reincarnation the run is on-policy GRPO/PPO from the new base (docs/design.md §2.12), with
-    # the on-policy method's own settings: 0 (-1 for the KL coefficient) keeps the value above.
-    post_reincarnation_prompts_per_step: int = 0
-    post_reincarnation_group_size: int = 0
-    post_reincarnation_minibatch_size: int = 0
-    post_reincarnation_epochs: int = 0
-    post_reincarnation_lr: float = 0.0  # peak lr; the schedule keeps counting across the run
-    post_reincarnation_kl_coef: float = -1.0  # β towards the new base (and the precedent)
+    # the on-policy method's own settings: null (unset) keeps the value above.
+    post_reincarnation_prompts_per_step: int | None = None
+    post_reincarnation_group_size: int | None = None
+    post_reincarnation_minibatch_size: int | None = None
+    post_reincarnation_epochs: int | None = None
+    post_reincarnation_lr: float | None = None  # peak lr; the schedule keeps counting
+    post_reincarnation_kl_coef: float | None = None  # β towards the new base (and precedent)
 
     # evaluation, logging, checkpoints
     eval_every: int = 10
@@ -189,7 +196,7 @@ class TrainConfig:
     eval_every_rollouts: int = 0
     eval_problems: int = 200
     eval_batch_size: int = 200
-    eval_max_new_tokens: int = 0  # 0: max_new_tokens
+    eval_max_new_tokens: int | None = None  # null: max_new_tokens
     # 0: greedy pass@1; > 0: sampled, scored as avg@eval_samples (R1 models loop greedily)
     eval_temperature: float = 0.0
     eval_top_p: float = 1.0
@@ -260,7 +267,7 @@ class TrainConfig:
     @property
     def needs_reference(self) -> bool:
         """Whether anything uses π_base: the loss, or the ``kl/base`` diagnostic."""
-        post_kl = self.post_reincarnation_kl_coef > 0 and self.kl_lambda_max > 0
+        post_kl = (self.post_reincarnation_kl_coef or 0.0) > 0 and self.kl_lambda_max > 0
         return self.uses_base_kl or post_kl or self.log_kl_base
 
     def fresh_batch_size(self) -> int:
@@ -285,15 +292,15 @@ class TrainConfig:
         if not reincarnated:
             return before
         return PhaseSettings(
-            prompts_per_step=self.post_reincarnation_prompts_per_step or self.prompts_per_step,
-            group_size=self.post_reincarnation_group_size or self.group_size,
-            minibatch_size=self.post_reincarnation_minibatch_size or self.minibatch_size,
-            epochs=self.post_reincarnation_epochs or self.epochs,
+            prompts_per_step=inherit(
+                self.post_reincarnation_prompts_per_step, self.prompts_per_step
+            ),
+            group_size=inherit(self.post_reincarnation_group_size, self.group_size),
+            minibatch_size=inherit(self.post_reincarnation_minibatch_size, self.minibatch_size),
+            epochs=inherit(self.post_reincarnation_epochs, self.epochs),
             offpolicy_batch_size=0,  # reincarnation ends reuse
-            lr=self.post_reincarnation_lr or self.lr,
-            kl_coef=self.kl_coef
-            if self.post_reincarnation_kl_coef < 0
-            else self.post_reincarnation_kl_coef,
+            lr=inherit(self.post_reincarnation_lr, self.lr),
+            kl_coef=inherit(self.post_reincarnation_kl_coef, self.kl_coef),
         )
 
     @property

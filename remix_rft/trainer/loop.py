@@ -36,7 +36,7 @@ from remix_rft.engines.transport import policy_weights
 from remix_rft.trainer import checkpoint as ckpt
 from remix_rft.trainer import ranks, reincarnation, rows, setup
 from remix_rft.trainer import state as saved_state
-from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config
+from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config, inherit
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
 from remix_rft.trainer.metrics import MetricsLog
 from remix_rft.trainer.preemption import PreemptionHandler
@@ -246,7 +246,7 @@ class Trainer:
         problems = self.dist.shard(self.eval_problems)  # each rank its slice; correct counts summed
         prompts = [self.prompt_text(p) for p in problems]
         settings = SamplingSettings(
-            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
+            max_new_tokens=inherit(cfg.eval_max_new_tokens, cfg.max_new_tokens),
             temperature=cfg.eval_temperature, top_p=cfg.eval_top_p, n=cfg.eval_samples,
             # its own stream: sampled evaluation leaves the training trajectory unchanged
             seed=cfg.seed + 104_729 * (self.counters.step + 1) + self.dist.rank,

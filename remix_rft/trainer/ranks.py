@@ -20,8 +20,8 @@ def check_config(cfg: Any, world_size: int) -> None:
         return
     keys = ("prompts_per_step", "minibatch_size")
     for key in (*keys, *(f"post_reincarnation_{k}" for k in keys)):
-        value = getattr(cfg, key, 0)  # 0: a post-reincarnation key that is unset
-        if value % world_size:
+        value = getattr(cfg, key, None)  # None: a post-reincarnation key that is unset
+        if value is not None and value % world_size:
             raise ConfigError(
                 f"config key '{key}': must be divisible by the world size {world_size} "
                 f"(each rank takes {key}/{world_size}), got {value}"

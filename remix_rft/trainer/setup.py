@@ -57,7 +57,7 @@ def engine_options(
     eval prompt) is only called to size vLLM's KV cache when ``vllm_max_model_len`` is 0."""
     max_len = cfg.vllm_max_model_len
     if cfg.rollout_engine == "vllm" and not max_len:
-        max_len = max(prompt_lengths()) + max(cfg.max_new_tokens, cfg.eval_max_new_tokens)
+        max_len = max(prompt_lengths()) + max(cfg.max_new_tokens, cfg.eval_max_new_tokens or 0)
     return EngineOptions(
         model_path=resolve_model_path(cfg.model),
         dtype=cfg.dtype,

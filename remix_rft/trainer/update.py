@@ -37,7 +37,7 @@ from remix_rft.engines.policy import (
     response_stats,
     response_values,
 )
-from remix_rft.trainer.config import PhaseSettings, TrainConfig
+from remix_rft.trainer.config import PhaseSettings, TrainConfig, inherit
 from remix_rft.trainer.state import TrainerState
 from remix_rft.trainer.update_stats import (
     StepStats,
@@ -206,10 +206,8 @@ class Updater:
         """Per-row ε: reused samples may get their own (smaller) clip range."""
         cfg = self.cfg
         reused = (batch.versions < step).unsqueeze(1)
-        low_off = cfg.offpolicy_clip_eps_low if cfg.offpolicy_clip_eps_low > 0 else cfg.clip_eps_low
-        high_off = (
-            cfg.offpolicy_clip_eps_high if cfg.offpolicy_clip_eps_high > 0 else cfg.clip_eps_high
-        )
+        low_off = inherit(cfg.offpolicy_clip_eps_low, cfg.clip_eps_low)
+        high_off = inherit(cfg.offpolicy_clip_eps_high, cfg.clip_eps_high)
         low = torch.where(reused, torch.tensor(low_off), torch.tensor(cfg.clip_eps_low))
         high = torch.where(reused, torch.tensor(high_off), torch.tensor(cfg.clip_eps_high))
         return low, high
@@ -266,7 +264,7 @@ class Updater:
                 token.logprobs, behavior, precedent, sub.advantages, pre.loss_mask[idx],
                 eps_low=eps[0][idx], eps_high=eps[1][idx], loss=cfg.policy_loss,
                 centre=cfg.clip_centre, agg=cfg.loss_agg, denominator=denominator,
-                norm_length=cfg.norm_length or cfg.max_new_tokens,
+                norm_length=inherit(cfg.norm_length, cfg.max_new_tokens),
                 clip_ratio_c=cfg.clip_ratio_c or None,
                 weights=pre.weights[idx] if pre.weights is not None else None,
                 kl_coef=self.phase().kl_coef, kl_lambda=cfg.kl_lambda_at(step),
