@@ -168,6 +168,34 @@ def test_a_signal_during_startup_stops_before_the_first_iteration(tiny_config, m
     assert rows_without_time(run_dir) == rows and step_dirs(run_dir) == dirs
 
 
+def test_an_engine_failure_mid_run_stops_it_and_the_resume_loses_nothing(tiny_config, monkeypatch):
+    """The rollout engine raises during step 3's generation: the run stops with that error,
+    steps 1-2 are checkpointed and logged, and a resume ends as the uninterrupted run."""
+    from remix_rft.engines.generation import HFEngine
+
+    overrides = ("steps=4", "save_every=1", "eval_every=10")
+    straight = tiny_config(*overrides, out="straight")
+    train(straight)
+    original, calls = HFEngine.generate, []
+
+    def fails_at_step_3(self, prompts, settings):
+        calls.append(len(prompts))
+        if len(calls) == 4:  # the base evaluation, steps 1 and 2, then step 3
+            raise RuntimeError("engine lost: device error")
+        return original(self, prompts, settings)
+
+    monkeypatch.setattr(HFEngine, "generate", fails_at_step_3)
+    cut = tiny_config(*overrides, out="cut")
+    with pytest.raises(RuntimeError, match="engine lost"):
+        train(cut)
+    run_dir = cut.resolved_out_dir()
+    assert step_dirs(run_dir) == [1, 2] and rows_without_time(run_dir)[-1]["step"] == 2
+    monkeypatch.setattr(HFEngine, "generate", original)
+    resume(run_dir, cut)
+    assert rows_without_time(run_dir) == rows_without_time(straight.resolved_out_dir())
+    assert policy_hash(run_dir, 4) == policy_hash(straight.resolved_out_dir(), 4)
+
+
 # ---- integrity -------------------------------------------------------------------------
 def test_corrupt_newest_checkpoints_fall_back_to_the_previous_naming_them(tiny_config, capsys):
     cfg = tiny_config("steps=3", "save_every=1", "keep_checkpoints=3", "eval_every=2")
