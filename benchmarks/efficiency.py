@@ -176,6 +176,26 @@ VARIANTS: dict[str, Variant] = {
         tier=5,
         note="arm (c): 2 x 8 fresh, 1 update: the updates per rollout of (a) and (b)",
     ),  # fmt: skip
+    # ablations of the paper regime's parts (role "ablation": the right-hand plot panel)
+    **{
+        name: Variant(
+            "tiny-remix-grpo-paper", overrides, "ablation", settings=("hard",), tier=6, note=note
+        )
+        for name, overrides, note in (
+            (
+                "paper-lambda-constant",
+                ("kl_lambda_schedule=constant",),
+                "no λ schedule: λ = 0.5 throughout",
+            ),
+            (
+                "paper-lambda-1",
+                ("kl_lambda_schedule=constant", "kl_lambda=1.0"),
+                "no KL-Convex: λ = 1 (base KL only)",
+            ),
+            ("paper-no-kl", ("kl_coef=0",), "no KL at all: β = 0"),
+            ("paper-utd1", ("epochs=1",), "UTD 1: one update per batch"),
+        )
+    },  # fmt: skip
 }
 BUDGET_SHARES = (0.125, 0.25, 0.5, 1.0)
 EVAL_PROBLEMS = 500
