@@ -9,7 +9,10 @@ generation batch, the loss averaged over all tokens of the batch (TRL's
 Every ``--eval-every`` iterations all runs are evaluated the same way: greedy
 pass@1 on the first 200 held-out problems (``generate_texts`` + ``task.reward``).
 
-Reported for TRL GRPO, our GRPO and our ReMix-GRPO (``tiny-remix-grpo``):
+Reported for TRL GRPO, our GRPO, our ReMix-GRPO (``tiny-remix-grpo``) and the same
+ReMix-GRPO with asynchronous rollouts (``rollout_mode=async``, η = ``--max-staleness``;
+with ``--threads N`` its learner gets N − 1 torch threads and its producer 1, the CPU
+budget of the other runs):
 seconds per iteration (mean over iterations, evaluation excluded),
 rollouts-to-target and training-wall-clock-to-target (docs/design.md §5: the first
 evaluation where the mean of two consecutive evaluations reaches the target),
@@ -18,6 +21,8 @@ and the final accuracy::
     pip install -e .[bench]
     python benchmarks/vs_trl.py --steps 20 --seeds 0 --rounds 2 \\
         --out benchmarks/results/vs_trl.md
+    python benchmarks/vs_trl.py --steps 30 --target 0.9 --threads 2 --rounds 2 \\
+        --eval-every 5   # with the async run: wall-clock to 0.9, evaluations included
 
 Runs are made one after the other in this process; ``--rounds 2`` repeats
 every run in reversed order (A B C, C B A) so that load from other processes
@@ -58,9 +63,20 @@ from remix_rft.data.prompts import format_prompt  # noqa: E402
 from remix_rft.engines.generation import eos_token_ids, generate_texts  # noqa: E402
 from remix_rft.engines.models import resolve_model_path  # noqa: E402
 
-METHODS = ("trl", "ours", "remix")
-LABELS = {"trl": "TRL GRPO", "ours": "our GRPO", "remix": "our ReMix-GRPO"}
-CONFIGS = {"trl": "tiny-grpo", "ours": "tiny-grpo", "remix": "tiny-remix-grpo"}
+METHODS = ("trl", "ours", "remix", "remix-async")
+LABELS = {
+    "trl": "TRL GRPO",
+    "ours": "our GRPO",
+    "remix": "our ReMix-GRPO",
+    "remix-async": "our ReMix-GRPO, async",
+}
+CONFIGS = {
+    "trl": "tiny-grpo",
+    "ours": "tiny-grpo",
+    "remix": "tiny-remix-grpo",
+    "remix-async": "tiny-remix-grpo",
+}
+WALL_KEY = "time/wall_s"  # since training began, evaluations (and a producer's start) included
 FALLBACK_MODEL = "/tmp/base"
 EVAL_KEY = "eval/accuracy"
 TRL_MISSING = "TRL is not installed; install the benchmark extra: pip install -e .[bench]"
@@ -76,7 +92,7 @@ class RunResult:
     seed: int
     round: int
     rollouts_per_iter: int
-    rows: list[Row] = field(default_factory=list)  # step, rollouts, time/total_s, eval/accuracy
+    rows: list[Row] = field(default_factory=list)  # step, rollouts, time/*, eval/accuracy
     step_s: list[float] = field(default_factory=list)  # per iteration, evaluation excluded
     gen_s: list[float] = field(default_factory=list)  # generation share of each iteration
     precompute_s: list[float] = field(default_factory=list)  # ours: no-grad log π_k (+ π_base)
@@ -150,6 +166,9 @@ def run_ours(method: str, seed: int, rnd: int, args: argparse.Namespace, work: P
         f"save_every={args.steps}", "keep_checkpoints=1", f"threads={args.threads}",
         f"out_dir={out_dir}", f"name={method}",
     ]  # fmt: skip
+    if method.endswith("-async"):  # the same CPU budget: one thread moves to the producer
+        overrides += ["rollout_mode=async", f"max_staleness={args.max_staleness}",
+                      f"threads={max(args.threads - 1, 1)}", "rollout_threads=1"]  # fmt: skip
     cfg = load_config(CONFIGS[method], overrides)
     res = RunResult(method, seed, rnd, cfg.fresh_batch_size())
     raw: list[Row] = []
@@ -158,6 +177,7 @@ def run_ours(method: str, seed: int, rnd: int, args: argparse.Namespace, work: P
     def on_step(row: Row) -> None:
         step = int(row["step"])
         keep = {"step": step, "rollouts": int(row.get("rollouts", 0))}
+        keep[WALL_KEY] = float(row.get("time/total_s", math.nan))
         if EVAL_KEY in row:
             keep[EVAL_KEY] = float(row[EVAL_KEY])
         raw.append(keep)
@@ -309,7 +329,7 @@ def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunRes
     evaluate = HeldOut(task, tokenizer, args.eval_problems, cfg.max_new_tokens)
     raw: list[Row] = []
     step_s: dict[int, float] = {}
-    clock: dict[str, float] = {"begin": 0.0, "gen": 0.0}
+    clock: dict[str, float] = {"begin": 0.0, "gen": 0.0, "train_begin": 0.0}
 
     class Timing(TrainerCallback):  # type: ignore[misc]
         def _eval(self, model: Any, step: int) -> None:
@@ -317,10 +337,12 @@ def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunRes
             acc = evaluate(model)
             res.eval_s += time.perf_counter() - started
             raw[-1][EVAL_KEY] = acc
+            raw[-1][WALL_KEY] = time.perf_counter() - clock["train_begin"]
             progress("trl", seed, step, args.steps, acc, step_s.get(step))
 
         def on_train_begin(self, a: Any, state: Any, control: Any, model: Any = None, **kw: Any):
             res.threads = torch.get_num_threads()
+            clock["train_begin"] = time.perf_counter()
             raw.append({"step": 0, "rollouts": 0})
             self._eval(model, 0)
 
@@ -333,7 +355,8 @@ def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunRes
             step_s[step] = time.perf_counter() - clock["begin"]
             res.step_s.append(step_s[step])
             res.gen_s.append(clock["gen"] if gen_wrapped else math.nan)
-            raw.append({"step": step, "rollouts": step * res.rollouts_per_iter})
+            raw.append({"step": step, "rollouts": step * res.rollouts_per_iter,
+                        WALL_KEY: time.perf_counter() - clock["train_begin"]})  # fmt: skip
             if step % args.eval_every == 0 or step == args.steps:
                 self._eval(model, step)
             else:
@@ -417,6 +440,18 @@ def _mean_or_dash(values: Sequence[float]) -> str:
     return f"{statistics.fmean(vals):.2f}" if vals else "—"
 
 
+def wall_rows(rows: Sequence[Row]) -> list[Row]:
+    """The rows with ``time/total_s`` = the wall-clock since training began, evaluations
+    included: the fair clock for an asynchronous run, whose producer keeps generating while
+    the learner evaluates."""
+    return [{**r, "time/total_s": r.get(WALL_KEY, math.nan)} for r in rows]
+
+
+def full_wall_to_target(run: RunResult, target: float | None) -> float | None:
+    hit = rollouts_to_target(wall_rows(run.rows), target) if target is not None else None
+    return None if hit is None or hit.wall_s is None or math.isnan(hit.wall_s) else hit.wall_s
+
+
 def summarize(results: Sequence[RunResult], target: float | None) -> list[dict[str, Any]]:
     table = []
     for method in METHODS:
@@ -443,6 +478,9 @@ def summarize(results: Sequence[RunResult], target: float | None) -> list[dict[s
                 "reached": f"{len(reached)}/{n}",
                 "rollouts_to_target": _mean_std([float(h.rollouts or 0) for h in reached]),
                 "wall_to_target_s": _mean_std([float(h.wall_s or 0.0) for h in reached]),
+                "full_wall_to_target_s": _mean_std(
+                    [w for r in runs if (w := full_wall_to_target(r, target)) is not None]
+                ),
                 "base_acc": _mean_std(bases),
                 "final_acc": _mean_std(finals),
                 "train_reward_last5": _mean_std(rewards),
@@ -454,7 +492,8 @@ def summarize(results: Sequence[RunResult], target: float | None) -> list[dict[s
 def format_table(table: Sequence[dict[str, Any]]) -> str:
     header = [
         "method", "runs", "rollouts/iter", "s/iter (mean)", "s/iter (median)", "gen s/iter",
-        "reached T", "rollouts→T", "train wall→T (s)", "base acc", "final acc",
+        "reached T", "rollouts→T", "train wall→T (s)", "wall→T incl. eval (s)", "base acc",
+        "final acc",
         "train reward (last 5)",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -471,6 +510,7 @@ def format_table(table: Sequence[dict[str, Any]]) -> str:
             row["reached"],
             _fmt(*row["rollouts_to_target"], 0, n),
             _fmt(*row["wall_to_target_s"], 0, n),
+            _fmt(*row["full_wall_to_target_s"], 0, n),
             _fmt(*row["base_acc"], 3, n),
             _fmt(*row["final_acc"], 3, n),
             _fmt(*row["train_reward_last5"], 3, n),
@@ -490,6 +530,30 @@ def speed_verdict(table: Sequence[dict[str, Any]]) -> str | None:
         f"Our GRPO iteration ({o:.2f} s) is {verdict} TRL's ({t:.2f} s) on the same settings: "
         f"TRL / ours = {t / o:.2f}x (means over iterations; medians "
         f"{trl['s_per_iter_median']:.2f} s vs {ours['s_per_iter_median']:.2f} s)."
+    )
+
+
+def async_verdict(results: Sequence[RunResult], target: float | None) -> str | None:
+    """Async ReMix-GRPO's wall-clock to T over TRL's, evaluations included, paired by seed
+    and round (the two ran back to back, so both saw the same load)."""
+    trl = {(r.seed, r.round): r for r in results if r.method == "trl"}
+    ratios = []
+    for r in results:
+        other = trl.get((r.seed, r.round))
+        if r.method != "remix-async" or other is None:
+            continue
+        mine, theirs = full_wall_to_target(r, target), full_wall_to_target(other, target)
+        if mine is not None and theirs:
+            ratios.append(mine / theirs)
+    if not ratios:
+        return None
+    mean, std = _mean_std(ratios)
+    assert mean is not None and std is not None
+    return (
+        f"Async ReMix-GRPO's wall-clock to T (evaluations included) is {mean:.2f} ± {std:.2f}x "
+        f"TRL GRPOTrainer's ({len(ratios)} paired runs: "
+        + ", ".join(f"{x:.2f}" for x in ratios)
+        + ")."
     )
 
 
@@ -538,7 +602,7 @@ def write_markdown(
     verdict = speed_verdict(table)
     order = ", ".join(f"{LABELS[r.method]} (seed {r.seed}, round {r.round})" for r in results)
     lines = [
-        "# TRL GRPOTrainer vs our GRPO and ReMix-GRPO (embedded model and task)",
+        "# TRL GRPOTrainer vs our GRPO and ReMix-GRPO, sync and async (embedded model and task)",
         "",
         f"Command: `{shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}`",
         "",
@@ -560,6 +624,8 @@ def write_markdown(
     ]
     if verdict:
         lines += [verdict, ""]
+    if (faster := async_verdict(results, target)) is not None:
+        lines += [faster, ""]
     lines += [
         "Columns: s/iter is the time of one iteration (generate → score → loss → one optimizer "
         "update for GRPO; ReMix also recomputes log-probs of reused samples and takes its own "
@@ -567,7 +633,10 @@ def write_markdown(
         "generation share. rollouts→T and train wall→T are read at the first evaluation "
         "where the mean of two consecutive evaluations is ≥ T (docs/design.md §5); train wall is "
         "the cumulative iteration time (evaluation excluded) so the three are comparable. "
-        "Means ± std are over runs that reached T.",
+        "wall→T incl. eval is the wall-clock since training began, evaluations included: the "
+        "fair clock for the asynchronous run, whose producer generates while the learner "
+        "evaluates (and whose producer start-up it counts); its s/iter is the learner's "
+        "iteration, waiting for data included. Means ± std are over runs that reached T.",
         "",
         "What counts as an iteration: TRL with `per_device_train_batch_size=128`, "
         "`steps_per_generation=1`, `gradient_accumulation_steps=1`, `num_iterations=1` "
@@ -621,7 +690,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--eval-problems", type=int, default=200)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads per run (async: one of them goes to the producer process)",
+    )  # fmt: skip
+    p.add_argument("--max-staleness", type=int, default=1, help="async runs: η")
     p.add_argument("--model", default="embedded")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_trl.md"))
     p.add_argument("--json", type=Path, default=None, help="also write every run's rows here")
@@ -679,9 +752,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = summarize(results, target)
     print()
     print(format_table(table))
-    verdict = speed_verdict(table)
-    if verdict:
-        print(verdict)
+    for line in (speed_verdict(table), async_verdict(results, target)):
+        if line:
+            print(line)
     write_markdown(args.out, table, results, target, source, args, (loads_start, loads_end))
     print(f"wrote {args.out}")
     if args.json:

@@ -5,10 +5,16 @@ iteration that changed the weights the learner *publishes* them with a version (
 iteration number); the producer *receives* the newest version between generation
 calls — never in the middle of one — and tags what it generates with that version.
 
+A transport is made in two steps, so that the producer process can start (and spend
+its seconds of imports and model loading) while the learner still builds its own model:
+the transport's control part is created first and handed to the process when it is
+spawned; once the learner holds its weights it ``share``s them, and the producer
+``attach``es the ``layout`` it is sent.
+
 Transports register by name (``weight_transport``). Built in: ``shared-memory``, one
 flat shared-memory tensor per dtype (``torch.multiprocessing``) guarded by a lock, for
 a producer process on the same machine. Cross-machine placement (NCCL broadcast into
-vLLM, as verl and OpenRLHF do) would be another class with the same two methods.
+vLLM, as verl and OpenRLHF do) would be another class with the same methods.
 """
 
 from __future__ import annotations
@@ -40,7 +46,20 @@ def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 class WeightTransport(ABC):
-    """Learner → producer weights, versioned. Picklable: it is handed to the producer."""
+    """Learner → producer weights, versioned. Picklable: it is handed to the producer
+    process when that is spawned, before any weights exist."""
+
+    @abstractmethod
+    def share(self, weights: Weights) -> None:
+        """Learner, once: lay out the transport for ``weights`` and fill it (version -1)."""
+
+    @abstractmethod
+    def layout(self) -> Any:
+        """What the producer needs to ``attach`` (it crosses a queue after ``share``)."""
+
+    @abstractmethod
+    def attach(self, layout: Any) -> None:
+        """Producer, once, before its first ``receive``."""
 
     @abstractmethod
     def publish(self, weights: Weights | None, version: int) -> None:
@@ -67,10 +86,11 @@ def register_transport(name: str) -> Callable[[TransportFactory], TransportFacto
     return add
 
 
-def build_transport(name: str, weights: Weights, context: Any) -> WeightTransport:
+def build_transport(name: str, context: Any) -> WeightTransport:
+    """The control part of transport ``name``, from a multiprocessing ``context``."""
     if name not in TRANSPORTS:
         raise ValueError(f"unknown weight transport {name!r}; allowed: {sorted(TRANSPORTS)}")
-    return TRANSPORTS[name](weights, context)
+    return TRANSPORTS[name](context)
 
 
 @dataclass(frozen=True)
@@ -88,10 +108,15 @@ class _Slot:
 class SharedMemoryTransport(WeightTransport):
     """One shared-memory buffer per dtype; a lock so a reader never sees half a version."""
 
-    def __init__(self, weights: Weights, context: Any) -> None:
-        """Lay out shared buffers for ``weights`` and fill them (unpublished: version -1)."""
-        weights = list(weights)
+    def __init__(self, context: Any) -> None:
+        # made before the spawn: a lock and a shared value cannot cross a queue later
+        self.version = context.Value("q", -1, lock=False)  # guarded by self.lock
+        self.lock = context.Lock()
         self.slots: dict[str, _Slot] = {}
+        self.buffers: dict[torch.dtype, torch.Tensor] = {}
+
+    def share(self, weights: Weights) -> None:
+        weights = list(weights)
         sizes: dict[torch.dtype, int] = {}
         for name, tensor in weights:
             offset = sizes.get(tensor.dtype, 0)
@@ -100,8 +125,12 @@ class SharedMemoryTransport(WeightTransport):
         self.buffers = {dt: torch.empty(n, dtype=dt).share_memory_() for dt, n in sizes.items()}
         for name, tensor in weights:
             self.view(name).copy_(tensor.detach())
-        self.version = context.Value("q", -1, lock=False)  # guarded by self.lock
-        self.lock = context.Lock()
+
+    def layout(self) -> tuple[dict[str, _Slot], dict[torch.dtype, torch.Tensor]]:
+        return self.slots, self.buffers
+
+    def attach(self, layout: tuple[dict[str, _Slot], dict[torch.dtype, torch.Tensor]]) -> None:
+        self.slots, self.buffers = layout
 
     def view(self, name: str) -> torch.Tensor:
         slot = self.slots[name]

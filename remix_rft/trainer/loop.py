@@ -42,7 +42,12 @@ from remix_rft.trainer.metrics import MetricsLog
 from remix_rft.trainer.preemption import PreemptionHandler
 from remix_rft.trainer.producer import Producer, PromptFormatter, Rollout, needs_sampling_logprobs
 from remix_rft.trainer.producer_process import ProducerSpec
-from remix_rft.trainer.rollouts import AsyncRollouts, InlineRollouts, RolloutSource
+from remix_rft.trainer.rollouts import (
+    AsyncRollouts,
+    InlineRollouts,
+    ProducerProcess,
+    RolloutSource,
+)
 from remix_rft.trainer.setup import prepare_run_dir
 from remix_rft.trainer.state import Counters
 from remix_rft.trainer.tasks import build_task, score_responses
@@ -62,15 +67,24 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
+        # One process unless launched by torchrun (engines/distributed.py: FSDP2, DCP).
+        self.dist = distributed.setup(cfg.device)
+        ranks.check_config(cfg, self.dist.world_size)
+        self.producer_process = self.launch_producer()
+        try:
+            self.build(cfg, run_dir)
+        except BaseException:
+            if self.producer_process is not None:
+                self.producer_process.stop()
+            raise
+
+    def build(self, cfg: TrainConfig, run_dir: Path) -> None:
         self.task: Task = build_task(cfg.task)
         self.train_problems = list(self.task.train_problems())
         self.eval_problems = list(self.task.eval_problems())[: cfg.eval_problems]
         self.tokenizer = load_tokenizer(cfg.model)
         self.pad_id = pad_token_id(self.tokenizer)
         self.prompt_text = PromptFormatter(self.tokenizer, cfg.task.instruction)
-        # One process unless launched by torchrun (engines/distributed.py: FSDP2, DCP).
-        self.dist = distributed.setup(cfg.device)
-        ranks.check_config(cfg, self.dist.world_size)
         self.state, self.schedule = setup.build_state(
             cfg, self.dist, len(self.train_problems), self.tokenizer
         )
@@ -91,6 +105,15 @@ class Trainer:
                 self.metrics = ranks.NullMetrics()  # type: ignore[assignment]
 
     # ---- setup ---------------------------------------------------------------------
+    def launch_producer(self) -> ProducerProcess | None:
+        """The asynchronous producer's process, started first so that its start-up runs
+        while this process builds the learner (``start_rollouts`` hands it the weights)."""
+        if self.cfg.rollout_mode != "async":
+            return None
+        spec = ProducerSpec(cfg=self.cfg, device=str(self.dist.device),
+                            threads=self.cfg.rollout_threads)  # fmt: skip
+        return ProducerProcess(self.cfg, spec, self.dist.rank)
+
     def engine_options(self) -> EngineOptions:
         def prompt_lengths() -> list[int]:
             encode = self.tokenizer
@@ -110,12 +133,11 @@ class Trainer:
                 self.producer, state.sampler, self.dist, self.ready_engine,
                 lambda: self.record_gen_logprobs(),
             )  # fmt: skip
-        spec = ProducerSpec(
-            cfg=cfg, device=str(self.dist.device), threads=cfg.rollout_threads,
-            rng_state=torch.get_rng_state(), engine_options=self.engine_options(),
+        assert self.producer_process is not None  # launched in __init__ for async runs
+        return AsyncRollouts(
+            cfg, state.sampler, self.dist, self.producer_process, policy_weights(self.policy),
+            state.counters.step, start=(torch.get_rng_state(), self.engine_options()),
         )  # fmt: skip
-        weights = policy_weights(self.policy)
-        return AsyncRollouts(cfg, state.sampler, self.dist, spec, weights, state.counters.step)
 
     def source(self) -> RolloutSource:
         if self.rollouts is None:
@@ -353,6 +375,8 @@ class Trainer:
         ends the process group)."""
         if self.rollouts is not None:
             self.rollouts.close()
+        elif self.producer_process is not None:  # stopped before its first iteration
+            self.producer_process.stop()
         self.engine.close()
 
     def summary(self) -> dict[str, Any]:

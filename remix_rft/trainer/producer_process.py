@@ -1,6 +1,9 @@
 """The asynchronous producer's process: its own model copy, engine and task.
 
-Spawned by :class:`~remix_rft.trainer.rollouts.AsyncRollouts`. It loops: take the next
+Spawned by :class:`~remix_rft.trainer.rollouts.ProducerProcess` as the trainer starts,
+it imports and loads its model while the learner loads its own, then waits for its
+:class:`ProducerStart` (the learner's random state, engine options and the weight
+layout, known only once the learner holds its weights). Then it loops: take the next
 request, make sure its weights are at least the request's oldest allowed version
 (waiting for the learner to publish one if not), pick up any newer published weights
 — only here, between generation calls — generate, score, send the packed rollout
@@ -43,13 +46,21 @@ POLL_S = 0.005  # waiting for a newer policy version
 
 @dataclass
 class ProducerSpec:
-    """What the producer process is built from (picklable)."""
+    """What the producer process is spawned with (picklable)."""
 
     cfg: TrainConfig
     device: str  # "cpu" or "cuda:N"
     threads: int  # torch CPU threads (0: torch's default)
+
+
+@dataclass
+class ProducerStart:
+    """The producer's first message, once the learner holds its weights (a resumed run's
+    too) and has evaluated its base."""
+
     rng_state: torch.Tensor  # the learner's generator state: sampling continues its stream
     engine_options: EngineOptions
+    layout: Any  # WeightTransport.layout()
 
 
 def producer_main(
@@ -67,16 +78,21 @@ def _serve(spec: ProducerSpec, transport: WeightTransport, requests: Any, result
         os.environ.pop(name, None)
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    torch.set_rng_state(spec.rng_state)
     cfg = spec.cfg
-    task = build_task(cfg.task)
+    task = build_task(cfg.task)  # the slow part of starting, done while the learner starts
     tokenizer = load_tokenizer(cfg.model)
     model = load_policy(cfg.model, dtype=cfg.dtype).to(spec.device)
     model.eval().requires_grad_(False)
+    start: ProducerStart | None = _next_request(requests)
+    if start is None:  # the learner stopped before it needed rollouts
+        return
+    torch.set_rng_state(start.rng_state)
+    transport.attach(start.layout)
     env = DistEnv(device=torch.device(spec.device))
     engine = build_engine(
-        cfg.rollout_engine, policy=model, tokenizer=tokenizer, options=spec.engine_options, env=env
-    )
+        cfg.rollout_engine, policy=model, tokenizer=tokenizer, options=start.engine_options,
+        env=env,
+    )  # fmt: skip
     producer = Producer(
         cfg, task, list(task.train_problems()), PromptFormatter(tokenizer, cfg.task.instruction)
     )

@@ -30,11 +30,16 @@ from typing import Any
 
 from remix_rft.data.sampler import PromptSampler
 from remix_rft.engines.distributed import DistEnv
-from remix_rft.engines.rollout import RolloutEngine
+from remix_rft.engines.rollout import EngineOptions, RolloutEngine
 from remix_rft.engines.transport import Weights, WeightTransport, build_transport
 from remix_rft.trainer.config import PhaseSettings, TrainConfig
 from remix_rft.trainer.producer import Producer, Rollout, RolloutRequest, plan_request
-from remix_rft.trainer.producer_process import ProducerSpec, producer_main, unpacked_rollout
+from remix_rft.trainer.producer_process import (
+    ProducerSpec,
+    ProducerStart,
+    producer_main,
+    unpacked_rollout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +104,42 @@ class InlineRollouts(RolloutSource):
         return rollout
 
 
+class ProducerProcess:
+    """The producer's process, spawned as the trainer starts: its imports and model
+    loading (seconds) overlap the learner's own start-up and base evaluation instead of
+    delaying the first iteration."""
+
+    def __init__(self, cfg: TrainConfig, spec: ProducerSpec, rank: int) -> None:
+        context = mp.get_context("spawn")
+        self.transport: WeightTransport = build_transport(cfg.weight_transport, context)
+        self.requests = context.Queue()
+        self.results = context.Queue()
+        self.process = context.Process(
+            target=producer_main,
+            args=(spec, self.transport, self.requests, self.results),
+            name=f"remix-producer-rank{rank}",
+        )
+        self.process.start()
+        log.info("rollout producer started (pid %s)", self.process.pid)
+
+    def begin(self, weights: Weights, version: int, rng_state: Any, options: EngineOptions) -> None:
+        """Hand the producer the learner's weights (as ``version``) and sampling stream."""
+        self.transport.share(weights)
+        self.transport.publish(None, version)  # the layout was filled with these weights
+        self.requests.put(ProducerStart(rng_state, options, self.transport.layout()))
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.requests.put(None)
+            self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=5)
+        for q in (self.requests, self.results):
+            q.cancel_join_thread()  # unread rollouts must not block the exit
+            q.close()
+
+
 class AsyncRollouts(RolloutSource):
     """A producer process up to ``max_staleness`` policy versions ahead of the learner."""
 
@@ -107,27 +148,19 @@ class AsyncRollouts(RolloutSource):
         cfg: TrainConfig,
         sampler: PromptSampler,
         dist: DistEnv,
-        spec: ProducerSpec,
+        producer: ProducerProcess,
         weights: Weights,
         version: int,
+        start: tuple[Any, EngineOptions],  # the learner's rng state, the engine's options
     ) -> None:
         super().__init__(sampler, dist, cfg.max_staleness, rounds=cfg.generation_rounds)
         self.last_step = cfg.steps
-        context = mp.get_context("spawn")
-        self.transport: WeightTransport = build_transport(cfg.weight_transport, weights, context)
-        self.transport.publish(None, version)  # the layout was filled with these weights
-        self.requests = context.Queue()
-        self.results = context.Queue()
+        producer.begin(weights, version, *start)
+        self.producer = producer
+        self.transport, self.process = producer.transport, producer.process
+        self.requests, self.results = producer.requests, producer.results
         self.in_flight: deque[tuple[RolloutRequest, dict[str, Any]]] = deque()
         self.epoch = 0  # bumped by restart(): results of older requests are dropped
-        self.process = context.Process(
-            target=producer_main,
-            args=(spec, self.transport, self.requests, self.results),
-            name=f"remix-producer-rank{dist.rank}",
-        )
-        self.process.start()
-        log.info("rollout producer started (pid %s, max_staleness %d)", self.process.pid,
-                 self.max_staleness)  # fmt: skip
 
     def next(self, step: int, phase: PhaseSettings) -> Rollout:
         self.fill(step, phase)
@@ -193,12 +226,4 @@ class AsyncRollouts(RolloutSource):
         return self.in_flight[0][1] if self.in_flight else self.sampler.state_dict()
 
     def close(self) -> None:
-        if self.process.is_alive():
-            self.requests.put(None)
-            self.process.join(timeout=30)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=5)
-        for q in (self.requests, self.results):
-            q.cancel_join_thread()  # unread rollouts must not block the exit
-            q.close()
+        self.producer.stop()
