@@ -196,6 +196,22 @@ VARIANTS: dict[str, Variant] = {
             ("paper-utd1", ("epochs=1",), "UTD 1: one update per batch"),
         )
     },  # fmt: skip
+    # where reuse degrades: more updates per batch, older data, and pure Mix-PPG (no
+    # reincarnation) for the whole budget (the paper reports destructive degradation of
+    # pure Mix-PPG at high UTD after ~200 steps)
+    **{
+        name: Variant(
+            "tiny-remix-grpo-paper", overrides, "ablation", settings=("hard",), tier=7, note=note
+        )
+        for name, overrides, note in (
+            ("paper-utd4", ("epochs=4",), "UTD 4: four updates per batch"),
+            ("paper-window6", ("window=6",), "window 6: the last 5 past policies"),
+            ("paper-no-reincarnation", ("reincarnation_step=0",),
+             "pure Mix-PPG (UTD 2) for the whole budget"),
+            ("paper-utd4-no-reincarnation", ("epochs=4", "reincarnation_step=0"),
+             "pure Mix-PPG at UTD 4 for the whole budget"),
+        )
+    },  # fmt: skip
 }
 BUDGET_SHARES = (0.125, 0.25, 0.5, 1.0)
 EVAL_PROBLEMS = 500
