@@ -206,10 +206,16 @@ VARIANTS: dict[str, Variant] = {
         for name, overrides, note in (
             ("paper-utd4", ("epochs=4",), "UTD 4: four updates per batch"),
             ("paper-window6", ("window=6",), "window 6: the last 5 past policies"),
-            ("paper-no-reincarnation", ("reincarnation_step=0",),
-             "pure Mix-PPG (UTD 2) for the whole budget"),
-            ("paper-utd4-no-reincarnation", ("epochs=4", "reincarnation_step=0"),
-             "pure Mix-PPG at UTD 4 for the whole budget"),
+            (
+                "paper-no-reincarnation",
+                ("reincarnation_step=0",),
+                "pure Mix-PPG (UTD 2) for the whole budget",
+            ),
+            (
+                "paper-utd4-no-reincarnation",
+                ("epochs=4", "reincarnation_step=0"),
+                "pure Mix-PPG at UTD 4 for the whole budget",
+            ),
         )
     },  # fmt: skip
 }

@@ -520,41 +520,51 @@ def format_table(table: Sequence[dict[str, Any]]) -> str:
 
 
 def speed_verdict(table: Sequence[dict[str, Any]]) -> str | None:
+    """Our GRPO iteration against TRL's: "comparable" when the means differ by less than
+    the larger spread over runs."""
     by = {row["method"]: row for row in table}
     trl, ours = by.get(LABELS["trl"]), by.get(LABELS["ours"])
     if not trl or not ours or trl["s_per_iter"][0] is None or ours["s_per_iter"][0] is None:
         return None
-    t, o = trl["s_per_iter"][0], ours["s_per_iter"][0]
-    verdict = "at least as fast as" if o <= t else "SLOWER than"
+    (t, t_std), (o, o_std) = trl["s_per_iter"], ours["s_per_iter"]
+    spread = max(t_std or 0.0, o_std or 0.0)
+    if abs(o - t) <= spread:
+        verdict = "comparable to"
+    else:
+        verdict = "faster than" if o < t else "SLOWER than"
     return (
-        f"Our GRPO iteration ({o:.2f} s) is {verdict} TRL's ({t:.2f} s) on the same settings: "
-        f"TRL / ours = {t / o:.2f}x (means over iterations; medians "
-        f"{trl['s_per_iter_median']:.2f} s vs {ours['s_per_iter_median']:.2f} s)."
+        f"Our GRPO iteration ({o:.2f} s) is {verdict} TRL's ({t:.2f} s) on the same settings "
+        f"(spread over runs ± {spread:.2f} s): TRL / ours = {t / o:.2f}x (means over "
+        f"iterations; medians {trl['s_per_iter_median']:.2f} s vs "
+        f"{ours['s_per_iter_median']:.2f} s)."
     )
 
 
-def async_verdict(results: Sequence[RunResult], target: float | None) -> str | None:
-    """Async ReMix-GRPO's wall-clock to T over TRL's, evaluations included, paired by seed
-    and round (the two ran back to back, so both saw the same load)."""
+def wall_verdicts(results: Sequence[RunResult], target: float | None) -> list[str]:
+    """ReMix-GRPO's wall-clock to T (sync and async) over TRL's, evaluations included,
+    paired by seed and round (the two ran back to back, so both saw the same load)."""
     trl = {(r.seed, r.round): r for r in results if r.method == "trl"}
-    ratios = []
-    for r in results:
-        other = trl.get((r.seed, r.round))
-        if r.method != "remix-async" or other is None:
+    lines = []
+    for method in ("remix", "remix-async"):
+        ratios = []
+        for r in results:
+            other = trl.get((r.seed, r.round))
+            if r.method != method or other is None:
+                continue
+            mine, theirs = full_wall_to_target(r, target), full_wall_to_target(other, target)
+            if mine is not None and theirs:
+                ratios.append(mine / theirs)
+        if not ratios:
             continue
-        mine, theirs = full_wall_to_target(r, target), full_wall_to_target(other, target)
-        if mine is not None and theirs:
-            ratios.append(mine / theirs)
-    if not ratios:
-        return None
-    mean, std = _mean_std(ratios)
-    assert mean is not None and std is not None
-    return (
-        f"Async ReMix-GRPO's wall-clock to T (evaluations included) is {mean:.2f} ± {std:.2f}x "
-        f"TRL GRPOTrainer's ({len(ratios)} paired runs: "
-        + ", ".join(f"{x:.2f}" for x in ratios)
-        + ")."
-    )
+        mean, std = _mean_std(ratios)
+        assert mean is not None and std is not None
+        lines.append(
+            f"{LABELS[method]}'s wall-clock to T (evaluations included) is {mean:.2f} ± "
+            f"{std:.2f}x TRL GRPOTrainer's ({len(ratios)} paired runs: "
+            + ", ".join(f"{x:.2f}" for x in ratios)
+            + ")."
+        )
+    return lines
 
 
 def describe_model(source: str, snapshot: Path) -> str:
@@ -624,8 +634,8 @@ def write_markdown(
     ]
     if verdict:
         lines += [verdict, ""]
-    if (faster := async_verdict(results, target)) is not None:
-        lines += [faster, ""]
+    for line in wall_verdicts(results, target):
+        lines += [line, ""]
     lines += [
         "Columns: s/iter is the time of one iteration (generate → score → loss → one optimizer "
         "update for GRPO; ReMix also recomputes log-probs of reused samples and takes its own "
@@ -752,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = summarize(results, target)
     print()
     print(format_table(table))
-    for line in (speed_verdict(table), async_verdict(results, target)):
+    for line in (speed_verdict(table), *wall_verdicts(results, target)):
         if line:
             print(line)
     write_markdown(args.out, table, results, target, source, args, (loads_start, loads_end))

@@ -1,18 +1,31 @@
 """`remix demo` end to end with very few steps: both runs, the table and the plot."""
 
-from remix_rft.apps.demo import claim_lines, demo_config
+import re
+from pathlib import Path
+
+from remix_rft.apps.demo import (
+    SHIPPED_ROWS,
+    SHIPPED_TABLE,
+    SHIPPED_TARGET,
+    claim_lines,
+    control_lines,
+    demo_config,
+)
 from remix_rft.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_demo_trains_both_algorithms_and_writes_table_and_plot(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--rollouts", "64", "--target", "0.2"]
-    code = main([*argv, "--report-to", "tensorboard"])
+    code = main([*argv, "--report-to", "tensorboard", "--control"])
     printed = capsys.readouterr().out
     assert code == 0
     assert (out / "grpo" / "summary.json").is_file()
     assert (out / "remix-grpo" / "summary.json").is_file()
+    assert (out / "grpo-4x8" / "summary.json").is_file()  # --control: the third run
     assert (out / "demo.png").stat().st_size > 1000
     assert "grpo" in printed and "remix-grpo" in printed and "target accuracy T = 0.200" in printed
     # --report-to: both runs' metrics and the plot went to TensorBoard as well
@@ -23,6 +36,7 @@ def test_demo_trains_both_algorithms_and_writes_table_and_plot(tmp_path, capsys,
     assert "last 3" in header and "rollouts→T" in header and "wall→T" in header
     assert "reflect" not in header  # always 0 on the embedded task
     assert "early speed:" in printed and "final accuracy (mean of the last 3" in printed
+    assert "fresh-only control: grpo-4x8" in printed and "shipped benchmark, 5 seeds" in printed
 
 
 def test_demo_budget_sets_each_runs_steps(tmp_path):
@@ -66,3 +80,27 @@ def test_a_failing_parallel_run_is_reported_with_its_traceback(tmp_path, capsys)
     assert train_parallel([("broken", cfg)]) == ["broken"]
     err = capsys.readouterr().err
     assert "broken failed" in err and "no-such-model" in err
+
+
+def test_the_shipped_control_numbers_match_the_benchmark_table():
+    """The demo quotes the 5-seed table; the quote must be the table's T = 0.9 rows."""
+    text = (REPO / SHIPPED_TABLE).read_text()
+    section = text.split(f"### Rollouts to T = {SHIPPED_TARGET:.3f}")[1].split("###")[0]
+    for row in SHIPPED_ROWS:
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| {row.variant} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == "5/5", row.variant
+        mean, std = (int(x.replace(",", "")) for x in re.findall(r"[\d,]+", cells[3]))
+        assert (mean, std) == (row.rollouts, row.std), row.variant
+        assert float(cells[4].split("±")[0]) == row.ratio_to_grpo, row.variant
+
+
+def test_control_lines_give_the_live_control_and_the_shipped_table():
+    live = {"run": "grpo-4x8", "rollouts_to_target": 640}
+    first, shipped = control_lines(live, 0.9)
+    assert "grpo-4x8" in first and "640 rollouts to T = 0.900" in first
+    assert "grpo-4x8 717 ± 70 (0.41x)" in shipped and "remix-grpo 742 ± 229 (0.43x)" in shipped
+    assert "reproduce: python benchmarks/efficiency.py" in shipped
+    live["rollouts_to_target"] = None
+    assert "did not reach T" in control_lines(live, 0.9)[0]
+    assert len(control_lines(None, 0.9)) == 1

@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 from remix_rft.data.batch import collate
 from remix_rft.data.buffer import Sample
 from remix_rft.trainer.config import ConfigError, load_config
+from tests.test_practitioner import SOME_UNIFORM
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS_PER_RANK = 4  # 3 fresh + 1 reused per rank
@@ -98,8 +99,8 @@ def run_update(cfg, run_dir: Path, ranks: list[int]) -> dict:
     stats = trainer.dist.merge_stats(trainer.update(batch, pre, step=1))
     out: dict = {"stats": stats.means(), "params": {}, "grads": {}}
     models = {"policy": trainer.policy}
-    if trainer.critic is not None:
-        models["critic"] = trainer.critic
+    if trainer.state.critic is not None:
+        models["critic"] = trainer.state.critic
     for name, model in models.items():
         for key, p in model.named_parameters():
             full = p.full_tensor() if hasattr(p, "full_tensor") else p
@@ -171,6 +172,13 @@ def test_two_ranks_make_the_one_rank_update(model_dir, tmp_path, monkeypatch):
             )
 
 
+# A small ReMix-GRPO run on the embedded model: 2 ranks x 2 prompts x 4 responses.
+SMALL_RUN = (
+    "prompts_per_step=4", "group_size=4", "minibatch_size=16", "max_new_tokens=16",
+    "eval_problems=10", "threads=1", "task.n_train=200", "task.n_eval=10",
+)  # fmt: skip
+
+
 def _torchrun(*args: str, nproc: int = WORLD) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
@@ -181,10 +189,8 @@ def _torchrun(*args: str, nproc: int = WORLD) -> subprocess.CompletedProcess:
 def test_two_rank_cli_run_writes_a_normal_run_directory(model_dir, tmp_path):
     run_dir = tmp_path / "run"
     done = _torchrun(
-        "tiny-remix-grpo", f"model={model_dir}", f"out_dir={run_dir}", "steps=2",
-        "prompts_per_step=4", "group_size=4", "minibatch_size=16", "max_new_tokens=16",
-        "eval_problems=10", "eval_every=1", "save_every=2", "threads=1", "window=2",
-        "offpolicy_fraction=0.5", "task.n_train=200", "task.n_eval=10",
+        "tiny-remix-grpo", f"model={model_dir}", f"out_dir={run_dir}", "steps=2", *SMALL_RUN,
+        "eval_every=1", "save_every=2", "window=2", "offpolicy_fraction=0.5",
         "reincarnation_step=2",  # copies sharded policy weights into the sharded reference
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -278,12 +284,34 @@ def test_two_rank_async_rollouts_each_rank_with_its_producer(model_dir, tmp_path
     shard of the prompts; the staleness bound holds on every rank (max over ranks logged)."""
     run_dir = tmp_path / "run"
     done = _torchrun(
-        "tiny-remix-grpo", f"model={model_dir}", f"out_dir={run_dir}", "steps=3",
-        "prompts_per_step=4", "group_size=4", "minibatch_size=16", "max_new_tokens=16",
-        "eval_problems=10", "eval_every=3", "save_every=3", "threads=1",
-        "rollout_mode=async", "max_staleness=1", "task.n_train=200", "task.n_eval=10",
+        "tiny-remix-grpo", f"model={model_dir}", f"out_dir={run_dir}", "steps=3", *SMALL_RUN,
+        "eval_every=3", "save_every=3", "rollout_mode=async", "max_staleness=1",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["rollouts"] for r in rows[1:]] == [16, 32, 48]
     assert all(r["async/staleness_max"] <= 1 for r in rows[1:])
+
+
+def test_two_rank_dynamic_sampling_keeps_the_same_groups_on_every_rank(model_dir, tmp_path):
+    """Each rank filters its own groups; the ranks keep the global minimum (FSDP needs equal
+    minibatches), and every generated response still counts in `rollouts`."""
+    reward = tmp_path / "reward.py"
+    reward.write_text(SOME_UNIFORM)
+    run_dir = tmp_path / "run"
+    done = _torchrun(
+        "tiny-remix-grpo", f"model={model_dir}", f"out_dir={run_dir}", "steps=3", *SMALL_RUN,
+        "eval_every=3", "save_every=3", "window=2", "offpolicy_fraction=0.5",
+        "dynamic_sampling=true", "max_generation_rounds=2", f"task.reward_fn={reward}:score",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    previous = 0
+    for r in rows[1:]:
+        generated = r["rollouts"] - previous
+        previous = r["rollouts"]
+        assert 16 <= generated <= 32  # one or two rounds of 4 prompts x 4 responses
+        assert (r["dynamic/kept_groups"] + r["dynamic/dropped_groups"]) * 4 == generated
+        assert r["dynamic/kept_groups"] % 2 == 0  # the same count on both ranks
+        assert r["dynamic/balanced_groups"] <= r["dynamic/dropped_groups"]

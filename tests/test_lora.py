@@ -75,18 +75,22 @@ def test_reference_is_the_base_with_the_adapter_off_and_reincarnation_merges(mod
     trainable, total = trainable_parameters(trainer.policy)
     assert 0 < trainable < total / 10
     # No second copy: the reference owns no parameters of its own.
-    assert {id(p) for p in trainer.reference.parameters()} <= {
+    assert {id(p) for p in trainer.state.reference.parameters()} <= {
         id(p) for p in trainer.policy.parameters()
     }
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     batch = fixed_batch(trainer.pad_id)
-    assert torch.allclose(logprobs(trainer.reference, batch), logprobs(base, batch), atol=1e-6)
+    assert torch.allclose(
+        logprobs(trainer.state.reference, batch), logprobs(base, batch), atol=1e-6
+    )
     pre = trainer.precompute(batch, step=1)
     trainer.update(batch, pre, step=1)
     trainer.policy.eval()
     after = logprobs(trainer.policy, batch)
     assert (after - logprobs(base, batch)).abs().max() > 1e-4  # the adapter learned something
-    assert torch.allclose(logprobs(trainer.reference, batch), logprobs(base, batch), atol=1e-6)
+    assert torch.allclose(
+        logprobs(trainer.state.reference, batch), logprobs(base, batch), atol=1e-6
+    )
     from remix_rft.engines.lora import MergedPolicy
 
     MergedPolicy(trainer.policy, trainer.tokenizer).save_pretrained(tmp_path / "merged")
@@ -94,8 +98,10 @@ def test_reference_is_the_base_with_the_adapter_off_and_reincarnation_merges(mod
     assert torch.allclose(logprobs(merged, batch), after, atol=1e-5)  # merged = base + adapter
     trainer.reincarnate(step=1)
     assert torch.allclose(logprobs(trainer.policy, batch), after, atol=1e-5)  # π_θ unchanged
-    assert torch.allclose(logprobs(trainer.reference, batch), after, atol=1e-5)  # π_base ← π_θ
-    state = [v for st in trainer.optimizer.state.values() for v in st.values()]
+    assert torch.allclose(
+        logprobs(trainer.state.reference, batch), after, atol=1e-5
+    )  # π_base ← π_θ
+    state = [v for st in trainer.state.optimizer.state.values() for v in st.values()]
     assert state and all(float(v.abs().max()) == 0 for v in state)  # fresh moments, step 0
 
 

@@ -229,3 +229,36 @@ def test_eval_every_rollouts_evaluates_on_the_rollout_grid(tiny_config):
     train(cfg)
     evaluated = [r["step"] for r in rows_of(cfg) if "eval/accuracy" in r]
     assert evaluated == [0, 3, 5, 8, 9]  # the base model, the grid, the last iteration
+
+
+class _FixedMin:
+    """A DistEnv stand-in whose all-reduce MIN returns what the other ranks kept."""
+
+    def __init__(self, global_min: int) -> None:
+        self.global_min = global_min
+
+    def min_int(self, value: int) -> int:
+        return min(value, self.global_min)
+
+
+def test_balance_groups_cuts_every_rank_to_the_global_minimum():
+    from remix_rft.data.buffer import Sample
+    from remix_rft.trainer.producer import Rollout, balance_groups
+
+    samples = [
+        Sample(prompt_ids=torch.tensor([1]), response_ids=torch.tensor([2]),
+               behavior_logprobs=torch.zeros(1), reward=float(i % 2), finished=True,
+               advantage=0.0, version=1, group=i // 2)
+        for i in range(6)
+    ]  # fmt: skip
+    rollout = Rollout(step=1, samples=samples, policy_version=0, generated=8, num_tokens=8,
+                      gen_seconds=1.0, tokens_per_s=8.0, reflection_rate=0.0,
+                      metrics={"dynamic/kept_groups": 3.0, "dynamic/dropped_groups": 1.0})  # fmt: skip
+    cut = balance_groups(rollout, _FixedMin(1), group_size=2)
+    assert [s.group for s in cut.samples] == [0, 0]  # whole groups, the first ones
+    assert cut.generated == 8  # the dropped responses were sampled: they still count
+    assert cut.metrics["dynamic/kept_groups"] == 1.0
+    assert cut.metrics["dynamic/dropped_groups"] == 3.0
+    assert cut.metrics["dynamic/balanced_groups"] == 2.0
+    same = balance_groups(rollout, _FixedMin(5), group_size=2)
+    assert len(same.samples) == 6 and same.metrics["dynamic/balanced_groups"] == 0.0

@@ -267,7 +267,7 @@ def test_reincarnation_starts_fresh_adam_moments_and_keeps_the_schedule(
     assert seen["schedule_after"] == seen["schedule_before"] == seen["updates_before"] == 3
     taken_after = trainer.counters.updates - seen["updates_before"]
     assert taken_after == 1
-    steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
+    steps = {int(s["step"]) for s in trainer.state.optimizer.state.values()}
     assert steps == {taken_after}  # Adam's bias correction restarted with the new phase
     assert trainer.scheduler.last_epoch == trainer.counters.updates == 4
 
@@ -288,11 +288,11 @@ def test_reference_model_only_when_something_uses_it(tiny_config, monkeypatch):
     captured = _capture_trainer(monkeypatch)
     plain = tiny_config("steps=2", out="plain")  # eval_every=2: step 2 is an eval step
     train(plain)
-    assert captured["trainer"].reference is None
+    assert captured["trainer"].state.reference is None
     assert not any("kl/base" in r for r in read_metrics(plain.resolved_out_dir()))
     asked = tiny_config("steps=2", "log_kl_base=true", out="asked")
     train(asked)
-    assert captured["trainer"].reference is not None
+    assert captured["trainer"].state.reference is not None
     rows = read_metrics(asked.resolved_out_dir())
     assert "kl/base" not in rows[1] and "kl/base" in rows[2]  # eval steps only
     used = tiny_config("steps=1", "kl_coef=0.05", out="used")
@@ -374,7 +374,7 @@ def test_reincarnation_copies_policy_into_reference_and_empties_buffer(tiny_conf
     def spy(self, step):
         original(self, step)
         snapshots["policy"] = [p.detach().clone() for p in self.policy.parameters()]
-        snapshots["reference"] = [p.detach().clone() for p in self.reference.parameters()]
+        snapshots["reference"] = [p.detach().clone() for p in self.state.reference.parameters()]
         snapshots["buffer"] = len(self.buffer)
 
     monkeypatch.setattr(Trainer, "reincarnate", spy)

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from remix_rft.apps.args import add_seed, fraction, positive_float, positive_int
 from remix_rft.data.arithmetic import ArithmeticSpec, ArithmeticTask
 from remix_rft.data.prompts import format_prompt
 from remix_rft.data.tasks import Problem
@@ -390,14 +391,9 @@ def build_tiny(
     whole held-out split is outside ``accept_band``. ``recipe`` (how it was asked for: the
     preset, the command line) is recorded in ``build_info.json`` as it is.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     accept_low, accept_high = _check_window("accept_band", accept_band)
     rates = (float(shortcut_rates[0]), float(shortcut_rates[1]))
-    if steps < 1 or batch_size < 1 or eval_every < 1:
-        raise ValueError("steps, batch_size and eval_every must be >= 1")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    hp = SFTSettings(steps, lr, warmup_steps, min_lr_ratio, weight_decay, batch_size, eval_every)
     out_dir = Path(out_dir)
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -409,39 +405,89 @@ def build_tiny(
     model = build_model(tokenizer)
     n_params = num_parameters(model)
     log.info("tiny model: %d parameters, vocabulary %d", n_params, len(tokenizer))
-
     examples = task.sft_examples(rates, seed=seed)
+    loss_value, history = _train_sft(model, tokenizer, task, examples, eval_set, hp, seed,
+                                     progress)  # fmt: skip
+    info: dict[str, Any] = {
+        "seed": seed, "steps": steps, "parameters": n_params, "final_loss": loss_value,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "threads": torch.get_num_threads(),
+        "accept_band": [accept_low, accept_high], "shortcut_rates": list(rates),
+        "hyperparameters": {
+            "lr": lr, "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio,
+            "weight_decay": weight_decay, "batch_size": batch_size, "eval_every": eval_every,
+            "eval_max_new_tokens": EVAL_MAX_NEW_TOKENS,
+        },
+        "task": {"name": task.name, **vars(task.spec)},
+        "recipe": dict(recipe or {}),
+        "history": history,
+    }  # fmt: skip
+    info = _save_verified(model, tokenizer, task, eval_set, out_dir, info, started)
+    log.info(
+        "built %s: %d steps, accuracy %.3f (%d) / %.3f (%d), sampled %.3f, %.0fs",
+        out_dir, steps, info["accuracy_200"], len(eval_set), info["accuracy_500"],
+        len(held_out), info["sampled_accuracy_200"], info["total_seconds"],
+    )  # fmt: skip
+    return info
+
+
+@dataclass(frozen=True)
+class SFTSettings:
+    """The optimisation of the SFT run (``build_tiny``'s keyword arguments)."""
+
+    steps: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    weight_decay: float
+    batch_size: int
+    eval_every: int
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError("steps, batch_size and eval_every must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def _train_sft(
+    model: Any,
+    tokenizer: Any,
+    task: ArithmeticTask,
+    examples: Any,
+    eval_set: Sequence[Problem],
+    hp: SFTSettings,
+    seed: int,
+    progress: Callable[[int, dict[str, float]], None] | None,
+) -> tuple[float, list[dict[str, float]]]:
+    """AdamW over shuffled epochs of the SFT examples; (final loss, periodic evaluations)."""
     input_ids, attention_mask, labels = encode_sft(tokenizer, examples)
     n_examples = input_ids.shape[0]
     data_gen = torch.Generator().manual_seed(seed)
-    steps_per_epoch = n_examples // batch_size
+    steps_per_epoch = n_examples // hp.batch_size
     order = torch.randperm(n_examples, generator=data_gen)
-
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay
+        model.parameters(), lr=hp.lr, betas=(0.9, 0.95), weight_decay=hp.weight_decay
     )
     # Decay to a small LR: greedy accuracy at a constant LR swings by +-0.1 between steps.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: lr_factor(
-            s, warmup_steps=warmup_steps, total_steps=steps, min_ratio=min_lr_ratio
+            s, warmup_steps=hp.warmup_steps, total_steps=hp.steps, min_ratio=hp.min_lr_ratio
         ),
     )
     history: list[dict[str, float]] = []
     loss_value = float("nan")
     model.train()
-    for step in range(1, steps + 1):
+    for step in range(1, hp.steps + 1):
         k = (step - 1) % steps_per_epoch
         if k == 0 and step > 1:
             order = torch.randperm(n_examples, generator=data_gen)
-        idx = order[k * batch_size : (k + 1) * batch_size]
+        idx = order[k * hp.batch_size : (k + 1) * hp.batch_size]
         mask = attention_mask[idx]
         width = int(mask.sum(1).max())
-        out = model(
-            input_ids=input_ids[idx, :width],
-            attention_mask=mask[:, :width],
-            labels=labels[idx, :width],
-        )
+        out = model(input_ids=input_ids[idx, :width], attention_mask=mask[:, :width],
+                    labels=labels[idx, :width])  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -449,16 +495,31 @@ def build_tiny(
         scheduler.step()
         loss_value = float(out.loss.detach())
         record: dict[str, float] = {"step": step, "loss": loss_value}
-        if step % eval_every == 0 or step == steps:
+        if step % hp.eval_every == 0 or step == hp.steps:
             record["lr"] = optimizer.param_groups[0]["lr"]
             record.update(greedy_stats(model, tokenizer, task, eval_set))
             history.append(record)
             log.info("step %d loss %.4f accuracy %.3f", step, loss_value, record["accuracy"])
         if progress is not None:
             progress(step, record)
-    train_seconds = time.perf_counter() - started
+    return loss_value, history
 
-    # Save next to the destination, verify the files from disk, then move them in place.
+
+def _save_verified(
+    model: Any,
+    tokenizer: Any,
+    task: ArithmeticTask,
+    eval_set: Sequence[Problem],
+    out_dir: Path,
+    info: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    """Save next to ``out_dir``, measure the files as reloaded from disk, and move them in
+    place only if the greedy accuracy on the whole held-out split is in the accept band."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    held_out = task.eval_problems()
+    accept_low, accept_high = info["accept_band"]
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".build-tiny-", dir=out_dir.parent))
     try:
@@ -470,40 +531,18 @@ def build_tiny(
         texts = _responses(reloaded, reloaded_tok, held_out)
         first = response_stats(task, texts[: len(eval_set)], eval_set)
         accuracy_all = response_stats(task, texts, held_out)["accuracy"]
-        sampled = evaluate(reloaded, reloaded_tok, task, eval_set, temperature=1.0, seed=seed)
-        weights_bytes = (staging / "model.safetensors").stat().st_size
-        info = {
-            "seed": seed,
-            "steps": steps,
-            "parameters": n_params,
-            "weights_bytes": weights_bytes,
-            "accuracy_200": first["accuracy"],
-            "complete_rate_200": first["complete_rate"],
-            "accuracy_complete_200": first["accuracy_complete"],
-            "accuracy_500": accuracy_all,
-            "eval_problems": len(eval_set),
-            "final_eval_problems": len(held_out),
-            "sampled_accuracy_200": sampled,
-            "final_loss": loss_value,
-            "train_seconds": round(train_seconds, 1),
-            "threads": torch.get_num_threads(),
-            "total_seconds": round(time.perf_counter() - started, 1),
-            "accept_band": [accept_low, accept_high],
-            "shortcut_rates": list(rates),
-            "hyperparameters": {
-                "lr": lr,
-                "warmup_steps": warmup_steps,
-                "min_lr_ratio": min_lr_ratio,
-                "weight_decay": weight_decay,
-                "batch_size": batch_size,
-                "eval_every": eval_every,
-                "eval_max_new_tokens": EVAL_MAX_NEW_TOKENS,
-            },
-            "task": {"name": task.name, **vars(task.spec)},
-            "recipe": dict(recipe or {}),
-            "history": history,
-        }
+        sampled = evaluate(reloaded, reloaded_tok, task, eval_set, temperature=1.0,
+                           seed=info["seed"])  # fmt: skip
         # Keys with "_200"/"_500" name the nominal sizes; the counts are recorded beside them.
+        info = {
+            **info,
+            "weights_bytes": (staging / "model.safetensors").stat().st_size,
+            "accuracy_200": first["accuracy"], "complete_rate_200": first["complete_rate"],
+            "accuracy_complete_200": first["accuracy_complete"], "accuracy_500": accuracy_all,
+            "eval_problems": len(eval_set), "final_eval_problems": len(held_out),
+            "sampled_accuracy_200": sampled,
+            "total_seconds": round(time.perf_counter() - started, 1),
+        }  # fmt: skip
         (staging / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
         if not accept_low <= accuracy_all <= accept_high:
             raise RuntimeError(
@@ -516,51 +555,10 @@ def build_tiny(
             os.replace(path, out_dir / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info(
-        "built %s: %d steps, accuracy %.3f (%d) / %.3f (%d), sampled %.3f, %.0fs",
-        out_dir,
-        steps,
-        first["accuracy"],
-        len(eval_set),
-        accuracy_all,
-        len(held_out),
-        sampled,
-        info["total_seconds"],
-    )
     return info
 
 
 # ------------------------------------------------------------------------------------- CLI
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -590,10 +588,10 @@ def add_parser(subparsers: Any) -> None:
         metavar="DIR",
         help="output directory (default: the preset's directory in the package)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_seed(parser)
     parser.add_argument(
         "--shortcut-rates",
-        type=_fraction,
+        type=fraction,
         nargs=2,
         default=None,
         metavar=("SMALL", "LARGE"),
@@ -604,7 +602,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--accept",
-        type=_fraction,
+        type=fraction,
         nargs=2,
         default=None,
         metavar=("LOW", "HIGH"),
@@ -614,25 +612,25 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_STEPS,
         help="SFT steps; the LR decays to 5%% over them (default: %(default)s)",
     )
-    parser.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate")
     parser.add_argument("--warmup-steps", type=int, default=50, help="linear LR warmup steps")
-    parser.add_argument("--batch-size", type=_positive_int, default=64, help="SFT batch size")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="SFT batch size")
     parser.add_argument(
-        "--eval-every", type=_positive_int, default=250, help="steps between evaluations"
+        "--eval-every", type=positive_int, default=250, help="steps between evaluations"
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="torch CPU threads (default: torch's own choice)",
     )
     parser.add_argument(
         "--eval-problems",
-        type=_positive_int,
+        type=positive_int,
         default=EVAL_PROBLEMS,
         help="held-out problems of the periodic evaluations (default: %(default)s)",
     )

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from remix_rft.apps.args import add_report_to, fraction
 from remix_rft.apps.runs import (  # noqa: F401  (re-exported: compare's public names)
     EVAL_KEY,
     Row,
@@ -228,16 +229,6 @@ def format_table(table: Sequence[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-def _accuracy(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"accuracy must be in [0, 1], got {text}")
-    return value
-
-
 def compare_table(runs: Sequence[RunRecord], target: float | None) -> list[dict[str, Any]]:
     """One summary per run, with rollouts-to-target relative to the first run."""
     table = [summarize(r, target) for r in runs]
@@ -263,7 +254,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training run directory")
     parser.add_argument(
-        "--target", type=_accuracy, default=None, metavar="ACC", help="target accuracy in [0, 1]"
+        "--target", type=fraction, default=None, metavar="ACC", help="target accuracy in [0, 1]"
     )
     parser.add_argument(
         "--plot", type=Path, default=None, metavar="FILE.png", help="write accuracy/length plots"
@@ -271,22 +262,6 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     add_report_to(parser, "the plot as an image, in a tracker run named 'compare' beside it")
     parser.set_defaults(func=run)
-
-
-def add_report_to(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--report-to tensorboard,wandb``: send ``what`` to experiment trackers too."""
-    from remix_rft.trainer.trackers import TrackerError, parse_report_to
-
-    def report_to(text: str) -> list[str]:
-        try:
-            return parse_report_to(text)
-        except TrackerError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    parser.add_argument(
-        "--report-to", type=report_to, default=[], metavar="TRACKERS",
-        help=f"comma-separated trackers (tensorboard, wandb): {what}",
-    )  # fmt: skip
 
 
 def _unique_names(runs: Sequence[RunRecord], given: Sequence[str]) -> None:

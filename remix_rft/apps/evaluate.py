@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from remix_rft.apps.args import add_seed, fraction, non_negative_int, positive_int
 from remix_rft.data.math_dataset import BENCHMARK_SPECS, DatasetError, load_benchmark
 from remix_rft.data.prompts import DEFAULT_MATH_INSTRUCTION, format_prompt
 from remix_rft.data.tasks import Problem
@@ -343,12 +344,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=32768)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--limit", type=int, default=None, help="first N problems per benchmark")
-    p.add_argument("--instruction", default=DEFAULT_MATH_INSTRUCTION, help="appended to problems")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument(
-        "--reward-workers", type=int, default=default_workers(),
+        "--limit", type=positive_int, default=None, help="first N problems per benchmark"
+    )
+    p.add_argument("--instruction", default=DEFAULT_MATH_INSTRUCTION, help="appended to problems")
+    add_seed(p)
+    p.add_argument(
+        "--reward-workers", type=non_negative_int, default=default_workers(),
         help="processes grading responses in parallel (0: in this process)",
     )  # fmt: skip
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
@@ -356,10 +359,13 @@ def add_parser(subparsers: Any) -> None:
         "--engine", default="hf", help="rollout engine: hf, hf-static or vllm (pip extra)"
     )
     p.add_argument(
-        "--gpu-memory-utilization", type=float, default=0.5, help="vllm: share of GPU memory"
+        "--gpu-memory-utilization", type=fraction, default=0.5, help="vllm: share of GPU memory"
     )
     p.add_argument(
-        "--max-model-len", type=int, default=0, help="vllm: prompt + response tokens (0: model's)"
+        "--max-model-len",
+        type=non_negative_int,
+        default=0,
+        help="vllm: prompt + response tokens (0: model's)",
     )
     p.add_argument("--out", type=Path, default=Path("results.json"), help="results JSON path")
     p.add_argument("--overwrite", action="store_true", help="discard saved responses first")
@@ -393,34 +399,35 @@ def _load_engine(args: argparse.Namespace) -> tuple[Any, Any]:
     return build_engine(args.engine, policy=model, tokenizer=tokenizer, options=options), tokenizer
 
 
+def _settings(args: argparse.Namespace) -> EvalSettings:
+    return EvalSettings(
+        model=args.model, samples=args.samples, temperature=args.temperature,
+        top_p=args.top_p, max_new_tokens=args.max_new_tokens, instruction=args.instruction,
+        seed=args.seed,
+    )  # fmt: skip
+
+
+def _prepare(args: argparse.Namespace, settings: EvalSettings) -> tuple[Any, Path, Any, Any]:
+    """(benchmarks, responses file, engine, tokenizer); EvalError/OSError on bad input,
+    raised before a model is loaded where it can be."""
+    names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    settings.validate()
+    if not names:
+        raise EvalError("--benchmarks is empty")
+    benchmarks = load_benchmarks(names, args.data_dir, args.limit)
+    responses_file = responses_path(Path(args.out))
+    if args.overwrite and responses_file.exists():
+        responses_file.unlink()
+    read_responses(responses_file)  # fail on a foreign file before loading a model
+    engine, tokenizer = _load_engine(args)
+    return benchmarks, responses_file, engine, tokenizer
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``remix eval``; returns the exit code."""
-    settings = EvalSettings(
-        model=args.model,
-        samples=args.samples,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        instruction=args.instruction,
-        seed=args.seed,
-    )
-    names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    settings = _settings(args)
     try:
-        settings.validate()
-        if args.batch_size < 1:
-            raise EvalError(f"--batch-size must be >= 1, got {args.batch_size}")
-        if args.reward_workers < 0:
-            raise EvalError(f"--reward-workers must be >= 0, got {args.reward_workers}")
-        if args.limit is not None and args.limit < 1:
-            raise EvalError(f"--limit must be >= 1, got {args.limit}")
-        if not names:
-            raise EvalError("--benchmarks is empty")
-        benchmarks = load_benchmarks(names, args.data_dir, args.limit)
-        responses_file = responses_path(Path(args.out))
-        if args.overwrite and responses_file.exists():
-            responses_file.unlink()
-        read_responses(responses_file)  # fail on a foreign file before loading a model
-        engine, tokenizer = _load_engine(args)
+        benchmarks, responses_file, engine, tokenizer = _prepare(args, settings)
     except (EvalError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
         print(f"remix eval: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -439,16 +446,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         results = evaluate(
-            engine,
-            tokenizer,
-            benchmarks,
-            settings,
-            responses_file,
-            batch_size=args.batch_size,
-            on_start=on_start,
-            on_progress=lambda n: bar.update(n),
+            engine, tokenizer, benchmarks, settings, responses_file,
+            batch_size=args.batch_size, on_start=on_start, on_progress=lambda n: bar.update(n),
             grader=RewardPool(workers=args.reward_workers),
-        )
+        )  # fmt: skip
     except (EvalError, EngineError) as exc:
         print(f"remix eval: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -94,6 +94,9 @@ class DistEnv:
     def max(self, value: float) -> float:
         return self._reduce([value], dist.ReduceOp.MAX)[0] if self.enabled else value
 
+    def min_int(self, value: int) -> int:
+        return round(self._reduce([value], dist.ReduceOp.MIN)[0]) if self.enabled else value
+
     def gather(self, obj: T) -> list[T]:
         if not self.enabled:
             return [obj]
@@ -192,8 +195,13 @@ class DistEnv:
         return out
 
 
-SUM_KEYS = {"offpolicy/samples", "time/gen_tokens_per_s"}
-MAX_KEYS = {"gen/logprob_diff_max", "time/gen_s", "time/step_s", "buffer/versions"}
+SUM_KEYS = {
+    "offpolicy/samples", "time/gen_tokens_per_s",
+    "dynamic/kept_groups", "dynamic/dropped_groups", "dynamic/balanced_groups",
+}  # fmt: skip
+MAX_KEYS = {
+    "gen/logprob_diff_max", "time/gen_s", "time/step_s", "buffer/versions", "dynamic/rounds",
+}  # fmt: skip
 SAME_KEYS = {"step", "rollouts", "tokens", "updates", "utd", "lr"}
 
 _ENV: DistEnv | None = None

@@ -93,48 +93,38 @@ def sample(
     static = backend == "hf-static"
     with _left_padding(tokenizer):
         enc = tokenizer(
-            list(prompts),
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
+            list(prompts), return_tensors="pt", padding=True, add_special_tokens=False,
             pad_to_multiple_of=STATIC_PAD_MULTIPLE if static else None,
-        )
+        )  # fmt: skip
     device = next(model.parameters()).device
     input_ids = enc["input_ids"].to(device)
     attention_mask = enc["attention_mask"].to(device)
     greedy = temperature <= 0.0
     out = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=not greedy,
-        temperature=None if greedy else temperature,
-        top_p=None if greedy else top_p,
-        top_k=None,
-        pad_token_id=pad_token_id(tokenizer),
-        eos_token_id=sorted(eos_token_ids(model, tokenizer)),
-        return_dict_in_generate=True,
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+        do_sample=not greedy, temperature=None if greedy else temperature,
+        top_p=None if greedy else top_p, top_k=None, pad_token_id=pad_token_id(tokenizer),
+        eos_token_id=sorted(eos_token_ids(model, tokenizer)), return_dict_in_generate=True,
         output_logits=record_logprobs,
         **({"cache_implementation": "static"} if static else {}),
-    )
-    prompt_len = input_ids.shape[1]
-    new_tokens = out.sequences[:, prompt_len:]
-    if record_logprobs:
-        logits = torch.stack(out.logits, dim=1).float()  # [B, T, V]
-        scale = 1.0 if greedy else temperature
-        token_lp = torch.log_softmax(logits / scale, dim=-1)
-        token_lp = token_lp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-    else:
-        token_lp = torch.full(new_tokens.shape, float("nan"), device=new_tokens.device)
+    )  # fmt: skip
+    new_tokens = out.sequences[:, input_ids.shape[1] :]
+    token_lp = _sampled_logprobs(out.logits, new_tokens, 1.0 if greedy else temperature)
     return _split_generation(
-        tokenizer,
-        input_ids,
-        attention_mask,
-        new_tokens,
-        token_lp,
-        eos_token_ids(model, tokenizer),
-        seconds=time.perf_counter() - start,
-    )
+        tokenizer, input_ids, attention_mask, new_tokens, token_lp,
+        eos_token_ids(model, tokenizer), seconds=time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def _sampled_logprobs(
+    logits: tuple[torch.Tensor, ...] | None, new_tokens: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """log-probs of the sampled tokens under the sampling distribution (logits / T); NaN
+    where ``generate`` kept no logits (``record_logprobs=False``)."""
+    if not logits:
+        return torch.full(new_tokens.shape, float("nan"), device=new_tokens.device)
+    token_lp = torch.log_softmax(torch.stack(logits, dim=1).float() / temperature, dim=-1)
+    return token_lp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def _split_generation(

@@ -260,15 +260,11 @@ class TrainConfig:
         return ADVANTAGE_ESTIMATORS[self.estimator].uses_critic
 
     @property
-    def uses_base_kl(self) -> bool:
-        """The loss has a KL(π_θ ‖ π_base) term."""
-        return self.kl_coef > 0 and self.kl_lambda_max > 0
-
-    @property
     def needs_reference(self) -> bool:
-        """Whether anything uses π_base: the loss, or the ``kl/base`` diagnostic."""
-        post_kl = (self.post_reincarnation_kl_coef or 0.0) > 0 and self.kl_lambda_max > 0
-        return self.uses_base_kl or post_kl or self.log_kl_base
+        """Whether anything uses π_base: the loss's KL(π_θ ‖ π_base) term in either phase
+        (a coefficient and some λ > 0), or the ``kl/base`` diagnostic."""
+        coef = max(self.kl_coef, self.post_reincarnation_kl_coef or 0.0)
+        return (coef > 0 and self.kl_lambda_max > 0) or self.log_kl_base
 
     def fresh_batch_size(self) -> int:
         return self.prompts_per_step * self.group_size

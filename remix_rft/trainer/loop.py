@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +35,17 @@ from remix_rft.engines.transport import policy_weights
 from remix_rft.trainer import checkpoint as ckpt
 from remix_rft.trainer import ranks, reincarnation, rows, setup
 from remix_rft.trainer import state as saved_state
-from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config, inherit
+from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
 from remix_rft.trainer.metrics import MetricsLog
 from remix_rft.trainer.preemption import PreemptionHandler
-from remix_rft.trainer.producer import Producer, PromptFormatter, Rollout, needs_sampling_logprobs
+from remix_rft.trainer.producer import (
+    Producer,
+    PromptFormatter,
+    Rollout,
+    balance_groups,
+    needs_sampling_logprobs,
+)
 from remix_rft.trainer.producer_process import ProducerSpec
 from remix_rft.trainer.rollouts import (
     AsyncRollouts,
@@ -50,7 +55,7 @@ from remix_rft.trainer.rollouts import (
 )
 from remix_rft.trainer.setup import prepare_run_dir
 from remix_rft.trainer.state import Counters
-from remix_rft.trainer.tasks import build_task, score_responses
+from remix_rft.trainer.tasks import build_task, held_out_accuracy
 from remix_rft.trainer.trackers import open_trackers
 from remix_rft.trainer.update import NonFiniteTrainingError, Precomputed, Updater
 from remix_rft.trainer.update_stats import StepStats
@@ -170,18 +175,6 @@ class Trainer:
         return self.state.policy
 
     @property
-    def reference(self) -> Any:
-        return self.state.reference
-
-    @property
-    def critic(self) -> Any:
-        return self.state.critic
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self.state.optimizer
-
-    @property
     def scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         return self.state.scheduler
 
@@ -224,6 +217,8 @@ class Trainer:
     def iteration(self, step: int) -> dict[str, Any]:
         started = time.perf_counter()
         rollout = self.source().next(step, self.phase())
+        if self.cfg.dynamic_sampling:  # ranks filtered their own groups: same count on each
+            rollout = balance_groups(rollout, self.dist, self.phase().group_size)
         fresh, c = rollout.samples, self.counters
         before = c.rollouts
         c.rollouts += self.dist.sum_int(rollout.generated)  # dropped groups count too
@@ -260,28 +255,13 @@ class Trainer:
         )
         return rows.step_row(step, self.counters, rollout, batch, pre, stats, learner)
 
-    @torch.no_grad()
     def evaluate(self) -> float:
-        """Held-out accuracy: greedy pass@1, or avg@k of ``eval_samples`` sampled responses
-        at ``eval_temperature`` (the paper's setting for R1-distilled models)."""
-        cfg = self.cfg
-        problems = self.dist.shard(self.eval_problems)  # each rank its slice; correct counts summed
-        prompts = [self.prompt_text(p) for p in problems]
-        settings = SamplingSettings(
-            max_new_tokens=inherit(cfg.eval_max_new_tokens, cfg.max_new_tokens),
-            temperature=cfg.eval_temperature, top_p=cfg.eval_top_p, n=cfg.eval_samples,
-            # its own stream: sampled evaluation leaves the training trajectory unchanged
-            seed=cfg.seed + 104_729 * (self.counters.step + 1) + self.dist.rank,
-            logprobs=False,
-        )  # fmt: skip
-        texts: list[str] = []
+        """Held-out accuracy of the current policy (``tasks.held_out_accuracy``)."""
         with self.ready_engine() as engine:
-            for begin in range(0, len(prompts), cfg.eval_batch_size):
-                chunk = prompts[begin : begin + cfg.eval_batch_size]
-                texts += engine.generate(chunk, replace(settings, seed=settings.seed + begin)).texts
-        k = cfg.eval_samples
-        scores = score_responses(self.task, [(t, problems[i // k]) for i, t in enumerate(texts)])
-        return self.dist.sum(sum(scores)) / max(len(self.eval_problems) * k, 1)
+            return held_out_accuracy(
+                self.cfg, self.task, self.eval_problems, self.prompt_text, engine, self.dist,
+                self.counters.step,
+            )  # fmt: skip
 
     def reincarnate(self, step: int) -> None:
         reincarnation.reincarnate(self.cfg, self.state, self.schedule, step)

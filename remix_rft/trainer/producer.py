@@ -12,7 +12,7 @@ per-token log-probs μ, which is what Mix-PPG needs to correct stale data.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -235,3 +235,23 @@ def with_signal(samples: list[Sample], group_size: int) -> list[Sample]:
         if len({s.reward for s in group}) > 1:
             kept += group
     return kept
+
+
+def balance_groups(rollout: Rollout, dist: DistEnv, group_size: int) -> Rollout:
+    """Every rank keeps the global minimum of kept groups (dynamic sampling under torchrun).
+
+    FSDP needs the same minibatches on every rank, and ranks filter their own groups, so
+    the ranks that kept more drop their last kept groups; those still count in
+    ``generated`` (the responses were sampled) and in ``dynamic/balanced_groups``.
+    """
+    groups = len(rollout.samples) // group_size
+    common = dist.min_int(groups)
+    if common == groups:
+        rollout.metrics["dynamic/balanced_groups"] = 0.0
+        return rollout
+    rollout.metrics["dynamic/balanced_groups"] = float(groups - common)
+    rollout.metrics["dynamic/kept_groups"] = float(common)
+    rollout.metrics["dynamic/dropped_groups"] = (
+        rollout.metrics.get("dynamic/dropped_groups", 0.0) + groups - common
+    )
+    return replace(rollout, samples=rollout.samples[: common * group_size])

@@ -32,11 +32,6 @@ def check_config(cfg: Any, world_size: int) -> None:
             "%d off-policy samples per iteration do not split over %d ranks; each rank draws %d",
             off, world_size, off // world_size,
         )  # fmt: skip
-    if getattr(cfg, "dynamic_sampling", False):
-        raise ConfigError(
-            "config key 'dynamic_sampling': runs in one process only for now (ranks would "
-            f"keep different numbers of groups), got true with {world_size} ranks"
-        )
     if getattr(cfg, "lora_rank", 0):
         raise ConfigError(
             f"config key 'lora_rank': LoRA runs in one process only for now, got {cfg.lora_rank} "

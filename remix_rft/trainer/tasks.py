@@ -1,14 +1,20 @@
-"""Build the task a config names, with the reward pool that grades its responses."""
+"""Build the task a config names, with the reward pool that grades its responses, and
+measure a policy's held-out accuracy on it."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import torch
 
 from remix_rft.data.arithmetic import ArithmeticSpec, ArithmeticTask
 from remix_rft.data.tasks import Problem, Task
+from remix_rft.engines.distributed import DistEnv
+from remix_rft.engines.rollout import RolloutEngine, SamplingSettings
 from remix_rft.reward_pool import MATH_REWARD_SPEC, RewardPool, default_workers
-from remix_rft.trainer.config import TaskConfig
+from remix_rft.trainer.config import TaskConfig, TrainConfig, inherit
 
 
 class GradedTask:
@@ -96,3 +102,33 @@ def build_task(cfg: TaskConfig) -> GradedTask:
     task.train_problems()  # load now: a bad file fails before any model is built
     task.eval_problems()
     return GradedTask(task, pool)
+
+
+@torch.no_grad()
+def held_out_accuracy(
+    cfg: TrainConfig,
+    task: Task,
+    problems: Sequence[Problem],
+    prompt_text: Callable[[Problem], str],
+    engine: RolloutEngine,
+    dist: DistEnv,
+    step: int,
+) -> float:
+    """Greedy pass@1, or avg@k of ``eval_samples`` sampled responses at ``eval_temperature``
+    (the paper's setting for R1-distilled models); each rank scores its slice."""
+    mine = dist.shard(problems)
+    prompts = [prompt_text(p) for p in mine]
+    settings = SamplingSettings(
+        max_new_tokens=inherit(cfg.eval_max_new_tokens, cfg.max_new_tokens),
+        temperature=cfg.eval_temperature, top_p=cfg.eval_top_p, n=cfg.eval_samples,
+        # its own stream: sampled evaluation leaves the training trajectory unchanged
+        seed=cfg.seed + 104_729 * (step + 1) + dist.rank,
+        logprobs=False,
+    )  # fmt: skip
+    texts: list[str] = []
+    for begin in range(0, len(prompts), cfg.eval_batch_size):
+        chunk = prompts[begin : begin + cfg.eval_batch_size]
+        texts += engine.generate(chunk, replace(settings, seed=settings.seed + begin)).texts
+    k = cfg.eval_samples
+    scores = score_responses(task, [(t, mine[i // k]) for i, t in enumerate(texts)])
+    return dist.sum(sum(scores)) / max(len(problems) * k, 1)
