@@ -252,7 +252,7 @@ def test_reincarnation_starts_fresh_adam_moments_and_keeps_the_schedule(
         original(self, step)
         seen["trainer"] = self
         seen["state_after"] = [
-            float(v.abs().max()) for st in self.optimizer.state.values() for v in st.values()
+            float(v.abs().max()) for st in self.state.optimizer.state.values() for v in st.values()
         ]
         seen["schedule_after"] = self.scheduler.last_epoch
 
