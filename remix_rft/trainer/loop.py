@@ -299,15 +299,7 @@ class Trainer:
             if c.step < cfg.steps and self.preemption_requested(pre):
                 return self.stop_preempted(pre, c.step)
             if c.step == 0 and c.base_eval_accuracy is None and self.eval_problems:
-                started = time.perf_counter()
-                accuracy = self.evaluate()
-                c.base_eval_accuracy = accuracy
-                c.record_eval(accuracy)
-                row0 = {"step": 0, "rollouts": 0, "tokens": 0, "eval/accuracy": accuracy,
-                        "time/step_s": time.perf_counter() - started, "time/total_s": wall()}  # fmt: skip
-                self.metrics.append(row0)
-                if on_step:
-                    on_step(row0)
+                self.evaluate_base(wall, on_step)
             for step in range(c.step + 1, cfg.steps + 1):
                 row = self.iteration(step)
                 evaluated = self.evaluates_at(step)
@@ -335,6 +327,18 @@ class Trainer:
             if self.dist.is_main:
                 atomic_write_json(self.run_dir / "summary.json", summary)
             return summary
+
+    def evaluate_base(self, wall: Callable[[], float], on_step: StepCallback | None) -> None:
+        """Row 0: the base model's held-out accuracy, before any update."""
+        started, c = time.perf_counter(), self.counters
+        accuracy = self.evaluate()
+        c.base_eval_accuracy = accuracy
+        c.record_eval(accuracy)
+        row0 = {"step": 0, "rollouts": 0, "tokens": 0, "eval/accuracy": accuracy,
+                "time/step_s": time.perf_counter() - started, "time/total_s": wall()}  # fmt: skip
+        self.metrics.append(row0)
+        if on_step:
+            on_step(row0)
 
     def preemption_requested(self, pre: PreemptionHandler) -> bool:
         """Whether any rank got a preemption signal: every rank stops at the same step."""
@@ -370,12 +374,19 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, An
     env = distributed.setup(cfg.device)
     ranks.check_config(cfg, env.world_size)
     run_dir = env.on_main(lambda: prepare_run_dir(cfg))  # rank 0 writes; errors reach all ranks
-    # From here to the end a preemption signal is only recorded: during startup the run stops
-    # before its first iteration, during shutdown a repeated notice cannot cut it short.
+    with open_trainer(cfg, run_dir) as trainer:
+        return trainer.run(on_step)
+
+
+@contextmanager
+def open_trainer(cfg: TrainConfig, run_dir: Path) -> Iterator[Trainer]:
+    """A trainer closed (producer stopped, engine released) however the block ends. Inside it
+    a preemption signal is only recorded: during startup the run stops before its first
+    iteration, during shutdown a repeated notice cannot cut it short."""
     with PreemptionHandler(cfg.preempt_signals):
         trainer = Trainer(cfg, run_dir)
         try:
-            return trainer.run(on_step)
+            yield trainer
         finally:
             trainer.close()
 
@@ -392,20 +403,14 @@ def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None)
     checkpoint = choice.path
     if checkpoint is not None:  # another world size is refused before any model is loaded
         saved_state.check_resume(checkpoint, env.world_size, env.enabled)
-    with PreemptionHandler(cfg.preempt_signals):  # as in train()
-        trainer = Trainer(cfg, run_dir)
-        try:
-            if checkpoint is not None:
-                trainer.load(checkpoint)
-                if trainer.state.reincarnated:  # the post-reincarnation lr, older checkpoints too
-                    reincarnation.apply_phase_lr(cfg, trainer.state)
-                log.info(
-                    "resuming %s from %s (step %d)", run_dir, checkpoint.name,
-                    trainer.counters.step,
-                )  # fmt: skip
-            trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
-            if trainer.dist.is_main:
-                atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-            return trainer.run(on_step)
-        finally:
-            trainer.close()
+    with open_trainer(cfg, run_dir) as trainer:
+        if checkpoint is not None:
+            trainer.load(checkpoint)
+            if trainer.state.reincarnated:  # the post-reincarnation lr, older checkpoints too
+                reincarnation.apply_phase_lr(cfg, trainer.state)
+            log.info("resuming %s from %s (step %d)", run_dir, checkpoint.name,
+                     trainer.counters.step)  # fmt: skip
+        trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
+        if trainer.dist.is_main:
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        return trainer.run(on_step)
