@@ -83,6 +83,18 @@ class Variant:
     tier: int = 0  # launch order: the comparison itself, then PPO, ablations, extras
 
 
+# tiny-remix-ppo moved to the paper's regime: tiny-remix-grpo-paper's share, window, UTD
+# and λ schedule; the minibatch holds the whole mixed batch, as there
+PAPER_PPO = (
+    "prompts_per_step=8", "offpolicy_fraction=0.4", "window=3", "epochs=2",
+    "kl_lambda_schedule=step-down", "kl_lambda_start=1.0", "kl_lambda_hold_steps=8",
+    "kl_lambda_every=2", "kl_lambda_decrement=0.1", "kl_lambda=0.5",
+    # after reincarnation: tiny-ppo's on-policy batch and single update, as the GRPO
+    # paper config switches to tiny-grpo's
+    "post_reincarnation_prompts_per_step=32", "post_reincarnation_minibatch_size=128",
+    "post_reincarnation_epochs=1", "post_reincarnation_kl_coef=0",
+)  # fmt: skip
+
 # The overrides come on top of the shipped config; the setting's overrides come first, so
 # a variant's own value wins.
 VARIANTS: dict[str, Variant] = {
@@ -129,6 +141,27 @@ VARIANTS: dict[str, Variant] = {
     ),
     "ppo": Variant("tiny-ppo", (), "ppo", settings=("hard",), tier=1),
     "remix-ppo": Variant("tiny-remix-ppo", (), "ppo", settings=("hard",), tier=1),
+    # ReMix-PPO in the paper's regime (p 0.4, window 3, 2 updates per batch, the λ
+    # schedule of tiny-remix-grpo-paper) on an 8 x 4 fresh batch, and the same without reuse
+    **{
+        name: Variant(
+            "tiny-remix-ppo", PAPER_PPO + extra, role, settings=("hard",), tier=8, note=note
+        )  # fmt: skip
+        for name, extra, role, note in (
+            (
+                "paper-remix-ppo",
+                (),
+                "remix",
+                "ReMix-PPO: 8 x 4 fresh + 21 reused (window 3, p 0.4), 2 updates, λ schedule",
+            ),
+            (
+                "paper-ppo-no-reuse",
+                ("offpolicy_fraction=0",),
+                "control",
+                "the same 8 x 4 fresh batch and 2 updates, no reuse (critic GAE)",
+            ),
+        )  # fmt: skip
+    },
     # DAPO's dynamic sampling: the filter that competes with reuse for the same sparse
     # signal; every generated response counts in the rollouts, kept or dropped
     "grpo-dynamic": Variant(

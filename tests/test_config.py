@@ -243,3 +243,26 @@ def test_unset_settings_are_none_and_older_sentinels_still_mean_unset(caplog):
     beta0 = load_config(None, [*REMIX, "reincarnation_step=5", "post_reincarnation_kl_coef=0"])
     assert beta0.phase(reincarnated=True).kl_coef == 0.0  # 0 is a real β, not "unset"
     assert load_config(None, [*REMIX, "post_reincarnation_lr=null"]).post_reincarnation_lr is None
+
+
+def test_dry_run_prints_the_lambda_schedule_reincarnation_and_the_phase_after_it(capsys):
+    """#21.1: --dry-run shows the paper config's λ schedule step by step, where it
+    reincarnates and what the on-policy phase after it runs."""
+    assert main(["train", str(CONFIGS / "tiny-remix-grpo-paper.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    # as the config documents it: 1 up to step 9, then -0.1 every 2 steps, 0.5 from step 18
+    assert "lambda step-down schedule: 1 (steps 1-9), 0.9 (steps 10-11)" in lines["KL"]
+    assert "0.5 (steps 18-60)" in lines["KL"]
+    assert "32 fresh + 21 reused (window 3" in lines["training"]
+    assert "2 optimizer updates per step (minibatch 64, epochs 2)" in lines["UTD"]
+    assert lines["reincarnation"].split(None, 1)[1] == "at step 20"
+    assert "16 prompts x 8 responses = 128 rollouts, on-policy, 1 update per step" in lines["after"]
+    assert "nothing was trained" in out
+
+
+def test_dry_run_of_an_on_policy_config_never_reincarnates(capsys):
+    assert main(["train", str(CONFIGS / "tiny-grpo.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 optimizer update per step" in out
+    assert "reincarnation  never" in out and "after reinc." not in out

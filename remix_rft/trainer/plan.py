@@ -42,12 +42,13 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f" (<= {cfg.max_new_tokens} new tokens each)",
         f"training batch {fresh} fresh + {off} reused (window {cfg.window}, "
         f"off-policy fraction {cfg.offpolicy_fraction})",
-        f"UTD ratio      {cfg.updates_per_step()} optimizer updates per step "
+        f"UTD ratio      {_count(cfg.updates_per_step(), 'optimizer update')} per step "
         f"(minibatch {cfg.minibatch_size}, epochs {cfg.epochs}); "
         f"{cfg.planned_updates()} in the run (the {cfg.lr_schedule} lr schedule's length)",
         f"KL             beta {cfg.kl_coef}, lambda {_lambda_text(cfg)}, "
         f"estimator {cfg.kl_estimator}",
-        f"reincarnation  {cfg.reincarnation_step or 'never'}"
+        "reincarnation  "
+        + (f"at step {cfg.reincarnation_step}" if cfg.reincarnation_step else "never")
         + (
             f" (or after {cfg.reincarnation_patience} evaluations without gain)"
             if cfg.reincarnation_patience
@@ -63,12 +64,16 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
     return lines
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _post_reincarnation_line(cfg: TrainConfig) -> str:
     after = cfg.phase(reincarnated=True)
     return (
         f"after reinc.   {after.prompts_per_step} prompts x {after.group_size} responses = "
-        f"{after.fresh_batch_size} rollouts, on-policy, {after.updates(after.fresh_batch_size)} "
-        f"updates per step (minibatch {after.minibatch_size}, epochs {after.epochs}), "
+        f"{after.fresh_batch_size} rollouts, on-policy, "
+        f"{_count(after.updates(after.fresh_batch_size), 'update')} per step (minibatch {after.minibatch_size}, epochs {after.epochs}), "
         f"lr {after.lr:g}, KL beta {after.kl_coef}"
     )
 
