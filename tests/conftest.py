@@ -38,7 +38,7 @@ def tiny_config(tmp_path):
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     """A random tiny model of the embedded architecture, for tests of mechanics, not learning."""
-    from remix_rft.apps.build_tiny import build_model, build_tokenizer, save_tokenizer
+    from remix_rft.apps.tiny_architecture import build_model, build_tokenizer, save_tokenizer
 
     out = tmp_path_factory.mktemp("tiny-random")
     torch.manual_seed(0)

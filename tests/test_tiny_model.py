@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from remix_rft.apps import build_tiny
+from remix_rft.apps import build_tiny, tiny_architecture
 from remix_rft.data.arithmetic import ArithmeticTask
 from remix_rft.data.batch import collate
 from remix_rft.data.buffer import Sample
@@ -98,7 +98,7 @@ def test_tokenizer_is_character_level_and_round_trips(tokenizer):
 
 def test_loaded_tokenizer_encodes_like_the_builder(tokenizer):
     """transformers rebuilds a qwen2 checkpoint's tokenizer pipeline; it must match ours."""
-    built = build_tiny.build_tokenizer()
+    built = tiny_architecture.build_tokenizer()
     assert built.get_vocab() == tokenizer.get_vocab()
     assert len(tokenizer) == 262
     prompt = format_prompt(tokenizer, "(8*7+5*8)*6=?", DEFAULT_MATH_INSTRUCTION)
