@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from remix_rft import rewards
+from remix_rft.rewards import verify
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +162,11 @@ def score_problem(value: Any) -> float | str:
 
 def _call(fn: RewardFn, response: str, problem: Any, time_limit_s: float) -> dict[str, Any]:
     """One item under the time limit, as the reply a worker sends (also used in-process)."""
-    guard = nullcontext() if math.isinf(time_limit_s) else rewards._time_limit(time_limit_s)
+    guard = nullcontext() if math.isinf(time_limit_s) else verify._time_limit(time_limit_s)
     try:
         with guard:
             value = fn(response, problem)
-    except rewards.VerifyTimeout:
+    except verify.VerifyTimeout:
         return {"timeout": True}
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]}
@@ -179,8 +180,8 @@ def _warm_up_math() -> None:
     """Import math-verify and sympy, and run a symbolic comparison once, before any clock
     starts: sympy's first simplification takes ~2 s of CPU (lazy imports and caches), which
     on a busy machine would run a worker's first real item past its limit."""
-    rewards._warm_up()
-    rewards._equal("x^2+2x+1", "(x+1)^2")
+    verify._warm_up()
+    verify._equal("x^2+2x+1", "(x+1)^2")
 
 
 def _serve(spec: str, time_limit_s: float) -> int:
@@ -193,11 +194,11 @@ def _serve(spec: str, time_limit_s: float) -> int:
     try:
         import resource
 
-        limit = rewards.WORKER_MEMORY_BYTES
+        limit = verify.WORKER_MEMORY_BYTES
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ImportError, ValueError, OSError):
         pass
-    rewards.VERIFY_ISOLATION = "inline"  # this process is the one that gets killed
+    verify.VERIFY_ISOLATION = "inline"  # this process is the one that gets killed
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     try:
         fn = load_reward_fn(spec)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from remix_rft import rewards
-from remix_rft.rewards import extract_last_boxed, format_reward, math_reward
+from remix_rft.rewards import extract_last_boxed, format_reward, math_reward, verify
 
 
 def boxed(x: str) -> str:
@@ -246,7 +246,7 @@ def _timed_in_thread(fn):
 
 
 def test_time_limit_kills_c_level_work(monkeypatch):
-    monkeypatch.setattr(rewards, "CALL_TIME_LIMIT_S", 1.0)
+    monkeypatch.setattr(verify, "CALL_TIME_LIMIT_S", 1.0)
     # the worker starts (not counted in the limit) and answers
     assert math_reward(boxed("\\frac{1}{2}"), "0.5") == 1.0
     start = time.perf_counter()
@@ -264,17 +264,17 @@ def test_inline_mode_time_limit(monkeypatch):
         time.sleep(10)
         return True
 
-    rewards._warm_up()  # imports are not part of the limit
-    monkeypatch.setattr(rewards, "VERIFY_ISOLATION", "inline")
-    monkeypatch.setattr(rewards, "_equal", slow)
-    monkeypatch.setattr(rewards, "CALL_TIME_LIMIT_S", 0.2)
+    verify._warm_up()  # imports are not part of the limit
+    monkeypatch.setattr(verify, "VERIFY_ISOLATION", "inline")
+    monkeypatch.setattr(verify, "_equal", slow)
+    monkeypatch.setattr(verify, "CALL_TIME_LIMIT_S", 0.2)
     start = time.perf_counter()
     assert math_reward(boxed("x+1"), "1+x") == 0.0
     assert time.perf_counter() - start < 2.0
 
 
 def test_inline_mode_matches(monkeypatch):
-    monkeypatch.setattr(rewards, "VERIFY_ISOLATION", "inline")
+    monkeypatch.setattr(verify, "VERIFY_ISOLATION", "inline")
     assert math_reward(boxed("\\frac{1}{2}"), "0.5") == 1.0
     assert math_reward(boxed("\\frac{1}{3}"), "0.5") == 0.0
 

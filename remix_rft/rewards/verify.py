@@ -1,20 +1,12 @@
-"""Verifiable rewards for math: the last ``\\boxed{}`` of a response against the ground truth.
+"""math-verify under a hard per-call time limit, and the guards that decide what it may see.
 
-``math_reward`` is the verifier the trainer and ``remix eval`` use. It is built for
-untrusted model text:
-
-* plain integers on both sides are compared directly, without math-verify (the fast
-  path the embedded arithmetic task relies on);
-* only the LaTeX parser of math-verify ever sees the text (never ``eval``/``sympify``
-  of what the model wrote);
-* oversized responses and boxed answers, long digit runs, deep nesting and numeric
-  power towers or huge factorials score 0 before any parsing;
-* each call has a hard wall-clock limit, ``CALL_TIME_LIMIT_S``: math-verify runs in a
-  child process that is killed when a call overruns, which works in any thread and
-  also stops C-level big-integer work that no signal can interrupt. Starting that
-  process (once, and again after a kill) is not counted against the limit. With
-  ``REMIX_VERIFY_ISOLATION=inline`` it runs in-process instead, under SIGALRM in the
-  main thread and under the static guards alone elsewhere.
+* ``_equal`` asks math-verify's LaTeX parser only (never ``eval``/``sympify`` of what the
+  model wrote) whether two normalised answers are the same;
+* ``_is_verifiable`` rejects, before any parsing, what could run for minutes: too long,
+  long digit runs, deep nesting, many powers, numeric power towers, huge factorials;
+* ``_verify`` runs ``_equal`` in a child process (this file, run with ``WORKER_FLAG``)
+  that is killed when a call overruns ``CALL_TIME_LIMIT_S``, or in-process with
+  ``REMIX_VERIFY_ISOLATION=inline``.
 """
 
 from __future__ import annotations
@@ -30,15 +22,16 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+# The worker process runs this file as a script with -P: it imports only the standard
+# library (math-verify once serving), so it needs neither the package nor sys.path.
+MAX_DIGIT_RUN = 300  # longer runs of digits are rejected before parsing
+
 logger = logging.getLogger(__name__)
 
-MAX_RESPONSE_CHARS = 200_000
-MAX_BOXED_CHARS = 4_000  # a final answer longer than this is not an answer
-MAX_DIGIT_RUN = 300  # longer runs of digits are rejected before parsing
 # What math-verify may see (the five benchmarks' and MATH's ground truths reach 200
 # characters, bracket depth 4 and 7 powers): bounds its work where no alarm can.
 MAX_VERIFY_CHARS = 1_000
@@ -52,211 +45,12 @@ VERIFY_ISOLATION = os.environ.get("REMIX_VERIFY_ISOLATION", "process")
 WORKER_MEMORY_BYTES = 4 << 30
 WORKER_FLAG = "--remix-verify-worker"
 
-BOX_COMMANDS = ("\\boxed", "\\fbox")
-
-AnswerLike = str | int | float | Sequence[str | int | float]
-
-_INT_RE = re.compile(r"[+-]?\d+")
 _DIGIT_RUN_RE = re.compile(rf"\d{{{MAX_DIGIT_RUN + 1}}}")
 
 
 class VerifyTimeout(BaseException):
     """Raised inside a call that ran past ``CALL_TIME_LIMIT_S`` (a BaseException so that
     no ``except Exception`` inside math-verify swallows it)."""
-
-
-# ---------------------------------------------------------------------------- extraction
-
-
-def _brace_group_end(text: str, open_at: int) -> int | None:
-    """Index just past the ``}`` matching the ``{`` at ``open_at``; None if unbalanced."""
-    depth = 0
-    i = open_at
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":  # an escaped character (\{ \} \\) never counts as a brace
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return None
-
-
-def _last_box_start(text: str) -> tuple[int, str] | None:
-    """Position and command of the last ``\\boxed``/``\\fbox`` that is a whole command."""
-    best: tuple[int, str] | None = None
-    for cmd in BOX_COMMANDS:
-        pos = len(text)
-        while True:
-            pos = text.rfind(cmd, 0, pos)
-            if pos < 0:
-                break
-            after = pos + len(cmd)
-            # \boxedfoo is another command; \boxed{, \boxed 5 and \boxed\frac are ours
-            if after >= len(text) or not text[after].isalpha():
-                if best is None or pos > best[0]:
-                    best = (pos, cmd)
-                break
-    return best
-
-
-def extract_last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``.
-
-    Brace matching is a single linear scan. ``\\boxed 5`` (no braces) yields ``5``.
-    Returns None when there is no box, its braces are unbalanced, or it is empty.
-    """
-    found = _last_box_start(text)
-    if found is None:
-        return None
-    pos, cmd = found
-    i = pos + len(cmd)
-    while i < len(text) and text[i] in " \t":
-        i += 1
-    if i < len(text) and text[i] == "{":
-        end = _brace_group_end(text, i)
-        if end is None:
-            return None
-        content = text[i + 1 : end - 1]
-    else:
-        # \boxed 5 -- the argument runs to the end of the math or the line
-        m = re.match(r"[^$\n]*", text[i : i + MAX_BOXED_CHARS + 1])
-        content = m.group(0) if m else ""
-    content = content.strip()
-    return content or None
-
-
-def format_reward(response: str) -> float:
-    """1.0 when the response holds exactly one boxed answer (balanced and non-empty)."""
-    if len(response) > MAX_RESPONSE_CHARS:
-        return 0.0
-    count = sum(len(re.findall(re.escape(cmd) + r"(?![A-Za-z])", response)) for cmd in BOX_COMMANDS)
-    if count != 1:
-        return 0.0
-    return 1.0 if extract_last_boxed(response) is not None else 0.0
-
-
-# ---------------------------------------------------------------------------- normalisation
-
-_UNIT_WORD_RE = re.compile(
-    r"^(?:[a-zA-Z]{1,3}(?:\^?-?\d)?|units?|degrees?|dollars?|cents?|meters?|cm|km|inches?|"
-    r"feet|foot|miles?|seconds?|minutes?|hours?|days?|years?|grams?|kg|liters?|"
-    r"square\s+\w+|cubic\s+\w+|sq\s+\w+|\w+\s+per\s+\w+|[a-zA-Z]+/[a-zA-Z]+(?:\^?\d)?)$"
-)
-_THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_THOUSANDS_LATEX_RE = re.compile(r"(?<=\d)\{,\}(?=\d{3})")
-# MATH writes thousands as 10,\! 080 (a comma and a negative thin space)
-_THOUSANDS_THIN_RE = re.compile(r"(?<=\d),\s*\\!\s*(?=\d{3}(?!\d))")
-# x_{1} is x_1 and 10^{8} is 10^8: one character needs no braces (E_1 is not parsed by
-# math-verify, so only the text comparison can tell E_{1} and E_1 apart)
-_ONE_CHAR_SCRIPT_RE = re.compile(r"([_^])\{\s*([A-Za-z0-9])\s*\}")
-_SPACE_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\\[,;: !]|\\ |~)(?=\d{3}\b)")
-_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\^\s*\{\s*\\text\{\s*o\s*\}\s*\}|\\degree|°")
-_SCI_E_RE = re.compile(r"([+-]?\d+(?:\.\d+)?)\s*[eE]\s*([+-]?\d{1,3})")
-_SPACING_RE = re.compile(r"\\[,;:!]|\\quad|\\qquad|~")
-
-
-def normalize_answer(text: str) -> str:
-    """Strip presentation that math-verify should not see: ``\\text{}`` units, degrees,
-    ``\\%``, ``\\$``, ``\\left``/``\\right``, display styles, thousands separators."""
-    s = text.strip()
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = s.replace("\\displaystyle", "")
-    s = _DEGREE_RE.sub("", s)
-    s = s.replace("\\%", "").replace("%", "")
-    s = s.replace("\\$", "").replace("$", "")
-    s = _THOUSANDS_LATEX_RE.sub("", s)
-    s = _THOUSANDS_THIN_RE.sub(",", s)
-    s = _SPACE_THOUSANDS_RE.sub("", s)
-    s = _ONE_CHAR_SCRIPT_RE.sub(r"\1\2", s)
-    s = _SPACING_RE.sub(" ", s)
-    s = _strip_text_units(s)
-    s = s.strip().rstrip(".").strip()
-    sci = _SCI_E_RE.fullmatch(s)
-    if sci:  # 8.7e8 (the LaTeX parser would read e as Euler's number)
-        s = f"{sci.group(1)}\\times 10^{{{sci.group(2)}}}"
-    if _THOUSANDS_RE.match(s):
-        s = s.replace(",", "")
-    return s
-
-
-def _strip_text_units(s: str) -> str:
-    """Drop a trailing ``\\text{unit}`` when something mathematical precedes it, and unwrap
-    a ``\\text{}`` that is the whole answer."""
-    m = re.fullmatch(r"(.*?)\s*\\(?:text|mbox|mathrm)\s*\{\s*([^{}]*)\}\s*", s, flags=re.S)
-    if m and m.group(1).strip() and _UNIT_WORD_RE.match(m.group(2).strip()):
-        return m.group(1)
-    m = re.fullmatch(r"\s*\\(?:text|textbf|mbox|mathrm)\s*\{([^{}]*)\}\s*", s)
-    if m:
-        return m.group(1)
-    return s
-
-
-# A control word with the whitespace after it, any other control symbol, or whitespace.
-_LATEX_TOKEN_RE = re.compile(r"\\(?:[A-Za-z]+\s*|.)|\s+", re.S)
-# Groups whose spaces are text: kept as they are.
-_TEXT_GROUP_RE = re.compile(r"\\(?:text|textbf|textit|mbox|mathrm|operatorname)\s*\{[^{}]*\}")
-
-
-def _squeeze(s: str) -> str:
-    """Whitespace is not significant in LaTeX math (``e^{i t}`` is ``e^{it}``): drop it,
-    except where it ends a control word before a letter (``\\pi r``) and inside
-    ``\\text{}``-like groups."""
-    out, last = [], 0
-    for m in _TEXT_GROUP_RE.finditer(s):
-        out += [_squeeze_math(s[last : m.start()]), m.group(0)]
-        last = m.end()
-    return "".join(out) + _squeeze_math(s[last:])
-
-
-def _squeeze_math(s: str) -> str:
-    def token(m: re.Match[str]) -> str:
-        tok = m.group(0)
-        if tok[0] != "\\":
-            return ""  # plain whitespace
-        if not tok[1:2].isalpha():
-            return tok  # a control symbol (\{, \\, a backslash-space) as written
-        word = tok.rstrip()
-        if word != tok and s[m.end() : m.end() + 1].isalpha():
-            return word + " "  # pi r must not become a control word pir
-        return word
-
-    return _LATEX_TOKEN_RE.sub(token, s)
-
-
-def _as_plain_int(s: str) -> int | None:
-    """The integer a string spells (spaces ignored), or None. Bounded by MAX_DIGIT_RUN."""
-    t = s.replace(" ", "")
-    if len(t) > MAX_DIGIT_RUN or not _INT_RE.fullmatch(t):
-        return None
-    return int(t)
-
-
-def answer_strings(answer: AnswerLike) -> list[str]:
-    """Ground truth as a list of acceptable strings (whole floats become integers)."""
-    if isinstance(answer, (list, tuple)):
-        out: list[str] = []
-        for a in answer:
-            out.extend(answer_strings(a))
-        return out
-    if isinstance(answer, bool):
-        return [str(int(answer))]
-    if isinstance(answer, int):
-        return [str(answer)]
-    if isinstance(answer, float):
-        if answer.is_integer():
-            return [str(int(answer))]
-        return [repr(answer)]
-    s = str(answer).strip()
-    if re.fullmatch(r"[+-]?\d+\.0+", s):
-        s = s.split(".")[0]
-    return [s] if s else []
 
 
 # ---------------------------------------------------------------------------- math-verify
@@ -452,9 +246,10 @@ class _VerifyWorker:
     """math-verify in a child process that is killed when a call runs past its limit.
 
     Signals cannot stop a C-level big-integer computation, nor interrupt a thread other
-    than the main one; killing a process can. The child runs this file (stdlib imports
-    only at the top, so it needs no package import), answers one JSON request per
-    line, and exits when its stdin closes. After a kill, a replacement is started at
+    than the main one; killing a process can. The child runs this file with ``-P`` (so
+    this folder does not shadow top-level modules) and imports ``answers`` from the copy
+    of the package this file lives in, installed or not. It answers one JSON request per
+    line and exits when its stdin closes. After a kill, a replacement is started at
     once and waited for on its first use.
     """
 
@@ -561,53 +356,6 @@ def _verify(pairs: list[tuple[str, str]]) -> bool:
     if verdict is None:
         logger.debug("verification ran past %.1fs; scored 0", CALL_TIME_LIMIT_S)
     return bool(verdict)
-
-
-# ---------------------------------------------------------------------------- the reward
-
-
-def _quick_match(pred: str, gold: str) -> bool | tuple[str, str]:
-    """True/False when cheap checks decide; else the normalised pair for math-verify."""
-    if pred == gold:
-        return True
-    pred_n, gold_n = normalize_answer(pred), normalize_answer(gold)
-    if not pred_n or not gold_n:
-        return False
-    p_int, g_int = _as_plain_int(pred_n), _as_plain_int(gold_n)
-    if p_int is not None and g_int is not None:
-        return p_int == g_int
-    if pred_n == gold_n:
-        return True
-    pred_n, gold_n = _squeeze(pred_n), _squeeze(gold_n)  # math-verify sees the same spacing
-    if pred_n == gold_n:
-        return True
-    if not (_is_verifiable(pred_n) and _is_verifiable(gold_n)):
-        return False
-    return (pred_n, gold_n)
-
-
-def math_reward(response: str, answer: AnswerLike) -> float:
-    """1.0 if the last boxed answer of ``response`` equals ``answer`` (or any of a list)."""
-    if not isinstance(response, str) or len(response) > MAX_RESPONSE_CHARS:
-        return 0.0
-    pred = extract_last_boxed(response)
-    if pred is None or len(pred) > MAX_BOXED_CHARS:
-        return 0.0
-    golds = answer_strings(answer)
-    if not golds:
-        return 0.0
-    # fast path: integers on both sides, no math-verify
-    p_int = _as_plain_int(pred)
-    if p_int is not None and all(_as_plain_int(g) is not None for g in golds):
-        return 1.0 if any(p_int == _as_plain_int(g) for g in golds) else 0.0
-    pending: list[tuple[str, str]] = []
-    for gold in golds:
-        verdict = _quick_match(pred, gold)
-        if verdict is True:
-            return 1.0
-        if isinstance(verdict, tuple):
-            pending.append(verdict)
-    return 1.0 if pending and _verify(pending) else 0.0
 
 
 # ---------------------------------------------------------------------------- worker side
