@@ -12,6 +12,9 @@ mean ± std over seeds:
 * final accuracy (mean of the last 3 evaluations) and the mean iteration time;
 * the async/sync ratio of wall-clock to T, per seed, then mean ± std.
 
+A third mode, ``async-lend``, is async with ``eval_threads = threads``: the learner
+evaluates with the producer's thread too, as the producer waits at the staleness bound.
+
     python benchmarks/async_speed.py --seeds 0 1 2
     python benchmarks/async_speed.py --seeds 0 1 2 --report-only   # table from finished runs
 
@@ -35,7 +38,9 @@ from remix_rft.apps.runs import RunRecord
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"grpo": "configs/tiny-grpo.yaml", "remix-grpo": "configs/tiny-remix-grpo.yaml"}
-MODES = ("sync", "async")
+# async-lend: async, and evaluation borrows the producer's thread (eval_threads = threads):
+# the producer idles at the staleness bound while the learner evaluates
+MODES = ("sync", "async", "async-lend")
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,9 @@ def overrides(variant: Variant, seed: int, threads: int, staleness: int, out: Pa
     if variant.mode == "sync":
         return [*common, f"threads={threads}"]
     learner = max(threads - 1, 1)
+    lend = [f"eval_threads={threads}"] if variant.mode == "async-lend" else []
     return [*common, "rollout_mode=async", f"max_staleness={staleness}",
-            f"threads={learner}", "rollout_threads=1"]  # fmt: skip
+            f"threads={learner}", "rollout_threads=1", *lend]  # fmt: skip
 
 
 def run_dir(runs: Path, variant: Variant, seed: int) -> Path:
@@ -120,18 +126,18 @@ def report(args: argparse.Namespace) -> str:
     ]
     for algorithm in args.algorithms:
         outcomes: dict[str, list[Outcome]] = {}
-        for mode in MODES:
+        for mode in args.modes:
             variant = Variant(algorithm, mode)
             runs = [load_run(run_dir(args.runs_dir, variant, s)) for s in args.seeds]
             outcomes[mode] = [outcome(r, args.target) for r in runs if eval_rows(r.rows)]
-        ratios = [
-            a.wall_to_t / s.wall_to_t
-            for s, a in zip(outcomes["sync"], outcomes["async"], strict=True)
-            if a.wall_to_t and s.wall_to_t
-        ]
-        for mode in MODES:
+        for mode in args.modes:
             got = outcomes[mode]
-            ratio = mean_std(ratios, ".2f") if mode == "async" else "1"
+            ratios = [
+                a.wall_to_t / s.wall_to_t
+                for s, a in zip(outcomes["sync"], got, strict=True)
+                if a.wall_to_t and s.wall_to_t
+            ]
+            ratio = mean_std(ratios, ".2f") if mode != "sync" else "1"
             lines.append(
                 f"| {algorithm} {mode} | {mean_std([o.wall_to_t for o in got])} | "
                 f"{mean_std([o.rollouts_to_t for o in got], ',.0f')} | "
@@ -146,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--algorithms", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="sync first: the ratios are to it (default: all three)")  # fmt: skip
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per run (default 2)")
     parser.add_argument("--max-staleness", type=int, default=1)
@@ -153,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/async-speed.md")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
+    if "sync" not in args.modes:
+        parser.error("--modes needs sync: every ratio is to it")
     if not args.report_only:
         for i, seed in enumerate(args.seeds):  # alternate which mode runs first
-            order = MODES if i % 2 == 0 else MODES[::-1]
+            order = args.modes if i % 2 == 0 else args.modes[::-1]
             for algorithm in args.algorithms:
                 for mode in order:
                     train(Variant(algorithm, mode), seed, args)

@@ -36,6 +36,7 @@ def test_defaults_and_overrides(tmp_path):
         ("loss_agg=sum", "loss_agg"),
         ("advantage_estimator=vtrace", "advantage_estimator"),
         ("max_nonfinite_updates=-1", "max_nonfinite_updates"),
+        ("eval.threads=-1", "eval_threads"),
     ],
 )
 def test_invalid_values_name_the_key(override, key):

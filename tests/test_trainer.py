@@ -556,3 +556,31 @@ def test_group_signal_counts_uniform_groups_by_hand():
         "groups/all_wrong_frac": 0.5,
     }
     assert group_signal([], [])["groups/uniform_frac"] == 0.0
+
+
+def test_evaluation_runs_with_eval_threads_and_gives_them_back(tiny_config):
+    """eval_threads: the held-out generation runs with that many torch threads (an async
+    learner borrows the idle producer's), and the trainer's own count comes back after."""
+    from remix_rft.engines import distributed
+    from remix_rft.engines.rollout import Generation
+    from remix_rft.trainer.tasks import build_task, held_out_accuracy
+
+    class CountingEngine:
+        seen: list[int] = []
+
+        def generate(self, prompts, settings):
+            self.seen.append(torch.get_num_threads())
+            return Generation([], [], [], [], texts=["\\boxed{0}"] * len(prompts))
+
+    cfg = tiny_config("eval_threads=2", "eval_batch_size=8")
+    task = build_task(cfg.task)
+    problems = list(task.eval_problems())[:16]
+    engine = CountingEngine()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        held_out_accuracy(cfg, task, problems, str, engine, distributed.setup("cpu"), step=0)
+        assert engine.seen == [2, 2]  # both chunks of 8
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -111,7 +111,7 @@ def _validate_ranges(cfg: TrainConfig) -> None:
         "reincarnation_step", "reincarnation_patience", "threads", "max_grad_norm", "seed",
         "vllm_max_model_len", "micro_batch_tokens", "logprob_chunk_tokens", "entropy_coef",
         "max_nonfinite_updates", "max_staleness", "rollout_threads", "overlong_buffer_tokens",
-        "overlong_penalty",
+        "overlong_penalty", "eval_threads",
     )  # fmt: skip
     for key in non_negative:
         check(getattr(cfg, key) >= 0, key, ">= 0", getattr(cfg, key))

@@ -201,6 +201,9 @@ class TrainConfig:
     eval_temperature: float = 0.0
     eval_top_p: float = 1.0
     eval_samples: int = 1  # responses per held-out problem (avg@k)
+    # torch CPU threads while evaluating (0: threads). An async run can lend evaluation the
+    # producer's threads: the producer is idle once it is max_staleness versions ahead
+    eval_threads: int = 0
     save_every: int = 10
     keep_checkpoints: int = 2
     # also keep the checkpoint of the best eval accuracy; a new best is then checkpointed

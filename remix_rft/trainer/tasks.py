@@ -4,7 +4,8 @@ measure a policy's held-out accuracy on it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -105,6 +106,18 @@ def build_task(cfg: TaskConfig) -> GradedTask:
 
 
 @torch.no_grad()
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """``threads`` torch CPU threads inside the block (0: leave them as they are)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def held_out_accuracy(
     cfg: TrainConfig,
     task: Task,
@@ -126,9 +139,10 @@ def held_out_accuracy(
         logprobs=False,
     )  # fmt: skip
     texts: list[str] = []
-    for begin in range(0, len(prompts), cfg.eval_batch_size):
-        chunk = prompts[begin : begin + cfg.eval_batch_size]
-        texts += engine.generate(chunk, replace(settings, seed=settings.seed + begin)).texts
+    with torch_threads(cfg.eval_threads):
+        for begin in range(0, len(prompts), cfg.eval_batch_size):
+            chunk = prompts[begin : begin + cfg.eval_batch_size]
+            texts += engine.generate(chunk, replace(settings, seed=settings.seed + begin)).texts
     k = cfg.eval_samples
     scores = score_responses(task, [(t, mine[i // k]) for i, t in enumerate(texts)])
     return dist.sum(sum(scores)) / max(len(problems) * k, 1)
