@@ -116,7 +116,7 @@ def _train_run(args: argparse.Namespace, cfg: Any) -> int:
         print(f"remix train: error: {err}", file=sys.stderr)
         shutdown()
         return 1 if isinstance(err, NonFiniteTrainingError) else EXIT_USAGE
-    shutdown()
+    shutdown(barrier=True)
     if progress is not None:
         progress.close()
     if summary.get("preempted"):  # checkpointed at this step; the scheduler may requeue on 75

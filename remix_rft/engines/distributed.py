@@ -229,9 +229,14 @@ def setup(device: str = "auto") -> DistEnv:
     return _ENV
 
 
-def shutdown() -> None:
+def shutdown(*, barrier: bool = False) -> None:
+    """Leave the process group. ``barrier`` (a run that ended the same way on every rank):
+    wait for the others first, so that no rank tears its connections down while a peer is
+    still in a collective (gloo then aborts the peer at exit, rarely, under load)."""
     global _ENV
     if dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
     _ENV = None
 
