@@ -32,12 +32,9 @@ worker itself is the process that gets killed.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import math
-import numbers
 import os
 import select
 import signal
@@ -46,18 +43,23 @@ import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 from remix_rft import rewards
+from remix_rft.reward_fns import (
+    RewardError,
+    RewardFn,
+    absolute_spec,
+    load_reward_fn,
+    score_problem,
+)
 from remix_rft.rewards import verify
 
 logger = logging.getLogger(__name__)
 
-RewardFn = Callable[[str, Any], Any]
 ScoreItem = tuple[str, Mapping[str, Any]]  # (response, problem as a dict)
 
 # The verifier of the embedded and math tasks, as a spec (run by name in the workers).
@@ -67,10 +69,6 @@ KILL_GRACE_S = 1.0  # time the worker's own alarm gets before the parent kills i
 STARTUP_TIMEOUT_S = 120.0
 MAX_MESSAGE_CHARS = 2_000
 SERVE_FLAG = "--serve"
-
-
-class RewardError(ValueError):
-    """A reward function that cannot be loaded, raised, or returned something not a number."""
 
 
 def math_score(response: str, problem: Mapping[str, Any]) -> float:
@@ -85,76 +83,6 @@ def default_workers(local_processes: int = 1) -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(1, min(4, cpus // max(local_processes, 1)))
-
-
-# ---------------------------------------------------------------------------- user functions
-
-
-def parse_reward_spec(spec: str) -> tuple[str, str]:
-    """``"file.py:fn"`` or ``"module:fn"`` -> (file or module, function name)."""
-    target, sep, name = spec.rpartition(":")
-    if not sep or not target or not name.isidentifier():
-        raise RewardError(
-            f"reward function {spec!r}: expected path/to/file.py:function or module:function"
-        )
-    return target, name
-
-
-def is_file_spec(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or os.sep in target
-
-
-def load_reward_fn(spec: str) -> RewardFn:
-    """Import the function a spec names; errors name the spec and what is wrong."""
-    target, name = parse_reward_spec(spec)
-    try:
-        if is_file_spec(target):
-            path = Path(target).expanduser().resolve()
-            if not path.is_file():
-                raise RewardError(f"reward function {spec!r}: file {path} does not exist")
-            module_name = f"remix_user_reward_{abs(hash(str(path)))}"
-            module_spec = importlib.util.spec_from_file_location(module_name, path)
-            assert module_spec is not None and module_spec.loader is not None
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[module_name] = module  # dataclasses and pickling look it up
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except RewardError:
-        raise
-    except Exception as exc:  # the user's module failed to import: say so, with the cause
-        raise RewardError(
-            f"reward function {spec!r}: importing {target} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise RewardError(f"reward function {spec!r}: {target} has no function {name!r}")
-    return fn
-
-
-def absolute_spec(spec: str) -> str:
-    """A file spec with its path made absolute, so that workers (and a resumed run started
-    from another directory) find the same file."""
-    target, name = parse_reward_spec(spec)
-    if not is_file_spec(target):
-        return spec
-    return f"{Path(target).expanduser().resolve()}:{name}"
-
-
-def score_problem(value: Any) -> float | str:
-    """A reward function's return value as a float, or why it is not one (the caller
-    names the function and the item)."""
-    if isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, numbers.Real):
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        return f"{shown} ({type(value).__name__}, not a number)"
-    score = float(value)
-    if not math.isfinite(score):
-        return f"{score!r} (not a finite number)"
-    return score
 
 
 # ---------------------------------------------------------------------------- worker side

@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from remix_rft.reward_pool import (
-    MATH_REWARD_SPEC,
-    RewardError,
-    RewardPool,
-    load_reward_fn,
-)
+from remix_rft.reward_fns import RewardError, load_reward_fn
+from remix_rft.reward_pool import MATH_REWARD_SPEC, RewardPool
 from remix_rft.trainer.config import ConfigError, load_config
 from remix_rft.trainer.tasks import GradedTask, build_task, score_responses
 

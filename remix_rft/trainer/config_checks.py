@@ -15,7 +15,7 @@ from remix_rft.algorithm.correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CO
 from remix_rft.algorithm.kl import KL_LAMBDA_SCHEDULES
 from remix_rft.algorithm.policy_losses import POLICY_LOSSES
 from remix_rft.data.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX, is_builtin
-from remix_rft.reward_pool import RewardError, is_file_spec, parse_reward_spec
+from remix_rft.reward_fns import RewardError, is_file_spec, parse_reward_spec
 from remix_rft.trainer.config_fields import ConfigError, TaskConfig, TrainConfig
 from remix_rft.trainer.trackers import TRACKERS, TrackerError, check_installed
 
