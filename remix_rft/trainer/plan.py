@@ -73,7 +73,8 @@ def _post_reincarnation_line(cfg: TrainConfig) -> str:
     return (
         f"after reinc.   {after.prompts_per_step} prompts x {after.group_size} responses = "
         f"{after.fresh_batch_size} rollouts, on-policy, "
-        f"{_count(after.updates(after.fresh_batch_size), 'update')} per step (minibatch {after.minibatch_size}, epochs {after.epochs}), "
+        f"{_count(after.updates(after.fresh_batch_size), 'update')} per step "
+        f"(minibatch {after.minibatch_size}, epochs {after.epochs}), "
         f"lr {after.lr:g}, KL beta {after.kl_coef}"
     )
 

@@ -105,7 +105,6 @@ def build_task(cfg: TaskConfig) -> GradedTask:
     return GradedTask(task, pool)
 
 
-@torch.no_grad()
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """``threads`` torch CPU threads inside the block (0: leave them as they are)."""
@@ -118,6 +117,7 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@torch.no_grad()
 def held_out_accuracy(
     cfg: TrainConfig,
     task: Task,
