@@ -14,6 +14,13 @@ mean ± std over seeds:
 
 A third mode, ``async-lend``, is async with ``eval_threads = threads``: the learner
 evaluates with the producer's thread too, as the producer waits at the staleness bound.
+``async-full`` is what ``rollout_mode=async`` does with the default threads: the learner
+keeps all ``threads`` and the producer runs beside it on one more (the cores
+oversubscribed). ``sync-1t`` is the sync run on one thread: its wall-clock is the work of
+the run on one core, W1, and no schedule of that work on ``threads`` cores -- async or
+any other -- can reach T in less than W1 / threads. The report gives that bound as a
+share of sync's wall-clock: where it is above a target ratio, no overlap of generation
+and training can meet the target on this machine.
 
     python benchmarks/async_speed.py --seeds 0 1 2
     python benchmarks/async_speed.py --seeds 0 1 2 --report-only   # table from finished runs
@@ -40,7 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"grpo": "configs/tiny-grpo.yaml", "remix-grpo": "configs/tiny-remix-grpo.yaml"}
 # async-lend: async, and evaluation borrows the producer's thread (eval_threads = threads):
 # the producer idles at the staleness bound while the learner evaluates
-MODES = ("sync", "async", "async-lend")
+MODES = ("sync", "async", "async-lend", "async-full", "sync-1t")
+DEFAULT_MODES = ("sync", "async", "async-lend")
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,9 @@ def overrides(variant: Variant, seed: int, threads: int, staleness: int, out: Pa
     common = [f"seed={seed}", f"out_dir={out}", "report_to=[]"]
     if variant.mode == "sync":
         return [*common, f"threads={threads}"]
-    learner = max(threads - 1, 1)
+    if variant.mode == "sync-1t":
+        return [*common, "threads=1"]
+    learner = threads if variant.mode == "async-full" else max(threads - 1, 1)
     lend = [f"eval_threads={threads}"] if variant.mode == "async-lend" else []
     return [*common, "rollout_mode=async", f"max_staleness={staleness}",
             f"threads={learner}", "rollout_threads=1", *lend]  # fmt: skip
@@ -77,7 +87,8 @@ def train(variant: Variant, seed: int, args: argparse.Namespace) -> None:
     cmd = [sys.executable, "-m", "remix_rft", "train", CONFIGS[variant.algorithm],
            *overrides(variant, seed, args.threads, args.max_staleness, out)]  # fmt: skip
     print(f"  {out.name}: {' '.join(cmd[3:])}", flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    omp = 1 if variant.mode == "sync-1t" else args.threads
+    env = {**os.environ, "OMP_NUM_THREADS": str(omp)}
     subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -117,11 +128,12 @@ def mean_std(values: list[float | None], spec: str = ".1f") -> str:
 def report(args: argparse.Namespace) -> str:
     lines = [
         f"Sync vs async rollouts, target T = {args.target}, seeds {' '.join(map(str, args.seeds))}, "
-        f"{args.threads} CPU threads per run (async: {max(args.threads - 1, 1)} learner + 1 "
-        f"producer), max_staleness {args.max_staleness}; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores.",
+        f"{args.threads} CPU threads per run (async, async-lend: {max(args.threads - 1, 1)} "
+        f"learner + 1 producer; async-full: {args.threads} learner + 1 producer; sync-1t: one "
+        f"thread), max_staleness {args.max_staleness}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores.",
         "",
-        "| variant | wall-clock to T (s) | rollouts to T | final acc (last 3) | s / iteration | async ÷ sync wall to T |",
+        "| variant | wall-clock to T (s) | rollouts to T | final acc (last 3) | s / iteration | ÷ sync wall to T |",
         "|---|---|---|---|---|---|",
     ]
     for algorithm in args.algorithms:
@@ -144,16 +156,35 @@ def report(args: argparse.Namespace) -> str:
                 f"{mean_std([o.final for o in got], '.3f')} | "
                 f"{mean_std([o.step_s for o in got], '.2f')} | {ratio} |"
             )
+        if "sync-1t" in outcomes:
+            lines.append(work_bound_line(algorithm, outcomes, args.threads))
     lines += ["", "Reproduce: `python benchmarks/async_speed.py " + " ".join(sys.argv[1:]) + "`"]
     return "\n".join(lines)
+
+
+def work_bound_line(algorithm: str, outcomes: dict[str, list[Outcome]], threads: int) -> str:
+    """The lowest wall-clock to T that any schedule of the run's one-core work W1 can reach
+    on ``threads`` cores (W1 / threads), as a share of sync's, per seed. A lower bound: a
+    split into processes only adds work (start-up, weight copies)."""
+    shares = [
+        one.wall_to_t / threads / s.wall_to_t
+        for s, one in zip(outcomes["sync"], outcomes["sync-1t"], strict=True)
+        if one.wall_to_t and s.wall_to_t
+    ]
+    per_seed = ", ".join(f"{x:.2f}" for x in shares)
+    return (
+        f"| {algorithm}: bound W1 / {threads} ÷ sync wall | | | | | "
+        f"{mean_std(shares, '.2f')} (per seed {per_seed}) |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--algorithms", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS))
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
-                        help="sync first: the ratios are to it (default: all three)")  # fmt: skip
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
+                        help="sync first: the ratios are to it (default: "
+                        + " ".join(DEFAULT_MODES) + ")")  # fmt: skip
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per run (default 2)")
     parser.add_argument("--max-staleness", type=int, default=1)

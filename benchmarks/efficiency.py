@@ -140,6 +140,10 @@ VARIANTS: dict[str, Variant] = {
         "tiny-remix-grpo", ("clip_centre=one",), "ablation", tier=2, note="clip around 1, not π_k/μ"
     ),
     "ppo": Variant("tiny-ppo", (), "ppo", settings=("hard",), tier=1),
+    # PPO's own lr sweep on the hard setting (actor lr; the critic keeps 1e-4): the baseline
+    # of the ReMix-PPO comparison gets its best shot, as GRPO does
+    "ppo-lr5e-5": Variant("tiny-ppo", ("lr=5e-5",), "ppo", settings=("hard",), tier=9),
+    "ppo-lr2e-4": Variant("tiny-ppo", ("lr=2e-4",), "ppo", settings=("hard",), tier=9),
     "remix-ppo": Variant("tiny-remix-ppo", (), "ppo", settings=("hard",), tier=1),
     # ReMix-PPO in the paper's regime (p 0.4, window 3, 2 updates per batch, the λ
     # schedule of tiny-remix-grpo-paper) on an 8 x 4 fresh batch, and the same without reuse
@@ -563,6 +567,32 @@ def report(root: Path, setting: Setting, variants: Sequence[str], seeds: Sequenc
     return "\n".join(lines), loaded, list(targets)
 
 
+def reproduce_args(argv: Sequence[str]) -> list[str]:
+    """The command line without what only says where runs live or when to stop launching:
+    the printed command is the one a reader runs to get the same table."""
+    local = {"--runs-dir", "--deadline-s"}
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in local:
+            skip = True
+        elif arg != "--report-only" and arg.split("=", 1)[0] not in local:
+            kept.append(arg)
+    return kept
+
+
+def resolved(overrides: Sequence[str]) -> list[str]:
+    """``key=value`` overrides with later values winning, in first-seen key order (as the
+    config loader applies them), so a variant's description names each key once."""
+    values: dict[str, str] = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        values[key] = value
+    return [f"{k}={v}" for k, v in values.items()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -618,8 +648,7 @@ def main() -> int:
     png = args.out_dir / f"{report_name}.png"
     plot(loaded, setting.budget, targets, png, f"{args.setting} setting")
     n_runs = sum(len(vr.runs) for vr in loaded.values())
-    argv = [a for a in sys.argv[1:] if a != "--report-only"]
-    command = f"python benchmarks/efficiency.py {' '.join(argv)}"
+    command = f"python benchmarks/efficiency.py {' '.join(reproduce_args(sys.argv[1:]))}"
     header = (
         f"# Rollout efficiency: {args.setting} setting (model `{setting.model}`, "
         f"{setting.budget:,} rollouts per run)\n\n"
@@ -631,7 +660,7 @@ def main() -> int:
         + f". Plot: `{png.name}`.\n\nRuns: `{command}`"
         + (" (this file: the same with `--report-only`)" if args.report_only else "")
         + "\n\nVariants: "
-        + "; ".join(f"`{n}` = {v.config} {' '.join(v.overrides)}".rstrip()
+        + "; ".join(f"`{n}` = {v.config} {' '.join(resolved(v.overrides))}".rstrip()
                     + (f" ({v.note})" if v.note else "")
                     for n, v in VARIANTS.items() if n in variants)
         + (f". ReMix variants also: {' '.join(setting.remix_overrides)}"
