@@ -40,6 +40,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tables import publish
+
 from remix_rft.apps.compare import eval_rows, load_run, plateau_accuracy, rollouts_to_target
 from remix_rft.apps.runs import RunRecord
 
@@ -201,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in order:
                     train(Variant(algorithm, mode), seed, args)
     table = report(args)
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
+    publish(table, args.out)
     return 0
 
 

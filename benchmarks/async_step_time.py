@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rollout_speed import SHAPES, make_model_dir
+from tables import publish
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("sync", "async")
@@ -144,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r} {mode}: {timing.step_s:.2f} s / iteration "
                       f"(run {timing.wall_s:.0f} s)", flush=True)  # fmt: skip
     table = report(args, runs)
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
+    publish(table, args.out)
     return 0
 
 

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from async_speed import mean_std, outcome  # the same outcome measures as the speed table
+from tables import publish
 
 from remix_rft.apps.compare import eval_rows, load_run
 
@@ -105,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             for centre in CENTRES if i % 2 == 0 else CENTRES[::-1]:
                 train(centre, seed, args)
     table = report(args)
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
+    publish(table, args.out)
     return 0
 
 
