@@ -134,3 +134,52 @@ def test_a_failing_producer_reports_its_traceback(tiny_config, tmp_path):
                       "task.reward_workers=0")  # fmt: skip
     with pytest.raises(ProducerError, match=r"(?s)failed:.*Traceback.*no such field"):
         train(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "allowed"),
+    [
+        (["rollout_mode=async", "rollout_device=gpu1"], "cpu, cuda or cuda:N"),
+        (["rollout_mode=async", "rollout_device=cuda:x"], "cpu, cuda or cuda:N"),
+        (["rollout_device=cpu"], "unless rollout_mode is async"),
+    ],
+)
+def test_a_bad_rollout_device_names_the_key(overrides, allowed):
+    from remix_rft.trainer.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=f"'rollout_device'.*{allowed}"):
+        load_config("configs/tiny-grpo.yaml", overrides)
+    sectioned = [o.replace("rollout_device", "rollout.device") for o in overrides]
+    with pytest.raises(ConfigError, match="'rollout_device'"):
+        load_config("configs/tiny-grpo.yaml", sectioned)
+
+
+def test_the_producer_device_is_the_learners_unless_rollout_device_says_otherwise():
+    import torch
+
+    from remix_rft.trainer.config import ConfigError, load_config
+    from remix_rft.trainer.producer_process import producer_device
+
+    learner = torch.device("cpu")
+    default = load_config("configs/tiny-grpo.yaml", ["rollout_mode=async"])
+    assert producer_device(default, learner, distributed=False) == "cpu"
+    on_cpu = load_config("configs/tiny-grpo.yaml", ["rollout_mode=async", "rollout_device=cpu"])
+    assert producer_device(on_cpu, torch.device("cuda:0"), distributed=False) == "cpu"
+    with pytest.raises(ConfigError, match="under torchrun"):
+        producer_device(on_cpu, learner, distributed=True)
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (none here: cuda:0)
+    beyond = load_config(
+        "configs/tiny-grpo.yaml", ["rollout_mode=async", f"rollout_device={missing}"]
+    )
+    with pytest.raises(ConfigError, match=f"'{missing}', but this machine has"):
+        producer_device(beyond, learner, distributed=False)
+
+
+def test_async_with_the_producer_on_a_named_device_trains(tiny_config):
+    """rollout_device names the producer's device (here the CPU, as the learner's: the
+    path a second GPU takes, minus the GPU)."""
+    cfg = tiny_config("steps=2", "rollout_mode=async", "rollout_device=cpu")
+    train(cfg)
+    rows = read_metrics(cfg.resolved_out_dir())
+    assert [r["rollouts"] for r in rows[1:]] == [16, 32]
+    assert all(r["async/staleness_max"] <= 1 for r in rows[1:])

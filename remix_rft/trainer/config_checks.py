@@ -76,12 +76,27 @@ def _validate_choices(cfg: TrainConfig) -> None:
     _one_of(cfg, "rollout_correction", ROLLOUT_CORRECTIONS)
     _one_of(cfg, "rollout_correction_level", ROLLOUT_CORRECTION_LEVELS)
     _one_of(cfg, "weight_transport", _transport_names())
+    _validate_rollout_device(cfg)
     from remix_rft.trainer.preemption import validate_signal_names
 
     try:
         validate_signal_names(cfg.preempt_signals)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config key 'preempt_signals': {err}") from None
+
+
+def _validate_rollout_device(cfg: TrainConfig) -> None:
+    value = cfg.rollout_device
+    index = value.removeprefix("cuda:")
+    check(
+        value in ("", "cpu", "cuda") or (value.startswith("cuda:") and index.isdigit()),
+        "rollout_device", "empty (the learner's device), cpu, cuda or cuda:N", value,
+    )  # fmt: skip
+    check(
+        not value or cfg.rollout_mode == "async",
+        "rollout_device", "empty unless rollout_mode is async (a sync run generates with the "
+        "learner's model)", value,
+    )  # fmt: skip
 
 
 def _validate_ranges(cfg: TrainConfig) -> None:

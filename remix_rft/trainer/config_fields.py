@@ -236,6 +236,9 @@ class TrainConfig:
     rollout_mode: str = "sync"
     max_staleness: int = 1
     rollout_threads: int = 1  # torch CPU threads of the async producer (0: torch's default)
+    # the async producer's device: "" = the learner's; cpu, cuda:N (generation on its own
+    # GPU of a one-process run; weights cross through the transport)
+    rollout_device: str = ""
     weight_transport: str = "shared-memory"  # learner -> producer weights (engines/transport.py)
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory (of host RAM on CPU)
     vllm_max_model_len: int = 0  # 0: longest prompt budget + max_new_tokens, from the task

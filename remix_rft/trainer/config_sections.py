@@ -34,6 +34,7 @@ _SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
             "rollout_mode",
             "max_staleness",
             "rollout_threads",
+            "rollout_device",
             "weight_transport",
             "behavior_logprobs",
             "dynamic_sampling",

@@ -46,7 +46,7 @@ from remix_rft.trainer.producer import (
     balance_groups,
     needs_sampling_logprobs,
 )
-from remix_rft.trainer.producer_process import ProducerSpec
+from remix_rft.trainer.producer_process import ProducerSpec, producer_device
 from remix_rft.trainer.rollouts import (
     AsyncRollouts,
     InlineRollouts,
@@ -115,8 +115,8 @@ class Trainer:
         while this process builds the learner (``start_rollouts`` hands it the weights)."""
         if self.cfg.rollout_mode != "async":
             return None
-        spec = ProducerSpec(cfg=self.cfg, device=str(self.dist.device),
-                            threads=self.cfg.rollout_threads)  # fmt: skip
+        device = producer_device(self.cfg, self.dist.device, self.dist.enabled)
+        spec = ProducerSpec(cfg=self.cfg, device=device, threads=self.cfg.rollout_threads)
         return ProducerProcess(self.cfg, spec, self.dist.rank)
 
     def engine_options(self) -> EngineOptions:

@@ -30,7 +30,7 @@ from remix_rft.engines.distributed import DistEnv
 from remix_rft.engines.policy import load_policy, load_tokenizer
 from remix_rft.engines.rollout import EngineOptions, RolloutEngine
 from remix_rft.engines.transport import WeightTransport
-from remix_rft.trainer.config import TrainConfig
+from remix_rft.trainer.config import ConfigError, TrainConfig
 from remix_rft.trainer.producer import Producer, PromptFormatter, Rollout
 from remix_rft.trainer.tasks import build_task
 
@@ -51,6 +51,29 @@ class ProducerSpec:
     cfg: TrainConfig
     device: str  # "cpu" or "cuda:N"
     threads: int  # torch CPU threads (0: torch's default)
+
+
+def producer_device(cfg: TrainConfig, learner: torch.device, distributed: bool) -> str:
+    """Where the async producer generates: ``rollout_device``, or the learner's device.
+    Samples cross to the learner on the CPU (the engines return CPU tensors), so the two
+    devices need not match."""
+    wanted = cfg.rollout_device
+    if not wanted:
+        return str(learner)
+    if distributed:
+        raise ConfigError(
+            "config key 'rollout_device': only for a one-process run; under torchrun each "
+            f"rank's producer uses its rank's device (got {wanted!r})"
+        )
+    if wanted.startswith("cuda"):
+        index = int(wanted.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(
+                f"config key 'rollout_device': {wanted!r}, but this machine has {count} "
+                "CUDA device(s)"
+            )
+    return wanted
 
 
 @dataclass
