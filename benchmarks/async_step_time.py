@@ -4,7 +4,8 @@ Issue #20's GPU check: GRPO iterations (``configs/tiny-grpo.yaml``'s loop: P pro
 samples, one update) with the HF engine at the Qwen2-0.5B or 1.5B shape (random init,
 Qwen2's 151,936-token vocabulary, the embedded tokenizer), ``rollout_mode=sync`` against
 ``rollout_mode=async`` (the producer in its own process on the same device, staleness 1),
-in rounds that alternate which mode runs first. A random model seldom emits EOS, so
+in rounds that alternate which mode runs first; with ``--rollout-device`` the async
+producer gets a device of its own (disaggregated placement on a two-GPU machine). A random model seldom emits EOS, so
 every response runs to ``--tokens`` and the rewards are ~0; neither changes the work of an
 iteration (generation to the token limit, forward and backward over every response).
 
@@ -14,6 +15,7 @@ the async ÷ sync ratio per round, then mean ± spread. Evaluation is reduced to
 problems and excluded from the iteration time.
 
     python benchmarks/async_step_time.py --shape qwen2-0.5b --device cuda --dtype bfloat16
+    python benchmarks/async_step_time.py --shape qwen2-0.5b --device cuda --rollout-device cuda:1
     python benchmarks/async_step_time.py --shape embedded --device cpu --steps 6 --tokens 32
 
 The first command is sized to one 10-minute call of a lent GPU (2 rounds of 2 runs of
@@ -52,6 +54,8 @@ class Timing:
 
 def train_overrides(args: argparse.Namespace, model_dir: str, mode: str, out: Path) -> list[str]:
     async_keys = ["rollout_mode=async", "max_staleness=1"] if mode == "async" else []
+    if mode == "async" and args.rollout_device:
+        async_keys.append(f"rollout_device={args.rollout_device}")
     return [
         f"model={model_dir}", f"device={args.device}", f"dtype={args.dtype}",
         f"steps={args.steps}", f"prompts_per_step={args.prompts}", f"group_size={args.samples}",
@@ -132,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--rollout-device", default="",
+                        help="async only: the producer's own device (e.g. cuda:1 on a "
+                        "two-GPU machine; default: the learner's)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/async-step-time.md")
     parser.add_argument("extra", nargs="*", help="more key=value overrides for both runs")
     args = parser.parse_args(argv)
