@@ -40,7 +40,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tables import publish
+from tables import publish, reproduce_args
 
 from remix_rft.apps.compare import eval_rows, load_run, plateau_accuracy, rollouts_to_target
 from remix_rft.apps.runs import RunRecord
@@ -160,7 +160,12 @@ def report(args: argparse.Namespace) -> str:
             )
         if "sync-1t" in outcomes:
             lines.append(work_bound_line(algorithm, outcomes, args.threads))
-    lines += ["", "Reproduce: `python benchmarks/async_speed.py " + " ".join(sys.argv[1:]) + "`"]
+    lines += [
+        "",
+        "Reproduce: `python benchmarks/async_speed.py "
+        + " ".join(reproduce_args(sys.argv[1:]))
+        + "`",
+    ]
     return "\n".join(lines)
 
 

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tables import reproduce_args
+
 from remix_rft.apps.compare import eval_rows, load_run, plateau_accuracy, rollouts_to_target
 from remix_rft.apps.runs import EVAL_KEY, RunLoadError, RunRecord
 from remix_rft.trainer.config import load_config
@@ -565,22 +567,6 @@ def report(root: Path, setting: Setting, variants: Sequence[str], seeds: Sequenc
               "(zero GRPO advantage). Age a: data generated a iterations before the update.",
               "", *diagnostics_table(loaded), ""]  # fmt: skip
     return "\n".join(lines), loaded, list(targets)
-
-
-def reproduce_args(argv: Sequence[str]) -> list[str]:
-    """The command line without what only says where runs live or when to stop launching:
-    the printed command is the one a reader runs to get the same table."""
-    local = {"--runs-dir", "--deadline-s"}
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in local:
-            skip = True
-        elif arg != "--report-only" and arg.split("=", 1)[0] not in local:
-            kept.append(arg)
-    return kept
 
 
 def resolved(overrides: Sequence[str]) -> list[str]:
