@@ -28,7 +28,11 @@ It also writes a plot of accuracy vs rollouts (mean over seeds, ± std band).
     python benchmarks/efficiency.py --setting hard --report-only   # tables from finished runs
 
 Runs that already finished in --runs-dir are reused, so an interrupted benchmark continues
-where it stopped. Markdown tables and the plot go to benchmarks/results/.
+where it stopped. Every finished run is also archived in benchmarks/results/runs/ (a few kB
+each, committed; see run_archive.py), and a run whose directory is gone is read from there
+when its variant still resolves to the same configuration: a later session adds seeds or
+variants without training the archived ones again (``--no-archive`` ignores it). Markdown
+tables and the plot go to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import run_archive
 from tables import reproduce_args
 
 from remix_rft.apps.compare import eval_rows, load_run, plateau_accuracy, rollouts_to_target
@@ -297,6 +302,11 @@ def launch(root: Path, setting: Setting, variant: str, seed: int, args: argparse
     out = run_dir_for(root, variant, seed)
     if (out / "summary.json").is_file():
         return
+    if not args.no_archive and archived_run(
+        args.setting, setting, variant, seed, args.rollout_grid
+    ):
+        print(f"  {variant} seed {seed}: in the archive, not run again", flush=True)
+        return
     overrides = run_overrides(setting, variant, seed, args.rollout_grid)
     cmd = [sys.executable, "-m", "remix_rft", "train", VARIANTS[variant].config, *overrides,
            f"out_dir={out}", f"threads={args.threads}", f"device={args.device}"]  # fmt: skip
@@ -389,20 +399,55 @@ class VariantRuns:
         return out
 
 
+@dataclass(frozen=True)
+class RunSource:
+    """Where a report finds its runs: the runs directory, then the archive."""
+
+    root: Path
+    setting_name: str
+    setting: Setting
+    rollout_grid: bool
+    use_archive: bool
+
+
+def expected_config(
+    setting: Setting, variant: str, seed: int, rollout_grid: bool
+) -> dict[str, Any]:
+    overrides = run_overrides(setting, variant, seed, rollout_grid)
+    return load_config(VARIANTS[variant].config, overrides).to_dict()
+
+
+def archived_run(
+    setting_name: str, setting: Setting, variant: str, seed: int, rollout_grid: bool
+) -> RunRecord | None:
+    path = run_archive.archive_path(setting_name, variant, seed)
+    expected = expected_config(setting, variant, seed, rollout_grid)
+    return run_archive.load(path, expected, load_config(None, []).to_dict())
+
+
+def finished_run(source: RunSource, variant: str, seed: int) -> RunRecord | None:
+    """The finished run of ``variant`` and ``seed``: from its directory (archived as it is
+    read), else from the archive when the variant still resolves to the archived config."""
+    try:
+        run: RunRecord | None = load_run(run_dir_for(source.root, variant, seed))
+    except RunLoadError:
+        run = None
+    if run is not None and run.summary:  # finished runs only
+        if source.use_archive:
+            run_archive.save(run, run_archive.archive_path(source.setting_name, variant, seed))
+        return run
+    if not source.use_archive:
+        return None
+    return archived_run(source.setting_name, source.setting, variant, seed, source.rollout_grid)
+
+
 def load_variants(
-    root: Path, variants: Sequence[str], seeds: Sequence[int]
+    source: RunSource, variants: Sequence[str], seeds: Sequence[int]
 ) -> dict[str, VariantRuns]:
     loaded: dict[str, VariantRuns] = {}
     for v in variants:
         vr = VariantRuns(v)
-        for s in seeds:
-            d = run_dir_for(root, v, s)
-            try:
-                run = load_run(d)
-            except RunLoadError:
-                continue
-            if run.summary:  # finished runs only
-                vr.runs.append(run)
+        vr.runs = [run for s in seeds if (run := finished_run(source, v, s)) is not None]
         loaded[v] = vr
     return loaded
 
@@ -565,9 +610,10 @@ def plot(
     plt.close(fig)
 
 
-def report(root: Path, setting: Setting, variants: Sequence[str], seeds: Sequence[int],
+def report(source: RunSource, variants: Sequence[str], seeds: Sequence[int],
            targets: Sequence[float] | None) -> tuple[str, dict[str, VariantRuns], list[float]]:  # fmt: skip
-    loaded = load_variants(root, variants, seeds)
+    loaded = load_variants(source, variants, seeds)
+    setting = source.setting
     baseline = tuned_grpo(loaded)
     lines: list[str] = []
     if targets is None:
@@ -628,6 +674,9 @@ def main() -> int:
     parser.add_argument("--deadline-s", type=float, default=0.0,
                         help="start no new run after this many seconds (0: no limit)")  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
+    parser.add_argument("--no-archive", action="store_true",
+                        help="neither read nor write benchmarks/results/runs/ (the finished "
+                        "runs kept in the repository; see run_archive.py)")  # fmt: skip
     parser.add_argument("--runs-dir", type=Path, default=None,
                         help="default: runs/efficiency-SETTING")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
@@ -656,17 +705,20 @@ def main() -> int:
         print(f"{len(jobs)} runs ({args.setting} setting, {setting.budget:,} rollouts each), "
               f"{args.jobs} at a time, into {root}", flush=True)  # fmt: skip
         run_all(root, setting, jobs, args)
-    body, loaded, targets = report(root, setting, variants, args.seeds, args.targets)
+    source = RunSource(root, args.setting, setting, args.rollout_grid, not args.no_archive)
+    body, loaded, targets = report(source, variants, args.seeds, args.targets)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     report_name = args.report_name or f"efficiency-{args.setting}"
     png = args.out_dir / f"{report_name}.png"
     plot(loaded, setting.budget, targets, png, f"{args.setting} setting")
     n_runs = sum(len(vr.runs) for vr in loaded.values())
+    from_archive = sum(r.path.name.endswith(".json.gz") for vr in loaded.values() for r in vr.runs)
     command = f"python benchmarks/efficiency.py {' '.join(reproduce_args(sys.argv[1:]))}"
     header = (
         f"# Rollout efficiency: {args.setting} setting (model `{setting.model}`, "
         f"{setting.budget:,} rollouts per run)\n\n"
-        f"{n_runs} finished runs, seeds {args.seeds}; greedy evaluation on {EVAL_PROBLEMS} "
+        f"{n_runs} finished runs ({from_archive} of them read from the archive, "
+        f"`benchmarks/results/runs/`), seeds {args.seeds}; greedy evaluation on {EVAL_PROBLEMS} "
         f"held-out problems about every {setting.eval_rollouts} rollouts. Machine: "
         f"{platform.machine()}, {os.cpu_count()} CPU cores, device {args.device}"
         + ("" if args.report_only else f", {args.jobs} runs in parallel with "
