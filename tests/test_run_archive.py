@@ -12,7 +12,7 @@ import yaml
 from remix_rft.apps.runs import load_run
 from remix_rft.trainer.config import load_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # after site-packages
 import run_archive  # noqa: E402
 
 
