@@ -55,19 +55,29 @@ def _commit() -> str:
     return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
+def _read(path: Path) -> dict[str, Any]:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
 def save(run: RunRecord, path: Path) -> None:
-    """Archive a finished run (its summary present) at ``path``."""
+    """Archive a finished run (its summary present) at ``path``; an archive that already
+    holds the same run is left as it is (its commit too), so a report rewrites nothing."""
     if run.summary is None:
         raise ValueError(f"{run.path}: not finished (no summary.json); nothing archived")
     record = {
         "config": identity(run.config),
         "summary": run.summary,
-        "commit": _commit(),
         "rows": [_kept(r) for r in run.rows],
     }
+    if path.is_file():
+        old = _read(path)
+        if all(old.get(k) == v for k, v in record.items()):
+            return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", encoding="utf-8") as fh:
-        json.dump(record, fh, separators=(",", ":"))
+    text = json.dumps({**record, "commit": _commit()}, separators=(",", ":"))
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as fh:
+        fh.write(text.encode("utf-8"))
 
 
 def _with_defaults(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -86,8 +96,7 @@ def load(path: Path, expected_config: dict[str, Any], defaults: dict[str, Any]) 
     at their ``defaults``); None if absent or if the variant is no longer defined that way."""
     if not path.is_file():
         return None
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        record = json.load(fh)
+    record = _read(path)
     archived = _with_defaults(record.get("config", {}), identity(defaults))
     if archived != identity(expected_config):
         return None
