@@ -238,7 +238,8 @@ def main() -> int:
                     + (f" ({v.note})" if v.note else "")
                     for n, v in VARIANTS.items() if n in variants)
         + (f". ReMix variants also: {' '.join(setting.remix_overrides)}"
-           if setting.remix_overrides else "")
+           if setting.remix_overrides
+           and any(VARIANTS[n].config.startswith("tiny-remix") for n in variants) else "")
         + ".\n\n"
     )  # fmt: skip
     out = args.out_dir / f"{report_name}.md"

@@ -263,7 +263,8 @@ def plot(
             ax.axhline(t, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("rollouts (sampled responses)")
         ax.set_title(f"{title}: {panel}")
-        ax.legend(fontsize=7, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:  # a panel with no variant of its roles stays bare
+            ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out greedy accuracy (500 problems)")
     fig.tight_layout()
