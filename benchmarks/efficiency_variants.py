@@ -3,6 +3,7 @@ of one run: what ``benchmarks/efficiency.py`` trains."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +236,7 @@ def run_overrides(
     v = VARIANTS[variant]
     extra = setting.remix_overrides if v.config.startswith("tiny-remix") else ()
     base = [f"model={setting.model}", *extra, *v.overrides]
-    cfg = load_config(v.config, base)
+    cfg = quiet_config(v.config, base)
     steps = cfg.steps_for_rollouts(setting.budget)
     per_step = cfg.rollouts_for_steps(1)  # before reincarnation: the smallest iterations
     eval_every = max(1, setting.eval_rollouts // per_step)
@@ -249,8 +250,21 @@ def run_overrides(
 def expected_config(
     setting: Setting, variant: str, seed: int, rollout_grid: bool
 ) -> dict[str, Any]:
+    """The resolved configuration of one run, to compare with an archived run's."""
     overrides = run_overrides(setting, variant, seed, rollout_grid)
-    return load_config(VARIANTS[variant].config, overrides).to_dict()
+    return quiet_config(VARIANTS[variant].config, overrides).to_dict()
+
+
+def quiet_config(path: str, overrides: list[str]) -> Any:
+    """``load_config`` without its warnings (keys a variant sets but does not use): the
+    run itself logs them when it starts, and the benchmark resolves each config often."""
+    checks = logging.getLogger("remix_rft.trainer.config_checks")
+    level = checks.level
+    checks.setLevel(logging.ERROR)
+    try:
+        return load_config(path, overrides)
+    finally:
+        checks.setLevel(level)
 
 
 def resolved(overrides: Sequence[str]) -> list[str]:
