@@ -11,11 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import run_archive
-from efficiency_variants import BUDGET_SHARES, VARIANTS, Setting, expected_config, run_dir_for
+from efficiency_variants import (
+    BUDGET_SHARES,
+    VARIANTS,
+    Setting,
+    default_config,
+    expected_config,
+    run_dir_for,
+)
 
 from remix_rft.apps.compare import eval_rows, load_run, plateau_accuracy, rollouts_to_target
 from remix_rft.apps.runs import EVAL_KEY, RunLoadError, RunRecord
-from remix_rft.trainer.config import load_config
 
 
 def mean_std(values: Sequence[float], spec: str = ".3f") -> str:
@@ -83,7 +89,7 @@ def archived_run(
 ) -> RunRecord | None:
     path = run_archive.archive_path(setting_name, variant, seed)
     expected = expected_config(setting, variant, seed, rollout_grid)
-    return run_archive.load(path, expected, load_config(None, []).to_dict())
+    return run_archive.load(path, expected, default_config())
 
 
 def finished_run(source: RunSource, variant: str, seed: int) -> RunRecord | None:

@@ -3,6 +3,7 @@ of one run: what ``benchmarks/efficiency.py`` trains."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +57,17 @@ PAPER_PPO = (
     "post_reincarnation_prompts_per_step=32", "post_reincarnation_minibatch_size=128",
     "post_reincarnation_epochs=1", "post_reincarnation_kl_coef=0",
 )  # fmt: skip
+
+
+def paper_ablations(tier: int, *entries: tuple[str, tuple[str, ...], str]) -> dict[str, Variant]:
+    """Variants of the paper regime (``tiny-remix-grpo-paper`` on the hard setting), each
+    ``(name, overrides, note)``, launched at ``tier``."""
+    return {
+        name: Variant("tiny-remix-grpo-paper", overrides, "ablation", settings=("hard",),
+                      tier=tier, note=note)
+        for name, overrides, note in entries
+    }  # fmt: skip
+
 
 # The overrides come on top of the shipped config; the setting's overrides come first, so
 # a variant's own value wins.
@@ -176,47 +188,39 @@ VARIANTS: dict[str, Variant] = {
         note="arm (c): 2 x 8 fresh, 1 update: the updates per rollout of (a) and (b)",
     ),  # fmt: skip
     # ablations of the paper regime's parts (role "ablation": the right-hand plot panel)
-    **{
-        name: Variant(
-            "tiny-remix-grpo-paper", overrides, "ablation", settings=("hard",), tier=6, note=note
-        )
-        for name, overrides, note in (
-            (
-                "paper-lambda-constant",
-                ("kl_lambda_schedule=constant",),
-                "no λ schedule: λ = 0.5 throughout",
-            ),
-            (
-                "paper-lambda-1",
-                ("kl_lambda_schedule=constant", "kl_lambda=1.0"),
-                "no KL-Convex: λ = 1 (base KL only)",
-            ),
-            ("paper-no-kl", ("kl_coef=0",), "no KL at all: β = 0"),
-            ("paper-utd1", ("epochs=1",), "UTD 1: one update per batch"),
-        )
-    },  # fmt: skip
+    **paper_ablations(
+        6,
+        (
+            "paper-lambda-constant",
+            ("kl_lambda_schedule=constant",),
+            "no λ schedule: λ = 0.5 throughout",
+        ),
+        (
+            "paper-lambda-1",
+            ("kl_lambda_schedule=constant", "kl_lambda=1.0"),
+            "no KL-Convex: λ = 1 (base KL only)",
+        ),
+        ("paper-no-kl", ("kl_coef=0",), "no KL at all: β = 0"),
+        ("paper-utd1", ("epochs=1",), "UTD 1: one update per batch"),
+    ),  # fmt: skip
     # where reuse degrades: more updates per batch, older data, and pure Mix-PPG (no
     # reincarnation) for the whole budget (the paper reports destructive degradation of
     # pure Mix-PPG at high UTD after ~200 steps)
-    **{
-        name: Variant(
-            "tiny-remix-grpo-paper", overrides, "ablation", settings=("hard",), tier=7, note=note
-        )
-        for name, overrides, note in (
-            ("paper-utd4", ("epochs=4",), "UTD 4: four updates per batch"),
-            ("paper-window6", ("window=6",), "window 6: the last 5 past policies"),
-            (
-                "paper-no-reincarnation",
-                ("reincarnation_step=0",),
-                "pure Mix-PPG (UTD 2) for the whole budget",
-            ),
-            (
-                "paper-utd4-no-reincarnation",
-                ("epochs=4", "reincarnation_step=0"),
-                "pure Mix-PPG at UTD 4 for the whole budget",
-            ),
-        )
-    },  # fmt: skip
+    **paper_ablations(
+        7,
+        ("paper-utd4", ("epochs=4",), "UTD 4: four updates per batch"),
+        ("paper-window6", ("window=6",), "window 6: the last 5 past policies"),
+        (
+            "paper-no-reincarnation",
+            ("reincarnation_step=0",),
+            "pure Mix-PPG (UTD 2) for the whole budget",
+        ),
+        (
+            "paper-utd4-no-reincarnation",
+            ("epochs=4", "reincarnation_step=0"),
+            "pure Mix-PPG at UTD 4 for the whole budget",
+        ),
+    ),  # fmt: skip
 }
 BUDGET_SHARES = (0.125, 0.25, 0.5, 1.0)
 EVAL_PROBLEMS = 500
@@ -255,7 +259,13 @@ def expected_config(
     return quiet_config(VARIANTS[variant].config, overrides).to_dict()
 
 
-def quiet_config(path: str, overrides: list[str]) -> Any:
+@functools.cache
+def default_config() -> dict[str, Any]:
+    """Every key at its default: what an archived run's config is completed with."""
+    return load_config(None, []).to_dict()
+
+
+def quiet_config(path: str | None, overrides: list[str]) -> Any:
     """``load_config`` without its warnings (keys a variant sets but does not use): the
     run itself logs them when it starts, and the benchmark resolves each config often."""
     checks = logging.getLogger("remix_rft.trainer.config_checks")
