@@ -1,18 +1,26 @@
 """User reward functions named by a spec, ``path/to/file.py:function`` or
 ``package.module:function``: parsing and loading the spec, and checking what the function
 returned. :mod:`remix_rft.reward_pool` runs them in its workers; the config checks use the
-spec parser to name a bad ``task.reward_fn`` before a run starts."""
+spec parser to name a bad ``task.reward_fn`` before a run starts.
+
+The contract (docs/your-own-task.md): ``fn(response: str, problem: dict)`` is called on every
+response, those cut at ``max_new_tokens`` included; a function that also takes a ``truncated``
+keyword (or ``**kwargs``) gets ``truncated=True`` for a cut response and ``False`` otherwise.
+It returns a finite number (a bool counts as 0/1)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 import numbers
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 RewardFn = Callable[[str, Any], Any]
@@ -87,3 +95,80 @@ def score_problem(value: Any) -> float | str:
     if not math.isfinite(score):
         return f"{score!r} (not a finite number)"
     return score
+
+
+# ---------------------------------------------------------------------------- the contract
+
+TRUNCATED_KEYWORD = "truncated"
+
+
+def _signature(fn: RewardFn) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C callable without one: not checked
+        return None
+
+
+def accepts_truncated(fn: RewardFn) -> bool:
+    """Whether ``fn`` takes the ``truncated`` keyword (by name or through ``**kwargs``)."""
+    sig = _signature(fn)
+    if sig is None:
+        return False
+    for param in sig.parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            return True
+        if param.name == TRUNCATED_KEYWORD and param.kind is not inspect.Parameter.POSITIONAL_ONLY:
+            return True
+    return False
+
+
+def call_reward(fn: RewardFn, response: str, problem: Any, truncated: bool) -> Any:
+    """``fn(response, problem)``, with ``truncated=`` when ``fn`` takes it."""
+    if accepts_truncated(fn):
+        return fn(response, problem, truncated=truncated)
+    return fn(response, problem)
+
+
+def where_defined(fn: RewardFn) -> str:
+    """``file:line`` of the function's ``def`` (``?`` when Python cannot tell)."""
+    target = inspect.unwrap(fn)
+    code = getattr(target, "__code__", None)
+    if code is None and not inspect.isroutine(target):  # a callable object: its __call__
+        code = getattr(type(target).__call__, "__code__", None)
+    if code is None:
+        return "?"
+    return f"{code.co_filename}:{code.co_firstlineno}"
+
+
+def check_signature(fn: RewardFn, spec: str) -> None:
+    """RewardError when ``fn`` cannot be called as ``fn(response, problem)`` (plus the
+    ``truncated`` keyword when it names one)."""
+    sig = _signature(fn)
+    if sig is None:
+        return
+    kwargs = {TRUNCATED_KEYWORD: False} if accepts_truncated(fn) else {}
+    try:
+        sig.bind("response", {}, **kwargs)
+    except TypeError as exc:
+        raise RewardError(
+            f"reward function {spec} ({where_defined(fn)}) has the signature {sig}, but is "
+            f"called as fn(response: str, problem: dict[, truncated: bool]): {exc}"
+        ) from None
+
+
+def failure_site(tb: TracebackType | None, fn: RewardFn) -> str:
+    """``file:line`` where an exception left the user's code: the innermost frame in the
+    function's own file, else the innermost frame of all."""
+    frames = traceback.extract_tb(tb) if tb is not None else []
+    if not frames:
+        return where_defined(fn)
+    own_file = where_defined(fn).rpartition(":")[0]
+    own = [f for f in frames if f.filename == own_file]
+    frame = (own or frames)[-1]
+    return f"{frame.filename}:{frame.lineno}"
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, shortened to ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -4,7 +4,9 @@ workers replaced.
 A reward function is named by a spec, ``path/to/file.py:function`` or
 ``package.module:function``, and called as ``function(response: str, problem: dict)``
 with the problem's ``id``, ``prompt``, ``answer`` and every other field of its dataset
-row. It must return a finite number (a bool counts as 0/1).
+row, plus ``truncated=`` (whether the response was cut at ``max_new_tokens``) when it takes
+that keyword (:func:`remix_rft.reward_fns.call_reward`). It must return a finite number (a
+bool counts as 0/1); a function that cannot be called so fails when the pool loads it.
 
 :class:`RewardPool` runs it in ``workers`` child processes, one item per worker at a
 time, so that grading a step's responses uses several cores, and so that no response
@@ -53,8 +55,13 @@ from remix_rft.reward_fns import (
     RewardError,
     RewardFn,
     absolute_spec,
+    call_reward,
+    check_signature,
+    failure_site,
     load_reward_fn,
+    one_line,
     score_problem,
+    where_defined,
 )
 from remix_rft.rewards import verify
 
@@ -88,16 +95,21 @@ def default_workers(local_processes: int = 1) -> int:
 # ---------------------------------------------------------------------------- worker side
 
 
-def _call(fn: RewardFn, response: str, problem: Any, time_limit_s: float) -> dict[str, Any]:
+def _call(
+    fn: RewardFn, response: str, problem: Any, time_limit_s: float, truncated: bool = False
+) -> dict[str, Any]:
     """One item under the time limit, as the reply a worker sends (also used in-process)."""
     guard = nullcontext() if math.isinf(time_limit_s) else verify._time_limit(time_limit_s)
     try:
         with guard:
-            value = fn(response, problem)
+            value = call_reward(fn, response, problem, truncated)
     except verify.VerifyTimeout:
         return {"timeout": True}
     except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]}
+        return {
+            "error": one_line(f"{type(exc).__name__}: {exc}", MAX_MESSAGE_CHARS),
+            "at": failure_site(exc.__traceback__, fn),
+        }
     checked = score_problem(value)
     if isinstance(checked, str):
         return {"bad": checked}
@@ -138,7 +150,10 @@ def _serve(spec: str, time_limit_s: float) -> int:
     replies.write("ready\n")
     for line in sys.stdin:
         request = json.loads(line)
-        reply = _call(fn, request["response"], request["problem"], time_limit_s)
+        reply = _call(
+            fn, request["response"], request["problem"], time_limit_s,
+            bool(request.get("truncated", False)),
+        )  # fmt: skip
         replies.write(json.dumps(reply) + "\n")
     return 0
 
@@ -154,11 +169,12 @@ class _Worker:
     deadline: float = math.inf  # monotonic time by which it must answer
     started: float = field(default_factory=time.monotonic)
 
-    def send(self, index: int, item: ScoreItem, limit_s: float) -> bool:
+    def send(self, index: int, item: ScoreItem, limit_s: float, truncated: bool = False) -> bool:
         assert self.proc.stdin is not None
         response, problem = item
+        request = {"response": response, "problem": problem, "truncated": truncated}
         try:
-            self.proc.stdin.write(json.dumps({"response": response, "problem": problem}) + "\n")
+            self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
         except OSError:  # it died while idle; the caller replaces it
             return False
@@ -212,23 +228,31 @@ class RewardPool:
         self.replaced = 0  # workers that died or were killed and replaced
 
     def load_fn(self) -> RewardFn:
-        """The function itself, imported in this process (so a bad spec fails early)."""
+        """The function itself, imported in this process (so a bad spec, or a function that
+        cannot be called as ``fn(response, problem)``, fails early)."""
         if self._fn is None:
-            self._fn = load_reward_fn(self.spec)
+            fn = load_reward_fn(self.spec)
+            check_signature(fn, self.spec)
+            self._fn = fn
         return self._fn
 
     # ---- public -------------------------------------------------------------------
-    def score(self, items: Sequence[ScoreItem]) -> list[float]:
-        """Scores in the order of ``items``; raises RewardError for a faulty function."""
+    def score(
+        self, items: Sequence[ScoreItem], truncated: Sequence[bool] | None = None
+    ) -> list[float]:
+        """Scores in the order of ``items``; ``truncated[i]``: whether response i was cut
+        (passed on to a function that takes the keyword). RewardError for a faulty function."""
         if not items:
             return []
+        cut = [False] * len(items) if truncated is None else [bool(t) for t in truncated]
         if self.workers == 0:
             # The math verifier has its own hard limits (a killable child process); an
             # alarm around it could leave that child's reply in flight, so it gets none.
             limit = math.inf if self.spec == MATH_REWARD_SPEC else self.time_limit_s
-            replies = [_call(self.load_fn(), r, p, limit) for r, p in items]
+            fn = self.load_fn()
+            replies = [_call(fn, r, p, limit, t) for (r, p), t in zip(items, cut, strict=True)]
         else:
-            replies = self._score_in_workers(items)
+            replies = self._score_in_workers(items, cut)
         return self._collect(items, replies)
 
     def close(self) -> None:
@@ -264,11 +288,13 @@ class RewardPool:
                 )
             elif first_error is None:
                 what = (
-                    f"raised {reply['error']}" if "error" in reply else f"returned {reply['bad']}"
+                    f"raised {reply['error']} at {reply.get('at', '?')}"
+                    if "error" in reply
+                    else f"returned {reply['bad']}"
                 )
                 first_error = (
-                    f"reward function {self.spec} {what} on {where}; "
-                    "it must return a finite number (int, float or bool)"
+                    f"reward function {self.spec} ({where_defined(self.load_fn())}) {what} "
+                    f"on {where}; it must return a finite number (int, float or bool)"
                 )
         if first_error is not None:
             raise RewardError(first_error)
@@ -297,13 +323,15 @@ class RewardPool:
         self._procs[self._procs.index(worker)] = self._spawn()
         self.replaced += 1
 
-    def _score_in_workers(self, items: Sequence[ScoreItem]) -> list[dict[str, Any]]:
+    def _score_in_workers(
+        self, items: Sequence[ScoreItem], truncated: Sequence[bool]
+    ) -> list[dict[str, Any]]:
         self._ensure_workers()
         replies: list[dict[str, Any] | None] = [None] * len(items)
         todo = deque(range(len(items)))
         try:
             while todo or any(w.item is not None for w in self._procs):
-                self._dispatch(items, todo)
+                self._dispatch(items, todo, truncated)
                 self._wait(replies, todo)
         except BaseException:
             # Ctrl-C or a bug: replies still in flight would be read as the next batch's.
@@ -314,11 +342,13 @@ class RewardPool:
             raise
         return [r if r is not None else {"crash": "no reply"} for r in replies]
 
-    def _dispatch(self, items: Sequence[ScoreItem], todo: deque[int]) -> None:
+    def _dispatch(
+        self, items: Sequence[ScoreItem], todo: deque[int], truncated: Sequence[bool]
+    ) -> None:
         for w in list(self._procs):
             if w.ready and w.item is None and todo:
                 index = todo.popleft()
-                if not w.send(index, items[index], self.time_limit_s):
+                if not w.send(index, items[index], self.time_limit_s, truncated[index]):
                     todo.appendleft(index)  # it died while idle: a new one gets the item
                     self._replace(w)
 

@@ -176,7 +176,8 @@ def test_custom_task_passes_the_whole_row(tmp_path):
     problem = task.train_problems()[0]
     assert problem.as_dict() == {"id": "rows/0", "prompt": "say hi", "answer": "hi", "lang": "en"}
     pairs = [("hi", problem), ("ho", problem), ("hi", problem)]
-    assert score_responses(task, pairs, graded=[True, True, False]) == [1.0, 0.0, 0.0]
+    # the user's function sees every response, the cut one too (the reward contract)
+    assert score_responses(task, pairs, graded=[True, True, False]) == [1.0, 0.0, 1.0]
     task.close()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -323,6 +324,11 @@ class MathTask:
     on_bad_row: OnBadRow = "error"
     limit: int | None = None
     eval_limit: int | None = None
+    # Without an eval source: this share of the train source (at most holdout_max rows,
+    # chosen by a permutation seeded with holdout_seed) is held out for evaluation.
+    holdout_fraction: float = 0.0
+    holdout_max: int = 500
+    holdout_seed: int = 0
     _train: LoadedProblems | None = field(default=None, init=False, repr=False)
     _eval: LoadedProblems | None = field(default=None, init=False, repr=False)
 
@@ -338,16 +344,46 @@ class MathTask:
 
     def train_problems(self) -> Sequence[Problem]:
         if self._train is None:
-            self._train = self._load(self.train_source, self.split, self.limit)
+            loaded = self._load(self.train_source, self.split, self.limit)
+            self._train = loaded
+            if self.eval_source is None and self.holdout_fraction > 0:
+                self._train, self._eval = split_holdout(
+                    loaded, self.holdout_fraction, self.holdout_max, self.holdout_seed
+                )
         return self._train
 
     def eval_problems(self) -> Sequence[Problem]:
-        """The eval source's problems; empty when the task has no eval source."""
+        """The eval source's problems; without one, the rows held out of the train source
+        (``holdout_fraction``), else none."""
         if self.eval_source is None:
-            return []
+            self.train_problems()
+            return self._eval or []
         if self._eval is None:
             self._eval = self._load(self.eval_source, self.eval_split, self.eval_limit)
         return self._eval
 
+    @property
+    def held_out_of_train(self) -> bool:
+        """Whether the held-out problems were taken from the train source."""
+        return self.eval_source is None and self.holdout_fraction > 0
+
     def reward(self, response: str, problem: Problem) -> float:
         return math_reward(response, problem.answer)
+
+
+def split_holdout(
+    loaded: LoadedProblems, fraction: float, most: int, seed: int
+) -> tuple[LoadedProblems, LoadedProblems]:
+    """(train, held out): ``round(fraction * n)`` rows (at least 1, at most ``most``, and
+    always leaving one to train on), chosen by a seeded permutation; each keeps file order."""
+    n = len(loaded)
+    count = min(max(1, round(fraction * n)), most, n - 1)
+    if count <= 0:
+        return loaded, LoadedProblems([], loaded.source)
+    chosen = set(random.Random(seed).sample(range(n), count))
+    train = [p for i, p in enumerate(loaded) if i not in chosen]
+    held = [p for i, p in enumerate(loaded) if i in chosen]
+    return (
+        LoadedProblems(train, loaded.source, loaded.skipped_reasons),
+        LoadedProblems(held, f"{loaded.source} (held out)"),
+    )

@@ -126,7 +126,8 @@ def _validate_ranges(cfg: TrainConfig) -> None:
         "reincarnation_step", "reincarnation_patience", "threads", "max_grad_norm", "seed",
         "vllm_max_model_len", "micro_batch_tokens", "logprob_chunk_tokens", "entropy_coef",
         "max_nonfinite_updates", "max_staleness", "rollout_threads", "overlong_buffer_tokens",
-        "overlong_penalty", "eval_threads",
+        "overlong_penalty", "eval_threads", "log_samples", "log_eval_problems",
+        "truncation_warn_steps",
     )  # fmt: skip
     for key in non_negative:
         check(getattr(cfg, key) >= 0, key, ">= 0", getattr(cfg, key))
@@ -136,7 +137,8 @@ def _validate_ranges(cfg: TrainConfig) -> None:
         check(value is None or value >= 0, key, f">= 0, or null for {what}", value)
     for key in ("lr", "critic_lr", "temperature", "clip_eps_low", "clip_eps_high", "value_clip"):
         check(getattr(cfg, key) > 0, key, "> 0", getattr(cfg, key))
-    for key in ("top_p", "gamma", "gae_lambda", "kl_lambda", "adam_beta1", "adam_beta2"):
+    for key in ("top_p", "gamma", "gae_lambda", "kl_lambda", "adam_beta1", "adam_beta2",
+                "truncation_warn_fraction"):  # fmt: skip
         value = getattr(cfg, key)
         check(0.0 <= value <= 1.0, key, "in [0, 1]", value)
     check(cfg.top_p > 0, "top_p", "in (0, 1]", cfg.top_p)
@@ -366,3 +368,11 @@ def _validate_task(task: TaskConfig) -> None:
         task.reward_workers,
     )
     check(task.reward_timeout_s > 0, "task.reward_timeout_s", "> 0 seconds", task.reward_timeout_s)
+    check(
+        math.isfinite(task.accuracy_threshold), "task.accuracy_threshold", "a finite number",
+        task.accuracy_threshold,
+    )  # fmt: skip
+    check(
+        0 <= task.holdout_fraction < 1, "task.holdout_fraction", "in [0, 1)", task.holdout_fraction
+    )
+    check(task.holdout_max >= 1, "task.holdout_max", "an integer >= 1", task.holdout_max)

@@ -76,6 +76,13 @@ class TaskConfig:
     # min(4, CPUs)); 0 grades in the trainer process (debugging)
     reward_workers: int = -1
     reward_timeout_s: float = 5.0  # per response; past it the response scores 0
+    # held-out evaluation (docs/your-own-task.md): a response counts as correct when its
+    # reward >= accuracy_threshold (eval/accuracy: the share of such; eval/reward_mean beside)
+    accuracy_threshold: float = 1.0
+    # a math/custom task without eval_path holds out this share of train_path (seeded by
+    # task.seed, at most holdout_max rows) for evaluation; 0: no evaluation (warned)
+    holdout_fraction: float = 0.1
+    holdout_max: int = 500
 
 
 @dataclass
@@ -212,6 +219,15 @@ class TrainConfig:
     # signals that mean "finish this update, checkpoint, exit 75" (a scheduler's preemption notice)
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     reflection_words: list[str] = field(default_factory=lambda: list(DEFAULT_REFLECTION_WORDS))
+    # samples.jsonl (and the trackers): the first log_samples fresh responses of every
+    # iteration, and every response to the first log_eval_problems held-out problems on
+    # evaluation steps (0: none)
+    log_samples: int = 4
+    log_eval_problems: int = 4
+    # warn on stderr when more than truncation_warn_fraction of an iteration's responses are
+    # cut at max_new_tokens for truncation_warn_steps iterations in a row (0: never)
+    truncation_warn_fraction: float = 0.5
+    truncation_warn_steps: int = 3
     # experiment trackers besides metrics.jsonl: tensorboard, wandb (optional extras)
     report_to: list[str] = field(default_factory=list)
     wandb_project: str = "remix-rft"

@@ -53,9 +53,17 @@ from remix_rft.trainer.rollouts import (
     ProducerProcess,
     RolloutSource,
 )
+from remix_rft.trainer.samples import (
+    SAMPLES_FILE,
+    SampleRow,
+    SamplesLog,
+    TruncationWatch,
+    eval_rows,
+    train_rows,
+)
 from remix_rft.trainer.setup import prepare_run_dir
 from remix_rft.trainer.state import Counters
-from remix_rft.trainer.tasks import build_task, held_out_accuracy
+from remix_rft.trainer.tasks import HeldOut, build_task, held_out_eval, probe_reward
 from remix_rft.trainer.trackers import open_trackers
 from remix_rft.trainer.update import NonFiniteTrainingError, Precomputed, Updater
 from remix_rft.trainer.update_stats import StepStats
@@ -85,6 +93,7 @@ class Trainer:
 
     def build(self, cfg: TrainConfig, run_dir: Path) -> None:
         self.task: Task = build_task(cfg.task)
+        probe_reward(self.task)  # a broken reward function stops the run here, in seconds
         self.train_problems = list(self.task.train_problems())
         self.eval_problems = list(self.task.eval_problems())[: cfg.eval_problems]
         self.tokenizer = load_tokenizer(cfg.model)
@@ -104,10 +113,16 @@ class Trainer:
         self.rollout_span = (0, 0)  # `rollouts` before and after the current iteration
         trackers = open_trackers(cfg.report_to, run_dir, cfg.name, cfg.to_dict())
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", trackers)
+        self.samples: SamplesLog | None = SamplesLog(run_dir / SAMPLES_FILE, trackers)
+        self.pending_samples: list[SampleRow] = []  # written after this step's metrics row
+        self.truncation = TruncationWatch(
+            cfg.truncation_warn_fraction, cfg.truncation_warn_steps, cfg.max_new_tokens
+        )
         if self.dist.enabled:  # ranks sample different responses; only rank 0 writes
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
             if not self.dist.is_main:
                 self.metrics = ranks.NullMetrics()  # type: ignore[assignment]
+                self.samples = None
 
     # ---- setup ---------------------------------------------------------------------
     def launch_producer(self) -> ProducerProcess | None:
@@ -239,6 +254,7 @@ class Trainer:
         self.buffer.add(fresh)
         self.buffer.evict(step)
         c.step = step  # after the update: critic warm-up and error messages count from 0
+        self.pending_samples = train_rows(step, fresh, self.tokenizer, self.cfg.log_samples)
         row = self.step_row(step, rollout, batch, pre, stats)
         row["nonfinite/skipped_updates"] = c.skipped_updates - skipped_before
         row["time/step_s"] = time.perf_counter() - started
@@ -256,12 +272,36 @@ class Trainer:
         return rows.step_row(step, self.counters, rollout, batch, pre, stats, learner)
 
     def evaluate(self) -> float:
-        """Held-out accuracy of the current policy (``tasks.held_out_accuracy``)."""
+        """Held-out accuracy of the current policy."""
+        return self.evaluate_held_out().accuracy
+
+    def evaluate_held_out(self) -> HeldOut:
+        """Held-out accuracy and mean reward of the current policy (``tasks.held_out_eval``),
+        with every response to the first ``log_eval_problems`` problems."""
         with self.ready_engine() as engine:
-            return held_out_accuracy(
+            return held_out_eval(
                 self.cfg, self.task, self.eval_problems, self.prompt_text, engine, self.dist,
-                self.counters.step,
+                self.counters.step, keep=self.cfg.log_eval_problems,
             )  # fmt: skip
+
+    def record_evaluation(self, row: dict[str, Any]) -> None:
+        """Evaluate now: ``eval/accuracy`` and ``eval/reward_mean`` into ``row``, the
+        responses into ``samples.jsonl`` (after the row)."""
+        held_out = self.evaluate_held_out()
+        row["eval/accuracy"], row["eval/reward_mean"] = held_out.accuracy, held_out.reward_mean
+        self.counters.record_eval(held_out.accuracy)
+        self.pending_samples += eval_rows(self.counters.step, held_out.responses)
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        """The metrics row, then the samples of its step; a truncation streak warned."""
+        if self.samples is not None:
+            self.samples.to_trackers(int(row["step"]), self.pending_samples)
+        self.metrics.append(row)
+        if self.samples is not None:
+            self.samples.append(self.pending_samples)
+        self.pending_samples = []
+        if "finished/frac" in row:
+            self.truncation.observe(int(row["step"]), row["finished/frac"])
 
     def reincarnate(self, step: int) -> None:
         reincarnation.reincarnate(self.cfg, self.state, self.schedule, step)
@@ -304,14 +344,13 @@ class Trainer:
                 row = self.iteration(step)
                 evaluated = self.evaluates_at(step)
                 if evaluated:
-                    row["eval/accuracy"] = self.evaluate()
-                    c.record_eval(row["eval/accuracy"])
+                    self.record_evaluation(row)
                 if reincarnation.due(cfg, self.state, step, evaluated):
                     self.reincarnate(step)
                     row["reincarnated"] = True
                 c.wall_time_s = wall()
                 row["time/total_s"] = c.wall_time_s
-                self.metrics.append(row)
+                self.log_row(row)
                 new_best = cfg.keep_best_checkpoint and evaluated and c.evals_since_best == 0
                 saved = step % cfg.save_every == 0 or step == cfg.steps or new_best
                 if saved:
@@ -331,12 +370,11 @@ class Trainer:
     def evaluate_base(self, wall: Callable[[], float], on_step: StepCallback | None) -> None:
         """Row 0: the base model's held-out accuracy, before any update."""
         started, c = time.perf_counter(), self.counters
-        accuracy = self.evaluate()
-        c.base_eval_accuracy = accuracy
-        c.record_eval(accuracy)
-        row0 = {"step": 0, "rollouts": 0, "tokens": 0, "eval/accuracy": accuracy,
-                "time/step_s": time.perf_counter() - started, "time/total_s": wall()}  # fmt: skip
-        self.metrics.append(row0)
+        row0: dict[str, Any] = {"step": 0, "rollouts": 0, "tokens": 0}
+        self.record_evaluation(row0)
+        c.base_eval_accuracy = row0["eval/accuracy"]
+        row0.update({"time/step_s": time.perf_counter() - started, "time/total_s": wall()})
+        self.log_row(row0)
         if on_step:
             on_step(row0)
 
@@ -411,6 +449,8 @@ def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None)
             log.info("resuming %s from %s (step %d)", run_dir, checkpoint.name,
                      trainer.counters.step)  # fmt: skip
         trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
+        if trainer.samples is not None:
+            trainer.samples.truncate_after(trainer.counters.step if checkpoint else -1)
         if trainer.dist.is_main:
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
         return trainer.run(on_step)

@@ -7,7 +7,7 @@ import sys
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_tokenizer
 from remix_rft.trainer.config import TrainConfig
-from remix_rft.trainer.tasks import build_task
+from remix_rft.trainer.tasks import build_task, probe_reward
 
 EXIT_USAGE = 2
 
@@ -24,7 +24,8 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         tokenizer_line = (
             f"tokenizer NOT CHECKED: not available on this machine ({type(err).__name__})"
         )
-    task = build_task(cfg.task)
+    task = build_task(cfg.task)  # logs where a dataset task's held-out problems come from
+    probe_reward(task)  # the user's reward function, called once
     n_train, n_eval = len(task.train_problems()), len(task.eval_problems())
     fresh = cfg.fresh_batch_size()
     off = cfg.offpolicy_batch_size()
@@ -33,7 +34,8 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f"run            {cfg.name} -> {cfg.resolved_out_dir()}",
         f"algorithm      {cfg.algorithm}",
         f"model          {model_path} ({tokenizer_line})",
-        f"task           {cfg.task.name}: {n_train} train / {n_eval} held-out problems",
+        f"task           {cfg.task.name}: {n_train} train / {n_eval} held-out problems"
+        + _held_out_source(cfg),
         f"reward         {task.pool.spec} in "
         + (f"{task.pool.workers} worker processes" if task.pool.workers else "the trainer process")
         + f" (limit {cfg.task.reward_timeout_s:g} s per response)",
@@ -56,12 +58,24 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         ),
         f"budget         {budget} rollouts ({budget / 1e6:.3f}M), "
         f"<= {budget * cfg.max_new_tokens / 1e6:.1f}M generated tokens",
-        f"evaluation     every {_eval_interval(cfg)} on {min(cfg.eval_problems, n_eval)} "
-        "held-out problems",
+        (
+            f"evaluation     every {_eval_interval(cfg)} on {min(cfg.eval_problems, n_eval)} "
+            f"held-out problems; accuracy = share of rewards >= {cfg.task.accuracy_threshold:g}"
+            if n_eval
+            else "evaluation     NONE: no held-out problems (set task.eval_path)"
+        ),
     ]
     if cfg.reincarnates:
         lines.insert(-2, _post_reincarnation_line(cfg))
     return lines
+
+
+def _held_out_source(cfg: TrainConfig) -> str:
+    if cfg.task.name == "arithmetic" or cfg.task.eval_path:
+        return ""
+    if not cfg.task.holdout_fraction:
+        return " (no eval_path, holdout_fraction 0)"
+    return f" (held out of train_path: task.holdout_fraction {cfg.task.holdout_fraction:g})"
 
 
 def _count(n: int, noun: str) -> str:

@@ -85,7 +85,8 @@ def run_summary(cfg: TrainConfig, c: Counters) -> dict[str, Any]:
         "name": cfg.name,
         "base_eval_accuracy": c.base_eval_accuracy,
         "final_eval_accuracy": c.last_eval_accuracy,
-        "best_eval_accuracy": c.best_eval_accuracy,
+        # null, never a sentinel, when the run was not evaluated
+        "best_eval_accuracy": None if c.last_eval_accuracy is None else c.best_eval_accuracy,
         "rollouts": c.rollouts,
         "tokens": c.tokens,
         "updates": c.updates,

@@ -3,19 +3,24 @@ measure a policy's held-out accuracy on it."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from remix_rft.data.arithmetic import ArithmeticSpec, ArithmeticTask
+from remix_rft.data.math_dataset import MathTask
 from remix_rft.data.tasks import Problem, Task
 from remix_rft.engines.distributed import DistEnv
 from remix_rft.engines.rollout import RolloutEngine, SamplingSettings
+from remix_rft.reward_fns import RewardError
 from remix_rft.reward_pool import MATH_REWARD_SPEC, RewardPool, default_workers
 from remix_rft.trainer.config import TaskConfig, TrainConfig, inherit
+
+log = logging.getLogger(__name__)
 
 
 class GradedTask:
@@ -27,6 +32,12 @@ class GradedTask:
         self.pool = pool
         self.name = task.name
 
+    @property
+    def grades_truncated(self) -> bool:
+        """A user's function sees every response (``truncated=`` says which were cut);
+        the built-in verifier's cut training responses score 0 unseen."""
+        return self.pool.spec != MATH_REWARD_SPEC
+
     def train_problems(self) -> Sequence[Problem]:
         return self.task.train_problems()
 
@@ -36,20 +47,35 @@ class GradedTask:
     def reward(self, response: str, problem: Problem) -> float:
         return self.score([(response, problem)])[0]
 
-    def score(self, pairs: Sequence[tuple[str, Problem]]) -> list[float]:
+    def score(
+        self, pairs: Sequence[tuple[str, Problem]], truncated: Sequence[bool] | None = None
+    ) -> list[float]:
         """Rewards of (response, problem) pairs, in order."""
-        return self.pool.score([(response, problem.as_dict()) for response, problem in pairs])
+        items = [(response, problem.as_dict()) for response, problem in pairs]
+        return self.pool.score(items, truncated)
 
     def close(self) -> None:
         self.pool.close()
 
 
 def score_responses(
-    task: Task, pairs: Sequence[tuple[str, Problem]], graded: Sequence[bool] | None = None
+    task: Task,
+    pairs: Sequence[tuple[str, Problem]],
+    graded: Sequence[bool] | None = None,
+    *,
+    grade_unfinished: bool = False,
 ) -> list[float]:
-    """Rewards of (response, problem) pairs in the task's reward pool, in order; a pair
-    whose ``graded`` flag is False (a response cut off before its end) scores 0 unseen."""
-    keep = [i for i in range(len(pairs)) if graded is None or graded[i]]
+    """Rewards of (response, problem) pairs in the task's reward pool, in order.
+
+    ``graded[i]``: response i ended before ``max_new_tokens``. A user's reward function is
+    called on every response, with ``truncated = not graded[i]`` (the reward contract,
+    docs/your-own-task.md); for the built-in verifier (and a bare Task) a response cut off
+    before its end scores 0 unseen, unless ``grade_unfinished`` (held-out evaluation grades
+    every response, as ``remix eval`` always did)."""
+    finished = [True] * len(pairs) if graded is None else [bool(g) for g in graded]
+    if isinstance(task, GradedTask) and task.grades_truncated:
+        return task.score(pairs, truncated=[not f for f in finished])
+    keep = [i for i in range(len(pairs)) if finished[i] or grade_unfinished]
     chosen = [pairs[i] for i in keep]
     if isinstance(task, GradedTask):
         scored = task.score(chosen)
@@ -59,6 +85,24 @@ def score_responses(
     for i, value in zip(keep, scored, strict=True):
         rewards[i] = value
     return rewards
+
+
+def probe_reward(task: Task) -> None:
+    """Call a user's reward function once, before anything is trained, on the first
+    training problem with the response ``\\boxed{<its answer>}`` (``truncated=False``):
+    a function that raises, returns a non-number or cannot be called stops the run here,
+    in seconds, with RewardError naming it and the file:line (docs/your-own-task.md)."""
+    if not (isinstance(task, GradedTask) and task.grades_truncated):
+        return  # the built-in verifier
+    problems = task.train_problems()
+    if not problems:
+        return
+    problem = problems[0]
+    answer = problem.answer[0] if isinstance(problem.answer, list) else problem.answer
+    try:
+        task.score([(f"\\boxed{{{answer}}}", problem)], truncated=[False])
+    except RewardError as err:
+        raise RewardError(f"{err} (the check call before training)") from None
 
 
 def reward_workers(cfg: TaskConfig) -> int:
@@ -72,7 +116,8 @@ def reward_workers(cfg: TaskConfig) -> int:
     return default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def build_task(cfg: TaskConfig) -> GradedTask:
+def build_task(cfg: TaskConfig, announce: bool = True) -> GradedTask:
+    """The task and its reward pool; ``announce``: log where held-out problems come from."""
     pool = RewardPool(
         cfg.reward_fn or MATH_REWARD_SPEC,
         workers=reward_workers(cfg),
@@ -90,8 +135,6 @@ def build_task(cfg: TaskConfig) -> GradedTask:
             n_eval=cfg.n_eval,
         )  # fmt: skip
         return GradedTask(ArithmeticTask(spec), pool)
-    from remix_rft.data.math_dataset import MathTask
-
     task = MathTask(
         train_source=cfg.train_path,
         eval_source=cfg.eval_path or None,
@@ -99,10 +142,36 @@ def build_task(cfg: TaskConfig) -> GradedTask:
         problem_key=cfg.problem_key,
         answer_key=cfg.answer_key,
         on_bad_row="skip" if cfg.skip_bad_rows else "error",
+        holdout_fraction=cfg.holdout_fraction,
+        holdout_max=cfg.holdout_max,
+        holdout_seed=cfg.seed,
     )
     task.train_problems()  # load now: a bad file fails before any model is built
     task.eval_problems()
+    if announce:
+        log_held_out(task, cfg)
     return GradedTask(task, pool)
+
+
+def log_held_out(task: MathTask, cfg: TaskConfig) -> None:
+    """Say where a dataset task's held-out problems come from when not from ``eval_path``."""
+    if cfg.eval_path:
+        return
+    n_eval = len(task.eval_problems())
+    if task.held_out_of_train and n_eval:
+        log.warning(
+            "task %s has no task.eval_path: %d of %d train_path rows are held out for "
+            "evaluation (task.holdout_fraction=%g, task.holdout_max=%d)",
+            cfg.name, n_eval, n_eval + len(task.train_problems()), cfg.holdout_fraction,
+            cfg.holdout_max,
+        )  # fmt: skip
+    else:
+        why = "holdout_fraction=0" if not cfg.holdout_fraction else "train_path is too small"
+        log.warning(
+            "task %s has no task.eval_path (and task.%s): this run is never evaluated "
+            "(eval/accuracy stays empty)",
+            cfg.name, why,
+        )  # fmt: skip
 
 
 @contextmanager
@@ -117,8 +186,30 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@dataclass(frozen=True)
+class EvalResponse:
+    """One held-out response, for ``samples.jsonl``."""
+
+    problem: Problem
+    prompt: str  # as the model saw it (chat-formatted)
+    response: str
+    reward: float
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A held-out evaluation: ``accuracy`` is the share of responses whose reward is at
+    least ``task.accuracy_threshold`` (for 0/1 verifiers, the mean reward), ``reward_mean``
+    the mean reward; ``responses``: every response to the first ``keep`` problems."""
+
+    accuracy: float
+    reward_mean: float
+    responses: list[EvalResponse] = field(default_factory=list)
+
+
 @torch.no_grad()
-def held_out_accuracy(
+def held_out_eval(
     cfg: TrainConfig,
     task: Task,
     problems: Sequence[Problem],
@@ -126,7 +217,8 @@ def held_out_accuracy(
     engine: RolloutEngine,
     dist: DistEnv,
     step: int,
-) -> float:
+    keep: int = 0,
+) -> HeldOut:
     """Greedy pass@1, or avg@k of ``eval_samples`` sampled responses at ``eval_temperature``
     (the paper's setting for R1-distilled models); each rank scores its slice."""
     mine = dist.shard(problems)
@@ -139,10 +231,37 @@ def held_out_accuracy(
         logprobs=False,
     )  # fmt: skip
     texts: list[str] = []
+    finished: list[bool] = []
     with torch_threads(cfg.eval_threads):
         for begin in range(0, len(prompts), cfg.eval_batch_size):
             chunk = prompts[begin : begin + cfg.eval_batch_size]
-            texts += engine.generate(chunk, replace(settings, seed=settings.seed + begin)).texts
+            gen = engine.generate(chunk, replace(settings, seed=settings.seed + begin))
+            texts += gen.texts
+            finished += gen.finished
     k = cfg.eval_samples
-    scores = score_responses(task, [(t, mine[i // k]) for i, t in enumerate(texts)])
-    return dist.sum(sum(scores)) / max(len(problems) * k, 1)
+    pairs = [(t, mine[i // k]) for i, t in enumerate(texts)]
+    scores = score_responses(task, pairs, finished, grade_unfinished=True)
+    threshold = cfg.task.accuracy_threshold
+    total = max(len(problems) * k, 1)
+    kept = [
+        EvalResponse(mine[i // k], prompts[i // k], texts[i], scores[i], not finished[i])
+        for i in range(min(keep * k, len(texts)))
+    ]
+    return HeldOut(
+        accuracy=dist.sum(float(sum(s >= threshold for s in scores))) / total,
+        reward_mean=dist.sum(float(sum(scores))) / total,
+        responses=kept,
+    )
+
+
+def held_out_accuracy(
+    cfg: TrainConfig,
+    task: Task,
+    problems: Sequence[Problem],
+    prompt_text: Callable[[Problem], str],
+    engine: RolloutEngine,
+    dist: DistEnv,
+    step: int,
+) -> float:
+    """The accuracy of :func:`held_out_eval`."""
+    return held_out_eval(cfg, task, problems, prompt_text, engine, dist, step).accuracy

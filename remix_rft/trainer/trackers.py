@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,8 @@ class Tracker(Protocol):
     def log_metrics(self, row: Mapping[str, Any]) -> None: ...
 
     def log_image(self, tag: str, png: Path, step: int) -> None: ...
+
+    def log_samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None: ...
 
     def resume_after(self, row: Mapping[str, Any] | None) -> None: ...
 
@@ -73,6 +75,22 @@ def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + key] = value
     return out
+
+
+SAMPLE_COLUMNS = ("step", "kind", "problem", "prompt", "response", "reward", "truncated",
+                  "advantage", "version")  # fmt: skip
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of ``samples.jsonl`` as a Markdown table (TensorBoard's text plugin renders it)."""
+
+    def cell(value: Any) -> str:
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(SAMPLE_COLUMNS) + " |", "|" + "---|" * len(SAMPLE_COLUMNS)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in SAMPLE_COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- TensorBoard
@@ -130,6 +148,14 @@ class TensorBoardTracker:
         writer.add_image(tag, image, global_step=step, dataformats="HWC")
         writer.flush()
 
+    def log_samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
+        """``samples.jsonl``'s rows of ``step`` as a Markdown table, one text per kind."""
+        writer = self._writer("step")
+        for kind in dict.fromkeys(str(r["kind"]) for r in rows):
+            table = markdown_table([r for r in rows if r["kind"] == kind])
+            writer.add_text(f"samples/{kind}", table, global_step=step)
+        writer.flush()
+
     def resume_after(self, row: Mapping[str, Any] | None) -> None:
         """Drop events past the checkpoint being resumed (they are logged again)."""
         self._purge = {
@@ -182,6 +208,14 @@ class WandbTracker:
         import wandb
 
         self._start().log({tag: wandb.Image(str(png)), "step": step})
+
+    def log_samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
+        import wandb
+
+        columns = list(SAMPLE_COLUMNS)
+        data = [[r.get(c) for c in columns] for r in rows]
+        # uncommitted: filed with the history entry of the step's metrics row, logged next
+        self._start().log({"samples": wandb.Table(columns=columns, data=data)}, commit=False)
 
     def resume_after(self, row: Mapping[str, Any] | None) -> None:
         pass  # same run id; W&B keeps the history (steps logged again overlay)
