@@ -45,16 +45,16 @@ class SampleRow:
 
 
 def train_rows(step: int, fresh: Sequence[Sample], tokenizer: Any, count: int) -> list[SampleRow]:
-    """The first ``count`` fresh samples of iteration ``step`` (whole groups first)."""
+    """The first ``count`` fresh samples of iteration ``step`` (the first group's first)."""
 
-    def text(ids: Any) -> str:
-        return str(tokenizer.decode(ids.tolist(), skip_special_tokens=True))
+    def text(ids: Any, skip: bool = True) -> str:
+        return str(tokenizer.decode(ids.tolist(), skip_special_tokens=skip))
 
     return [
         SampleRow(
             step=step,
             kind="train",
-            prompt=text(s.prompt_ids),
+            prompt=text(s.prompt_ids, skip=False),  # as the model saw it, like eval rows
             response=text(s.response_ids),
             reward=float(s.reward),
             truncated=not s.finished,
