@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,11 @@ from remix_rft.apps.eval_results import (
     read_responses,
     responses_path,
 )
+from remix_rft.apps.eval_run import response_budget
 from remix_rft.data.math_dataset import BENCHMARK_SPECS, DatasetError, load_benchmark
 from remix_rft.data.prompts import DEFAULT_MATH_INSTRUCTION, format_prompt
 from remix_rft.data.tasks import Problem
+from remix_rft.engines.models import model_context
 from remix_rft.engines.rollout import EngineError
 from remix_rft.reward_pool import RewardPool, default_workers
 
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_USAGE = 2
 DEFAULT_BENCHMARKS = ",".join(BENCHMARK_SPECS)
+DEFAULT_MAX_NEW_TOKENS = 32768  # R1-distilled models' budget; capped by the model's context
 # ---------------------------------------------------------------------------- evaluation
 
 
@@ -186,15 +189,22 @@ def add_parser(subparsers: Any) -> None:
     """Add ``remix eval`` to the ``remix`` command's subparsers."""
     p = subparsers.add_parser(
         "eval",
-        help="accuracy on AIME24, AMC23, MATH500, Minerva, OlympiadBench",
+        help="a run's checkpoint on its own held-out data, or a model on the math benchmarks",
         description=(
-            "Accuracy on the paper's math benchmarks: greedy pass@1 with --samples 1 at "
-            "temperature 0, else avg@K and pass@K. Responses are saved as they are scored; "
-            "rerunning the same command resumes."
+            "--run RUN_DIR: a checkpoint of a run (the newest, or --step N) on the run's own "
+            "held-out problems and reward, as the trainer's eval/accuracy. --model: accuracy on "
+            "the paper's math benchmarks, greedy pass@1 with --samples 1 at temperature 0, else "
+            "avg@K and pass@K; responses are saved as they are scored, and rerunning the same "
+            "command resumes."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="model directory, hub id, or 'embedded'")
+    p.add_argument("--run", metavar="RUN_DIR", help="a run directory of remix train")
+    p.add_argument(
+        "--step", type=non_negative_int, default=None,
+        help="with --run: the checkpoint of this step (default: the newest)",
+    )  # fmt: skip
+    p.add_argument("--model", help="model directory, hub id, or 'embedded' (benchmarks)")
     p.add_argument("--benchmarks", default=DEFAULT_BENCHMARKS, help="comma-separated names")
     p.add_argument(
         "--data-dir", type=Path, default=None,
@@ -203,7 +213,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--samples", type=int, default=1, help="K responses per problem")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=32768)
+    p.add_argument(
+        "--max-new-tokens", type=positive_int, default=None,
+        help="default: --run: the run's eval budget; --model: 32768; either way at most what "
+        "the model's context leaves after the longest prompt",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument(
         "--limit", type=positive_int, default=None, help="first N problems per benchmark"
@@ -216,8 +230,9 @@ def add_parser(subparsers: Any) -> None:
     )  # fmt: skip
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
     p.add_argument(
-        "--engine", default="hf", help="rollout engine: hf, hf-static or vllm (pip extra)"
-    )
+        "--engine", default=None,
+        help="rollout engine: hf, hf-static or vllm (pip extra); default: hf (--run: the run's)",
+    )  # fmt: skip
     p.add_argument(
         "--gpu-memory-utilization", type=fraction, default=0.5, help="vllm: share of GPU memory"
     )
@@ -227,7 +242,10 @@ def add_parser(subparsers: Any) -> None:
         default=0,
         help="vllm: prompt + response tokens (0: model's)",
     )
-    p.add_argument("--out", type=Path, default=Path("results.json"), help="results JSON path")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="results JSON path (default: results.json; --run: RUN_DIR/eval/step_N.json)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="discard saved responses first")
     p.set_defaults(func=run)
 
@@ -256,20 +274,43 @@ def _load_engine(args: argparse.Namespace) -> tuple[Any, Any]:
         sleep_between_rollouts=False,  # nothing trains in between
         batch_size=args.batch_size,
     )
-    return build_engine(args.engine, policy=model, tokenizer=tokenizer, options=options), tokenizer
+    return build_engine(
+        args.engine or "hf", policy=model, tokenizer=tokenizer, options=options
+    ), tokenizer
 
 
 def _settings(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings(
         model=args.model, samples=args.samples, temperature=args.temperature,
-        top_p=args.top_p, max_new_tokens=args.max_new_tokens, instruction=args.instruction,
-        seed=args.seed,
+        top_p=args.top_p, max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        instruction=args.instruction, seed=args.seed,
     )  # fmt: skip
 
 
-def _prepare(args: argparse.Namespace, settings: EvalSettings) -> tuple[Any, Path, Any, Any]:
-    """(benchmarks, responses file, engine, tokenizer); EvalError/OSError on bad input,
-    raised before a model is loaded where it can be."""
+def _budgeted(
+    args: argparse.Namespace, settings: EvalSettings, tokenizer: Any, problems: list[Problem]
+) -> EvalSettings:
+    """``settings`` with max new tokens at most what the model's context leaves after the
+    longest prompt (a note on stderr when that lowers them)."""
+    context = model_context(args.model)
+    if context is None:
+        return settings
+    longest = max(
+        len(tokenizer(format_prompt(tokenizer, p.prompt, settings.instruction),
+                      add_special_tokens=False)["input_ids"])
+        for p in problems
+    )  # fmt: skip
+    budget, note = response_budget(args.max_new_tokens, DEFAULT_MAX_NEW_TOKENS, context, longest)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return replace(settings, max_new_tokens=budget)
+
+
+def _prepare(
+    args: argparse.Namespace, settings: EvalSettings
+) -> tuple[Any, Path, Any, Any, EvalSettings]:
+    """(benchmarks, responses file, engine, tokenizer, settings with the response budget);
+    EvalError/OSError on bad input, raised before a model is loaded where it can be."""
     names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     settings.validate()
     if not names:
@@ -280,14 +321,29 @@ def _prepare(args: argparse.Namespace, settings: EvalSettings) -> tuple[Any, Pat
         responses_file.unlink()
     read_responses(responses_file)  # fail on a foreign file before loading a model
     engine, tokenizer = _load_engine(args)
-    return benchmarks, responses_file, engine, tokenizer
+    problems = [p for ps in benchmarks.values() for p in ps]
+    return (
+        benchmarks,
+        responses_file,
+        engine,
+        tokenizer,
+        _budgeted(args, settings, tokenizer, problems),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``remix eval``; returns the exit code."""
+    if bool(args.run) == bool(args.model):
+        print("remix eval: error: give --run RUN_DIR or --model MODEL", file=sys.stderr)
+        return EXIT_USAGE
+    if args.run:
+        from remix_rft.apps import eval_run
+
+        return eval_run.run(args)
+    args.out = args.out or Path("results.json")
     settings = _settings(args)
     try:
-        benchmarks, responses_file, engine, tokenizer = _prepare(args, settings)
+        benchmarks, responses_file, engine, tokenizer, settings = _prepare(args, settings)
     except (EvalError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
         print(f"remix eval: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

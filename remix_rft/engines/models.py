@@ -40,3 +40,28 @@ def resolve_model_path(name_or_path: str) -> str:
     if looks_like_hub_id:
         return name_or_path
     raise FileNotFoundError(f"model path {name_or_path} does not exist")
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_context(name_or_path: str) -> int | None:
+    """Positions the model can attend over (prompt + response), from its ``config.json``;
+    None when it cannot be read here (a hub id not cached, a config without the key)."""
+    try:
+        path = Path(resolve_model_path(name_or_path))
+        if (path / "config.json").is_file():
+            import json
+
+            config = json.loads((path / "config.json").read_text())
+        else:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(name_or_path, local_files_only=True).to_dict()
+    except (OSError, ValueError):
+        return None
+    config = {**config.get("text_config", {}), **config}  # multimodal configs nest it
+    for key in CONTEXT_KEYS:
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return int(config[key])
+    return None
