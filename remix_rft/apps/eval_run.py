@@ -48,15 +48,17 @@ def response_budget(
     requested: int | None, default: int, context: int | None, longest_prompt: int
 ) -> tuple[int, str]:
     """New tokens per response: ``requested`` (else ``default``), never beyond what the
-    model's context leaves after the longest prompt; and a note when it was lowered."""
+    model's context leaves after the longest prompt; and a note when it was lowered (or when
+    a prompt alone fills the context, where the budget is kept, at most the context)."""
     wanted = requested if requested is not None else default
     if context is None:
         return wanted, ""
     room = context - longest_prompt
     if room < 1:
-        raise EvalError(
-            f"the longest prompt takes {longest_prompt} tokens, the model's whole context "
-            f"({context} positions): no room for a response"
+        budget = min(wanted, context)
+        return budget, (
+            f"the longest prompt takes {longest_prompt} tokens, more than the model's context "
+            f"({context} positions): responses to it are unreliable ({budget} new tokens)"
         )
     if wanted <= room:
         return wanted, ""
