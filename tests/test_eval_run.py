@@ -87,8 +87,9 @@ def test_response_budget_stays_in_the_models_context():
 def custom_task(tmp_path: Path, rows: int = 20, reward: float = 0.5) -> list[str]:
     data = tmp_path / "mine.jsonl"
     data.write_text(
-        "".join(json.dumps({"q": f"({i % 9 + 1}*2+3*4)*5=?", "a": str(i)}) + "\n"
-                for i in range(rows))  # fmt: skip
+        "".join(
+            json.dumps({"q": f"({i % 9 + 1}*2+3*4)*5=?", "a": str(i)}) + "\n" for i in range(rows)
+        )  # fmt: skip
     )
     fn = tmp_path / "mine.py"
     fn.write_text(f"def score(response, problem):\n    return {reward}\n")
@@ -96,9 +97,7 @@ def custom_task(tmp_path: Path, rows: int = 20, reward: float = 0.5) -> list[str
             "task.answer_key=a", f"task.reward_fn={fn}:score", "task.reward_workers=0"]  # fmt: skip
 
 
-def test_custom_task_holds_out_train_rows_and_scores_by_threshold(
-    tiny_config, tmp_path, caplog
-):
+def test_custom_task_holds_out_train_rows_and_scores_by_threshold(tiny_config, tmp_path, caplog):
     task = custom_task(tmp_path)
     with caplog.at_level(logging.WARNING):
         cfg = tiny_config("steps=1", "eval_every=1", *task)
