@@ -163,7 +163,8 @@ def test_mask_truncated_and_overlong_penalty_end_to_end(tiny_config, tmp_path, m
     fresh = seen[0]
     for s in fresh:  # 40-token budget, 16-token buffer: -0.5·(length − 24)/16 past 24 tokens
         n = s.response_ids.numel()
-        expected = (1.0 if s.finished else 0.0) - 0.5 * min(max(n - 24, 0), 16) / 16
+        # the user's function scores cut responses too (the reward contract): 1.0 for all
+        expected = 1.0 - 0.5 * min(max(n - 24, 0), 16) / 16
         assert s.reward == pytest.approx(expected)
     assert row["overlong/penalty_mean"] < 0
     assert 0 < sum(not s.finished for s in fresh) < len(fresh)

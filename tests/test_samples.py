@@ -108,7 +108,6 @@ def test_default_sizes_and_the_file_always_exists(tiny_config):
 
 def test_resume_drops_rows_past_the_checkpoint(tmp_path):
     log = SamplesLog(tmp_path / "samples.jsonl")
-    log.create()
     for step in (1, 2, 3):
         log.append([SampleRow(step, "train", "p", "r", 1.0, False, 0.0, step - 1)])
     log.truncate_after(2)

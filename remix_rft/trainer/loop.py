@@ -123,8 +123,6 @@ class Trainer:
             if not self.dist.is_main:
                 self.metrics = ranks.NullMetrics()  # type: ignore[assignment]
                 self.samples = None
-        if self.samples is not None:
-            self.samples.create()
 
     # ---- setup ---------------------------------------------------------------------
     def launch_producer(self) -> ProducerProcess | None:

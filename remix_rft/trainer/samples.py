@@ -89,10 +89,6 @@ class SamplesLog:
         self.path = Path(path)
         self.trackers = list(trackers)
 
-    def create(self) -> None:
-        """The file, empty, so that every run directory holds one (0 rows asked for too)."""
-        self.path.touch()
-
     def to_trackers(self, step: int, rows: Sequence[SampleRow]) -> None:
         """The rows of ``step`` to the trackers, before the step's metrics row (W&B files
         them with that row's history entry)."""

@@ -80,4 +80,5 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    (run_dir / "samples.jsonl").touch()  # every run has one, empty when no rows are asked for
     return run_dir
