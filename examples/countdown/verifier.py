@@ -139,7 +139,9 @@ def evaluate(expression: str) -> tuple[Fraction, list[int]]:
     return parser.parse(), parser.numbers
 
 
-def score(response: str, problem: Mapping[str, Any]) -> float:
+def score(response: str, problem: Mapping[str, Any], truncated: bool = False) -> float:
+    if truncated:  # cut at max_new_tokens: no credit for an answer it may not have finished
+        return 0.0
     expression = extract_expression(response)
     if not expression:
         return 0.0
