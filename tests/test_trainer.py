@@ -563,7 +563,7 @@ def test_evaluation_runs_with_eval_threads_and_gives_them_back(tiny_config):
     learner borrows the idle producer's), and the trainer's own count comes back after."""
     from remix_rft.engines import distributed
     from remix_rft.engines.rollout import Generation
-    from remix_rft.trainer.tasks import build_task, held_out_accuracy
+    from remix_rft.trainer.tasks import build_task, held_out_eval
 
     class CountingEngine:
         seen: list[int] = []
@@ -579,7 +579,7 @@ def test_evaluation_runs_with_eval_threads_and_gives_them_back(tiny_config):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        held_out_accuracy(cfg, task, problems, str, engine, distributed.setup("cpu"), step=0)
+        held_out_eval(cfg, task, problems, str, engine, distributed.setup("cpu"), step=0)
         assert engine.seen == [2, 2]  # both chunks of 8
         assert torch.get_num_threads() == 1
     finally:

@@ -237,7 +237,7 @@ def held_out_eval(
             chunk = prompts[begin : begin + cfg.eval_batch_size]
             gen = engine.generate(chunk, replace(settings, seed=settings.seed + begin))
             texts += gen.texts
-            finished += gen.finished
+            finished += gen.finished or [True] * len(gen.texts)  # an engine without flags
     k = cfg.eval_samples
     pairs = [(t, mine[i // k]) for i, t in enumerate(texts)]
     scores = score_responses(task, pairs, finished, grade_unfinished=True)
@@ -253,15 +253,3 @@ def held_out_eval(
         responses=kept,
     )
 
-
-def held_out_accuracy(
-    cfg: TrainConfig,
-    task: Task,
-    problems: Sequence[Problem],
-    prompt_text: Callable[[Problem], str],
-    engine: RolloutEngine,
-    dist: DistEnv,
-    step: int,
-) -> float:
-    """The accuracy of :func:`held_out_eval`."""
-    return held_out_eval(cfg, task, problems, prompt_text, engine, dist, step).accuracy
