@@ -10,6 +10,7 @@ It returns a finite number (a bool counts as 0/1)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -111,6 +112,14 @@ def _signature(fn: RewardFn) -> inspect.Signature | None:
 
 def accepts_truncated(fn: RewardFn) -> bool:
     """Whether ``fn`` takes the ``truncated`` keyword (by name or through ``**kwargs``)."""
+    try:
+        return _accepts_truncated(fn)
+    except TypeError:  # an unhashable callable: not cached
+        return _accepts_truncated.__wrapped__(fn)
+
+
+@functools.lru_cache(maxsize=64)  # asked once per graded response
+def _accepts_truncated(fn: RewardFn) -> bool:
     sig = _signature(fn)
     if sig is None:
         return False
