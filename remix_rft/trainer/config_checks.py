@@ -280,6 +280,16 @@ def _validate_practitioner_keys(cfg: TrainConfig) -> None:
         cfg.rollout_correction_threshold > 0, "rollout_correction_threshold", "> 0",
         cfg.rollout_correction_threshold,
     )  # fmt: skip
+    low = cfg.rollout_correction_min
+    check(
+        low is None or 0 < low < cfg.rollout_correction_threshold, "rollout_correction_min",
+        "null, or in (0, rollout_correction_threshold)", low,
+    )  # fmt: skip
+    check(
+        low is None or cfg.rollout_correction == "mis", "rollout_correction_min",
+        "null unless rollout_correction is mis (a lower bound rejects; tis truncates from "
+        "above only)", low,
+    )  # fmt: skip
     check(
         cfg.rollout_correction == "none" or cfg.behavior_logprobs == "trainer",
         "rollout_correction",

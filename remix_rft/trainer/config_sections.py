@@ -78,6 +78,7 @@ _SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
             "rollout_correction",
             "rollout_correction_level",
             "rollout_correction_threshold",
+            "rollout_correction_min",
             "mask_truncated",
             "overlong_buffer_tokens",
             "overlong_penalty",
