@@ -267,3 +267,72 @@ def test_dry_run_of_an_on_policy_config_never_reincarnates(capsys):
     out = capsys.readouterr().out
     assert "1 optimizer update per step" in out
     assert "reincarnation  never" in out and "after reinc." not in out
+
+
+# ---- #37 item 8: paths relative to the config file, one-line errors ----------------------
+def _own_task(tmp_path: Path) -> Path:
+    """A config in tmp_path/cfg naming data and a reward file beside it (relative paths)."""
+    folder = tmp_path / "cfg"
+    (folder / "data").mkdir(parents=True)
+    row = '{"problem": "1+1?", "answer": "2"}\n'
+    (folder / "data" / "train.jsonl").write_text(row * 4)
+    (folder / "reward.py").write_text("def score(response, problem):\n    return 0.0\n")
+    path = folder / "own.yaml"
+    path.write_text(
+        "task:\n  name: custom\n  train_path: data/train.jsonl\n"
+        "  eval_path: data/train.jsonl\n  reward_fn: reward.py:score\n"
+    )
+    return path
+
+
+def test_relative_paths_in_a_config_file_follow_the_file_not_the_cwd(tmp_path, monkeypatch):
+    path = _own_task(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(path)
+    folder = path.parent.resolve()
+    assert cfg.task.train_path == str(folder / "data" / "train.jsonl")
+    assert cfg.task.reward_fn == f"{folder / 'reward.py'}:score"
+    # a command-line override is relative to the working directory
+    (elsewhere / "mine.jsonl").write_text('{"problem": "p", "answer": "1"}\n')
+    cfg = load_config(path, ["task.train_path=mine.jsonl"])
+    assert cfg.task.train_path == "mine.jsonl"
+    # hub ids and shipped names are not paths
+    cfg = load_config(path, [])
+    assert cfg.model == "embedded"
+    assert load_config(CONFIGS / "r1-distill-1.5b-grpo.yaml").task.train_path.startswith("builtin:")
+
+
+def test_a_missing_relative_path_names_the_key_and_the_base_it_used(tmp_path, monkeypatch, capsys):
+    path = _own_task(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    text = path.read_text().replace("data/train.jsonl\n  eval", "data/nope.jsonl\n  eval")
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "'task.train_path'" in message and "data/nope.jsonl" in message
+    assert f"config file's directory ({path.parent.resolve() / 'data' / 'nope.jsonl'}" in message
+    # the same path as an override: looked for (later) relative to the working directory
+    code = main(["train", str(path), "task.train_path=data/nope.jsonl", "--dry-run"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"data/nope.jsonl does not exist (relative to the working directory {tmp_path}" in err
+
+
+def test_a_config_written_for_the_cwd_still_loads_with_a_warning(tmp_path, monkeypatch, caplog):
+    path = _own_task(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    path.write_text(path.read_text().replace("data/train.jsonl", "cfg/data/train.jsonl"))
+    cfg = load_config(path)
+    assert cfg.task.train_path == str(tmp_path / "cfg" / "data" / "train.jsonl")
+    assert "relative to the working directory" in caplog.text
+
+
+def test_dry_run_of_an_empty_dataset_fails_naming_the_file(tmp_path, capsys):
+    path = _own_task(tmp_path)
+    (path.parent / "data" / "train.jsonl").write_text("")
+    assert main(["train", str(path), f"out_dir={tmp_path / 'r'}", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.jsonl: the dataset is empty" in err[0]

@@ -40,6 +40,14 @@ def check(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"config key '{key}': must be {allowed}, got {value!r}")
 
 
+def relative_to_cwd(path: str | Path) -> str:
+    """`` (relative to the working directory D)`` for a relative path, else nothing: where a
+    command-line path was looked for (a config file's own paths follow the file)."""
+    if Path(path).expanduser().is_absolute():
+        return ""
+    return f" (relative to the working directory {Path.cwd()})"
+
+
 def _one_of(cfg: Any, key: str, choices: tuple[str, ...], prefix: str = "") -> None:
     value = getattr(cfg, key)
     check(value in choices, prefix + key, f"one of {', '.join(choices)}", value)
@@ -368,7 +376,10 @@ def _validate_task(task: TaskConfig) -> None:
         except RewardError as err:
             raise ConfigError(f"config key 'task.reward_fn': {err}") from None
         if is_file_spec(target):
-            check(Path(target).expanduser().is_file(), "task.reward_fn", "an existing file", target)
+            check(
+                Path(target).expanduser().is_file(), "task.reward_fn",
+                f"an existing file{relative_to_cwd(target)}", target,
+            )  # fmt: skip
     check(
         task.reward_workers >= -1,
         "task.reward_workers",
