@@ -153,11 +153,13 @@ def _add_train(subparsers: Any) -> None:
 
 def _print_config_help() -> int:
     from remix_rft.trainer.config import TrainConfig
+    from remix_rft.trainer.config_checks import choice_keys
     from remix_rft.trainer.config_sections import help_lines
 
     print("Config keys: flat (lr: 1e-5) or in their section (optim: {lr: 1e-5}); key=value")
-    print("overrides take either spelling (optim.lr=1e-5).\n")
-    print("\n".join(help_lines(TrainConfig, TrainConfig())))
+    print("overrides take either spelling (optim.lr=1e-5). Relative paths in a config file are")
+    print("relative to the file's directory; on the command line, to the working directory.\n")
+    print("\n".join(help_lines(TrainConfig, TrainConfig(), choice_keys())))
     return 0
 
 

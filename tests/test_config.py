@@ -336,3 +336,29 @@ def test_dry_run_of_an_empty_dataset_fails_naming_the_file(tmp_path, capsys):
     assert main(["train", str(path), f"out_dir={tmp_path / 'r'}", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.jsonl: the dataset is empty" in err[0]
+
+
+def test_did_you_mean_is_not_followed_by_every_key(capsys):
+    code = main(["train", "tiny-grpo", "lrr=1e-5", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "did you mean lr?" in err and "adam_beta1" not in err and "--help-config" in err
+    with pytest.raises(ConfigError, match=r"did you mean task\.name") as info:
+        load_config(None, ["task.nme=math"])
+    assert "task.answer_key" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"allowed: task\.answer_key"):  # nothing close
+        load_config(None, ["task.zzzz=1"])
+
+
+def test_help_config_shows_the_allowed_values_of_choice_keys(capsys):
+    assert main(["train", "--help-config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    def after(key_line: str) -> str:
+        return lines[lines.index(key_line) + 1].strip()
+
+    assert after("  algorithm: str = 'grpo'") == "one of: grpo, ppo, remix-grpo, remix-ppo"
+    assert after("  name: str = 'arithmetic'") == "one of: arithmetic, math, custom"
+    policy = next(i for i, ln in enumerate(lines) if ln.startswith("  policy_loss"))
+    assert lines[policy + 1].strip() == "one of: cispo, gspo, mix-ppg"
+    assert any("relative to the file's directory" in ln for ln in lines[:4])

@@ -50,9 +50,19 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _unknown_key(key: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key.split(".")[-1], known, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint} (allowed: {', '.join(sorted(known))})")
+    """A close match is all the user needs; without one, the allowed keys (of the task
+    section: a short list; of the top level: ~130, so the pointer to --help-config)."""
+    close = difflib.get_close_matches(key, known, n=3) or difflib.get_close_matches(
+        key.split(".")[-1], known, n=3
+    )
+    if close:
+        return ConfigError(
+            f"unknown config key '{key}'; did you mean {', '.join(close)}? "
+            "(every key: remix train --help-config)"
+        )
+    if len(known) > 40:
+        return ConfigError(f"unknown config key '{key}' (every key: remix train --help-config)")
+    return ConfigError(f"unknown config key '{key}' (allowed: {', '.join(sorted(known))})")
 
 
 def _coerce_number(key: str, value: Any, cast: type, accepted: Any, allowed: str) -> Any:
