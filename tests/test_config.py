@@ -362,3 +362,28 @@ def test_help_config_shows_the_allowed_values_of_choice_keys(capsys):
     policy = next(i for i, ln in enumerate(lines) if ln.startswith("  policy_loss"))
     assert lines[policy + 1].strip() == "one of: cispo, gspo, mix-ppg"
     assert any("relative to the file's directory" in ln for ln in lines[:4])
+
+
+def test_an_unwritable_out_dir_is_one_line_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "afile").write_text("in the way")
+    out_dir = tmp_path / "afile" / "run"
+    args = ["train", "tiny-grpo", f"out_dir={out_dir}", "steps=1"]
+    assert main([*args, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"out_dir {out_dir}: cannot be created: {tmp_path / 'afile'} is not a directory" in err
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"remix train: error: out_dir {out_dir}: cannot be written" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_out_dir_fails_the_dry_run(tmp_path):
+    from remix_rft.trainer.io import RunDirError, check_out_dir
+
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(RunDirError, match="no write permission"):
+            check_out_dir(tmp_path / "run")
+    finally:
+        tmp_path.chmod(0o755)

@@ -7,6 +7,7 @@ import sys
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_tokenizer
 from remix_rft.trainer.config import TrainConfig
+from remix_rft.trainer.io import check_out_dir
 from remix_rft.trainer.tasks import build_task
 
 EXIT_USAGE = 2
@@ -24,6 +25,7 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         tokenizer_line = (
             f"tokenizer NOT CHECKED: not available on this machine ({type(err).__name__})"
         )
+    check_out_dir(cfg.resolved_out_dir())
     task = build_task(cfg.task)
     n_train, n_eval = len(task.train_problems()), len(task.eval_problems())
     fresh = cfg.fresh_batch_size()
