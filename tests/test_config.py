@@ -387,3 +387,16 @@ def test_a_read_only_out_dir_fails_the_dry_run(tmp_path):
             check_out_dir(tmp_path / "run")
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_dry_run_counts_the_lines_skip_bad_rows_skipped(tmp_path, capsys):
+    path = _own_task(tmp_path)
+    data = path.parent / "data" / "train.jsonl"
+    data.write_text(data.read_text() + "{not json\n")
+    assert main(["train", str(path), f"out_dir={tmp_path / 'r'}", "--dry-run"]) == 2
+    assert "line 5 is not JSON" in capsys.readouterr().err
+    args = ["train", str(path), "task.skip_bad_rows=true", f"out_dir={tmp_path / 'r'}"]
+    assert main([*args, "--dry-run"]) == 0
+    task_line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("task "))
+    # train and eval are the same file here: its bad line is counted in each
+    assert "4 train / 4 held-out problems (2 bad rows or lines skipped" in task_line
