@@ -400,3 +400,33 @@ def test_dry_run_counts_the_lines_skip_bad_rows_skipped(tmp_path, capsys):
     task_line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("task "))
     # train and eval are the same file here: its bad line is counted in each
     assert "4 train / 4 held-out problems (2 bad rows or lines skipped" in task_line
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], []])
+def test_remix_help_does_not_import_torch(argv):
+    """`remix --help` lists every command without importing an app (torch: seconds)."""
+    code = (
+        "import sys\nfrom remix_rft.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(CONFIGS.parent)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert "HEAVY []" in out
+    if argv != ["train", "--help"]:
+        assert all(name in out for name in ("train", "eval", "compare", "demo", "build-tiny"))
+
+
+def test_the_lazy_command_list_matches_each_apps_own_help():
+    from remix_rft.cli import APP_COMMANDS, build_parser
+
+    def helps(parser):
+        action = next(a for a in parser._actions if a.dest == "command")
+        return {c.dest: c.help for c in action._choices_actions}
+
+    full, lazy = helps(build_parser()), helps(build_parser(load=()))
+    assert lazy == full and set(APP_COMMANDS) < set(full)
+    args = build_parser(load={"compare"}).parse_args(["compare", "a", "--target", "0.5"])
+    assert args.target == 0.5 and args.run_dirs == ["a"]
