@@ -6,7 +6,7 @@ directory, so a config works from any working directory (``remix train
 examples/countdown/countdown-remix-grpo.yaml`` finds ``data/train.jsonl`` beside it); given as a
 ``key=value`` override on the command line it stays relative to the working directory, as a
 shell user expects. ``out_dir``, where the run writes, follows the working directory either way
-(like its default ``runs/<name>``). See docs/design.md §4.1.
+(like its default ``runs/<name>``). See docs/design.md §4 ("relative paths of a config").
 
 A path found only relative to the working directory (configs written before this rule) is still
 used, with a warning; one found in neither place, that cannot be a hub id or a dataset name, is
