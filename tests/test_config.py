@@ -412,7 +412,11 @@ def test_remix_help_does_not_import_torch(argv):
     )
     env = {**os.environ, "PYTHONPATH": str(CONFIGS.parent)}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
         cwd=CONFIGS.parent,
     ).stdout
     assert "HEAVY []" in out

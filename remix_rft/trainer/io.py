@@ -123,4 +123,3 @@ def make_run_dir(run_dir: Path, config_text: str) -> None:
     except OSError as err:
         reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
         raise RunDirError(f"out_dir {run_dir}: cannot be written ({reason})") from err
-
