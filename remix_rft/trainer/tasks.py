@@ -252,4 +252,3 @@ def held_out_eval(
         reward_mean=dist.sum(float(sum(scores))) / total,
         responses=kept,
     )
-
