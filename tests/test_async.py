@@ -128,6 +128,8 @@ def test_a_failing_producer_reports_its_traceback(tiny_config, tmp_path):
         "def score(response, problem):\n"
         "    if str(problem.get('id', '')).startswith('eval'):\n"
         "        return 0.0\n"
+        "    if response.startswith('\\\\boxed'):  # the check call before training passes\n"
+        "        return 0.0\n"
         "    raise KeyError('no such field')\n"
     )
     cfg = tiny_config("steps=2", "rollout_mode=async", f"task.reward_fn={reward}:score",

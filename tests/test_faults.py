@@ -29,6 +29,7 @@ from remix_rft.trainer import io as rio
 from remix_rft.trainer import loop
 from remix_rft.trainer.loop import resume, train
 from remix_rft.trainer.preemption import PREEMPTED_EXIT_CODE
+from remix_rft.trainer.tasks import HeldOut
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "tiny-grpo.yaml")
@@ -293,9 +294,11 @@ SCRIPTED_ACCURACY = {0: 0.1, 1: 0.2, 2: 0.9, 3: 0.3, 4: 0.4}  # by step; the bes
 def test_retention_keeps_the_last_n_plus_the_best(
     tiny_config, monkeypatch, keep_best, save_every, keep, kept
 ):
-    monkeypatch.setattr(
-        loop.Trainer, "evaluate", lambda self: SCRIPTED_ACCURACY[self.counters.step]
-    )
+    def scripted(self):
+        accuracy = SCRIPTED_ACCURACY[self.counters.step]
+        return HeldOut(accuracy=accuracy, reward_mean=accuracy)
+
+    monkeypatch.setattr(loop.Trainer, "evaluate_held_out", scripted)
     cfg = tiny_config("steps=4", "eval_every=1", f"save_every={save_every}",
                       f"keep_checkpoints={keep}", f"keep_best_checkpoint={keep_best}")  # fmt: skip
     train(cfg)
