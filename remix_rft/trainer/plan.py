@@ -24,7 +24,7 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         tokenizer_line = (
             f"tokenizer NOT CHECKED: not available on this machine ({type(err).__name__})"
         )
-    task = build_task(cfg.task)
+    task = build_task(cfg.task, cfg.model)
     n_train, n_eval = len(task.train_problems()), len(task.eval_problems())
     fresh = cfg.fresh_batch_size()
     off = cfg.offpolicy_batch_size()
