@@ -105,24 +105,20 @@ class TrlRewardAdapter:
     def __init__(self, spec: RewardFuncs) -> None:
         self.spec = spec
         self.fns = [load_reward_fn(s) for s in spec.funcs]
-        self._tokenizer: Any = None
+        # loaded now, in the worker's start-up, not inside an item's time limit
+        self._encode = _encoder(spec.tokenizer) if spec.tokenizer else None
 
     def completion_ids(self, text: str) -> list[int]:
-        if not self.spec.tokenizer:
-            return []
-        if self._tokenizer is None:
-            from remix_rft.engines.models import resolve_model_path
-            from transformers import AutoTokenizer
-
-            path = resolve_model_path(self.spec.tokenizer)
-            self._tokenizer = AutoTokenizer.from_pretrained(path)
-        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        return [] if self._encode is None else self._encode(text)
 
     def columns(self, problem: Mapping[str, Any]) -> dict[str, list[Any]]:
         """The dataset's other columns, as TRL passes them: one list entry per completion."""
         out = {k: [v] for k, v in problem.items() if k not in _PROBLEM_KEYS}
-        if self.spec.answer_key:
-            out[self.spec.answer_key] = [problem.get("answer")]
+        answer = problem.get("answer", "")
+        if self.spec.answer_key:  # the column that became the (normalised) answer
+            out[self.spec.answer_key] = [answer]
+        elif answer != "":  # answer_key "": the row's own "answer" column, unchanged
+            out["answer"] = [answer]
         return out
 
     def __call__(self, response: str, problem: Mapping[str, Any]) -> float:
@@ -137,6 +133,24 @@ class TrlRewardAdapter:
             if value is not None:
                 total, seen = total + weight * value, True
         return total if seen else 0.0  # TRL: nansum over functions, all None gives 0
+
+
+def _encoder(model: str) -> Callable[[str], list[int]]:
+    """Text -> token ids without special tokens: the light ``tokenizers`` library on the
+    model's ``tokenizer.json`` (a reward worker has a memory cap and a start-up budget),
+    transformers' AutoTokenizer for a model without one."""
+    from remix_rft.engines.models import resolve_model_path
+
+    path = Path(resolve_model_path(model))
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        fast = Tokenizer.from_file(str(path / "tokenizer.json"))
+        return lambda text: list(fast.encode(text, add_special_tokens=False).ids)
+    from transformers import AutoTokenizer
+
+    slow = AutoTokenizer.from_pretrained(str(path))
+    return lambda text: list(slow(text, add_special_tokens=False)["input_ids"])
 
 
 def call_reward_fn(name: str, fn: Callable[..., Any], **kwargs: Any) -> float | None:

@@ -234,8 +234,8 @@ def _row_problem(row: Any, problem_key: str, answer_key: str) -> tuple[str, Answ
     context = row.get("context")  # OlympiadBench: shared setup of a problem group
     if isinstance(context, str) and context.strip():
         problem = f"{context.strip()}\n\n{problem.strip()}"
-    if not answer_key:  # rows without answers: the user's reward functions judge them
-        return problem.strip(), ""
+    if not answer_key:  # the user's reward functions judge; an "answer" column stays raw
+        return problem.strip(), row.get("answer", "")
     if answer_key not in row:
         raise ValueError(f"has no key {answer_key!r}")
     multiple = bool(row.get("is_multiple_answer", False))
