@@ -181,4 +181,6 @@ def to_trl(cfg: TrainConfig) -> Any:
     kwargs = to_trl_kwargs(cfg)
     on_gpu = cfg.device != "cpu" and torch.cuda.is_available()
     kwargs.update(use_cpu=not on_gpu, bf16=on_gpu and cfg.dtype == "bfloat16")
+    if "activation_checkpointing" in getattr(trl.GRPOConfig, "__dataclass_fields__", {}):
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")  # new name
     return trl.GRPOConfig(**kwargs)
