@@ -63,15 +63,17 @@ from remix_rft.data.prompts import format_prompt  # noqa: E402
 from remix_rft.engines.generation import eos_token_ids, generate_texts  # noqa: E402
 from remix_rft.engines.models import resolve_model_path  # noqa: E402
 
-METHODS = ("trl", "ours", "remix", "remix-async")
+METHODS = ("trl", "trl-remix", "ours", "remix", "remix-async")
 LABELS = {
     "trl": "TRL GRPO",
+    "trl-remix": "TRL + ReMixGRPOTrainer",
     "ours": "our GRPO",
     "remix": "our ReMix-GRPO",
     "remix-async": "our ReMix-GRPO, async",
 }
 CONFIGS = {
     "trl": "tiny-grpo",
+    "trl-remix": "tiny-remix-grpo",  # its ReMix keys; TRL cannot grow the batch at reincarnation
     "ours": "tiny-grpo",
     "remix": "tiny-remix-grpo",
     "remix-async": "tiny-remix-grpo",
@@ -288,14 +290,18 @@ def trl_config(trl: Any, cfg: Any, seed: int, args: argparse.Namespace, out_dir:
     return trl.GRPOConfig(**kwargs)
 
 
-def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunResult:
+def run_trl(
+    seed: int, rnd: int, args: argparse.Namespace, work: Path, method: str = "trl"
+) -> RunResult:
+    """TRL's GRPOTrainer, or (``trl-remix``) remix_rft.integrations.trl.ReMixGRPOTrainer with
+    tiny-remix-grpo's ReMix keys on TRL's generation, rewards and optimizer."""
     trl = import_trl()
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from remix_rft.trainer.config import load_config
 
-    cfg = load_config(CONFIGS["trl"], [f"seed={seed}"])
+    cfg = load_config(CONFIGS[method], [f"seed={seed}"])
     path = model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
@@ -325,7 +331,7 @@ def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunRes
         res.rewards.append(sum(rewards) / max(len(rewards), 1))
         return rewards
 
-    res = RunResult("trl", seed, rnd, cfg.fresh_batch_size())
+    res = RunResult(method, seed, rnd, cfg.fresh_batch_size())
     evaluate = HeldOut(task, tokenizer, args.eval_problems, cfg.max_new_tokens)
     raw: list[Row] = []
     step_s: dict[int, float] = {}
@@ -338,7 +344,7 @@ def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunRes
             res.eval_s += time.perf_counter() - started
             raw[-1][EVAL_KEY] = acc
             raw[-1][WALL_KEY] = time.perf_counter() - clock["train_begin"]
-            progress("trl", seed, step, args.steps, acc, step_s.get(step))
+            progress(method, seed, step, args.steps, acc, step_s.get(step))
 
         def on_train_begin(self, a: Any, state: Any, control: Any, model: Any = None, **kw: Any):
             res.threads = torch.get_num_threads()
@@ -360,15 +366,22 @@ def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunRes
             if step % args.eval_every == 0 or step == args.steps:
                 self._eval(model, step)
             else:
-                progress("trl", seed, step, args.steps, None, step_s[step])
+                progress(method, seed, step, args.steps, None, step_s[step])
 
-    trainer = trl.GRPOTrainer(
+    extra: dict[str, Any] = {}
+    trainer_cls = trl.GRPOTrainer
+    if method == "trl-remix":
+        from remix_rft.integrations.trl import ReMixGRPOTrainer
+
+        trainer_cls, extra = ReMixGRPOTrainer, {"remix": cfg}
+    trainer = trainer_cls(
         model=model,
         reward_funcs=arithmetic_reward,
-        args=trl_config(trl, cfg, seed, args, work / f"trl-s{seed}-r{rnd}"),
+        args=trl_config(trl, cfg, seed, args, work / f"{method}-s{seed}-r{rnd}"),
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[Timing()],
+        **extra,
     )
     try:  # no per-step log dicts on stdout; our progress lines say enough
         from transformers.trainer_callback import PrinterCallback
@@ -721,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
     methods = [m for m in METHODS if m in args.only]
-    if "trl" in methods:
+    if any(m.startswith("trl") for m in methods):
         import_trl()  # fail before anything trains
         from transformers.utils import logging as hf_logging
 
@@ -745,8 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for method in order:
                     torch.set_num_threads(args.threads)
                     print(f"== {LABELS[method]}, seed {seed}, round {rnd}", flush=True)
-                    if method == "trl":
-                        results.append(run_trl(seed, rnd, args, work))
+                    if method.startswith("trl"):
+                        results.append(run_trl(seed, rnd, args, work, method))
                     else:
                         results.append(run_ours(method, seed, rnd, args, work))
     loads_end = os.getloadavg()
