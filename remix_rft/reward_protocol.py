@@ -43,7 +43,7 @@ _SPEC_RE = re.compile(re.escape(SPEC_MODULE) + r":" + SPEC_PREFIX + r"[0-9a-f]+"
 _PROBLEM_KEYS = ("id", "prompt", "answer")
 HOW_TO_PASS = (
     "define it with `def` at the top level of an importable module or of your script "
-    "(guard the script's training code with `if __name__ == \"__main__\":`, the reward "
+    '(guard the script\'s training code with `if __name__ == "__main__":`, the reward '
     "workers import the script), or pass it as 'module:function' / 'path/to/file.py:function'"
 )
 

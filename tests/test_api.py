@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from remix_rft import Trainer, TrainConfig
+from remix_rft import TrainConfig, Trainer
 from remix_rft.api.data import DatasetInputError
 from remix_rft.cli import main
 from remix_rft.data.arithmetic import ArithmeticTask
@@ -159,7 +159,9 @@ def test_api_metrics_equal_remix_train_of_the_same_config_and_seed(tmp_path):
     argv = [f"{k}={v}" for k, v in overrides.items()]
     assert main(["train", "tiny-remix-grpo", *argv, f"out_dir={cli_dir}"]) == 0
     cli_rows = [json.loads(line) for line in (cli_dir / "metrics.jsonl").read_text().splitlines()]
-    result = Trainer(args="tiny-remix-grpo", overrides={**overrides, "out_dir": str(api_dir)}).train()
+    result = Trainer(
+        args="tiny-remix-grpo", overrides={**overrides, "out_dir": str(api_dir)}
+    ).train()
     assert _without_time([dict(r.values) for r in result.rows]) == _without_time(cli_rows)
     summary = json.loads((cli_dir / "summary.json").read_text())
     assert result.summary.final_eval_accuracy == summary["final_eval_accuracy"]
@@ -194,3 +196,14 @@ def test_from_trl_maps_the_key_table_and_names_unknown_keys_once(caplog):
     back = cfg.to_trl()
     assert (back.learning_rate, back.num_generations, back.loss_type) == (2e-5, 8, "dr_grpo")
     assert back.per_device_train_batch_size * back.steps_per_generation == 128
+
+
+def test_python_api_example_runs(tmp_path):
+    overrides = [f"{k}={v}" for k, v in SMALL.items()] + [f"out_dir={tmp_path / 'run'}"]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "python_api.py"), *overrides],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "held-out accuracy" in out.stdout and "after 16 rollouts (3 metrics rows)" in out.stdout
+    assert (tmp_path / "run" / "final-model" / "config.json").is_file()

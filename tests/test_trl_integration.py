@@ -72,8 +72,10 @@ def test_offpolicy_fraction_zero_is_plain_grpo_trainer(tmp_path):
     for (name, a), b in zip(plain.model.named_parameters(), remix.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
     start = _model_and_data()[0]  # and training moved them: the comparison can fail
-    assert any(not torch.allclose(a, b) for a, b in zip(start.parameters(),
-                                                        remix.model.parameters(), strict=True))
+    assert any(
+        not torch.allclose(a, b)
+        for a, b in zip(start.parameters(), remix.model.parameters(), strict=True)
+    )
 
 
 def test_replay_is_exercised_and_bounded_by_the_window(tmp_path):
@@ -87,7 +89,9 @@ def test_replay_is_exercised_and_bounded_by_the_window(tmp_path):
     assert all(s.replayed == 8 and s.share == pytest.approx(0.5) for s in log[1:])
     ages = [a for s in log for a in s.ages]
     assert ages and min(ages) >= 1 and max(ages) <= window - 1 and max(ages) == window - 1
-    logged = [h["remix/replay_share"] for h in trainer.state.log_history if "remix/replay_share" in h]
+    logged = [
+        h["remix/replay_share"] for h in trainer.state.log_history if "remix/replay_share" in h
+    ]
     assert logged and max(logged) > 0
 
 
@@ -102,7 +106,9 @@ def test_reincarnation_callback_resets_reference_and_stops_replay(tmp_path):
 
 def _samples(tokenizer, step: int) -> tuple[list[Sample], list[Sample]]:
     gen = torch.Generator().manual_seed(1)
-    prompts = [format_prompt(tokenizer, p.prompt) for p in list(ArithmeticTask().train_problems())[:6]]
+    prompts = [
+        format_prompt(tokenizer, p.prompt) for p in list(ArithmeticTask().train_problems())[:6]
+    ]
     out = []
     for i, text in enumerate(prompts):
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -158,3 +164,16 @@ def test_import_names_the_supported_trl_range(monkeypatch):
     monkeypatch.setattr(trl, "__version__", "0.9.0")
     with pytest.raises(ImportError, match=r"supports TRL >=1\.16\.0,<1\.17\.0; found TRL 0\.9\.0"):
         integration._check_trl()
+
+
+def test_trl_remix_example_runs(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "trl_remix.py"
+    spec = importlib.util.spec_from_file_location("trl_remix_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    trainer = example.main(3, str(tmp_path / "out"))
+    assert [s.version for s in trainer.replay_log] == [1, 2, 3]
+    assert trainer.replay_log[-1].replayed == 32  # offpolicy_fraction 0.5 of tiny-remix-grpo

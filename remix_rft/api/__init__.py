@@ -30,7 +30,9 @@ Row = dict[str, Any]
 ConfigLike = TrainConfig | str | Path | Mapping[str, Any] | None
 
 
-def resolve_config(args: ConfigLike, overrides: Mapping[str, Any] | Sequence[str] | None) -> TrainConfig:
+def resolve_config(
+    args: ConfigLike, overrides: Mapping[str, Any] | Sequence[str] | None
+) -> TrainConfig:
     """A config from a TrainConfig, a YAML path or shipped name, a mapping, a TRL
     ``GRPOConfig`` or nothing (defaults), with ``overrides`` (``{"lr": 1e-5}`` or
     ``["lr=1e-5"]``) applied and the whole validated."""
@@ -94,7 +96,9 @@ class Trainer:
         self._datasets = []
         columns: tuple[str, ...] = ("answer",)  # the embedded and math tasks' problem dicts
         if train_dataset is not None:
-            train = prepare_dataset(train_dataset, run_dir / "data" / "train.jsonl", "train_dataset")
+            train = prepare_dataset(
+                train_dataset, run_dir / "data" / "train.jsonl", "train_dataset"
+            )
             self._datasets.append(train)
             columns = train.columns
             changes.update({"task.name": "custom" if reward_funcs else "math",
@@ -102,7 +106,9 @@ class Trainer:
             if reward_funcs:  # every other column reaches them unchanged (TRL's kwargs)
                 changes["task.answer_key"] = ""
         if eval_dataset is not None:
-            held_out = prepare_dataset(eval_dataset, run_dir / "data" / "eval.jsonl", "eval_dataset")
+            held_out = prepare_dataset(
+                eval_dataset, run_dir / "data" / "eval.jsonl", "eval_dataset"
+            )
             self._datasets.append(held_out)
             changes["task.eval_path"] = held_out.path
         if reward_funcs:

@@ -127,9 +127,7 @@ def save_loaded_model(model: Any, tokenizer: Any, target: Path) -> str:
 
         source = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
         if not source:
-            raise ValueError(
-                "a loaded model needs its tokenizer: pass processing_class=tokenizer"
-            )
+            raise ValueError("a loaded model needs its tokenizer: pass processing_class=tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(source)
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)

@@ -124,7 +124,9 @@ class ReMixGRPOTrainer(trl.GRPOTrainer):  # type: ignore[misc]
         fresh = len(out["advantages"])
         past = self.buffer.sample_past(self.offpolicy_count(fresh), self._version)
         self._pending = self._fresh_samples(out)
-        stats = ReplayStats(self._version, fresh, len(past), [self._version - s.version for s in past])
+        stats = ReplayStats(
+            self._version, fresh, len(past), [self._version - s.version for s in past]
+        )
         self._log_replay(stats)
         return self._mixed(out, past)
 
@@ -307,7 +309,9 @@ class ReincarnationCallback(TrainerCallback):  # type: ignore[misc]
             self.trainer.reincarnate()
 
 
-def _pad(rows: list[torch.Tensor], length: int, pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(
+    rows: list[torch.Tensor], length: int, pad: int, left: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.full((len(rows), length), pad, dtype=torch.long, device=rows[0].device)
     mask = torch.zeros((len(rows), length), dtype=torch.long, device=rows[0].device)
     for i, row in enumerate(rows):
