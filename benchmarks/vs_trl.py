@@ -580,6 +580,26 @@ def wall_verdicts(results: Sequence[RunResult], target: float | None) -> list[st
     return lines
 
 
+def per_seed_lines(results: Sequence[RunResult], target: float | None) -> list[str]:
+    """Rollouts to T and final accuracy of every run, by seed: the same seed gives every
+    method the same model and task, so differences are read per seed (DESIGN.md §11)."""
+    if target is None:
+        return []
+    lines = ["Per seed (round 0), rollouts→T / final accuracy (— : T not reached):", ""]
+    for method in METHODS:
+        runs = sorted((r for r in results if r.method == method and r.round == 0),
+                      key=lambda r: r.seed)  # fmt: skip
+        if not runs:
+            continue
+        cells = []
+        for r in runs:
+            hit = rollouts_to_target(r.rows, target)
+            final = r.evals()[-1][EVAL_KEY] if r.evals() else math.nan
+            cells.append(f"seed {r.seed}: {hit.rollouts if hit else '—'} / {final:.3f}")
+        lines.append(f"- {LABELS[method]}: " + "; ".join(cells))
+    return lines
+
+
 def describe_model(source: str, snapshot: Path) -> str:
     weights = sorted(snapshot.glob("*.safetensors"))
     digest = hashlib.sha256(b"".join(f.read_bytes() for f in weights)).hexdigest()[:12]
@@ -649,6 +669,7 @@ def write_markdown(
         lines += [verdict, ""]
     for line in wall_verdicts(results, target):
         lines += [line, ""]
+    lines += [*per_seed_lines(results, target), ""]
     lines += [
         "Columns: s/iter is the time of one iteration (generate → score → loss → one optimizer "
         "update for GRPO; ReMix also recomputes log-probs of reused samples and takes its own "
@@ -721,6 +742,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="embedded")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_trl.md"))
     p.add_argument("--json", type=Path, default=None, help="also write every run's rows here")
+    p.add_argument(
+        "--merge", type=Path, nargs="+", default=None, metavar="JSON",
+        help="train nothing: one table from the --json files of earlier runs (e.g. one "
+        "process per seed, run in parallel)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.steps < 1 or args.eval_every < 1 or args.rounds < 1:
         p.error("--steps, --eval-every and --rounds must be >= 1")
@@ -739,6 +765,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+    if args.merge:
+        results = merged_results(args)
+        methods = [m for m in METHODS if any(r.method == m for r in results)]
+        return report(args, methods, results, (os.getloadavg(), os.getloadavg()))
     source_model = model_path(args.model)  # a missing model fails now
     loads_start = os.getloadavg()
     results: list[RunResult] = []
@@ -762,8 +792,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                         results.append(run_trl(seed, rnd, args, work, method))
                     else:
                         results.append(run_ours(method, seed, rnd, args, work))
-    loads_end = os.getloadavg()
+    return report(args, methods, results, (loads_start, os.getloadavg()))
 
+
+def merged_results(args: argparse.Namespace) -> list[RunResult]:
+    """The runs of earlier ``--json`` files; the settings are taken from the first run's
+    (every file must have used the same ``--steps`` and ``--eval-every``)."""
+    results = [
+        RunResult(**row)
+        for path in args.merge
+        for row in json.loads(path.read_text(encoding="utf-8"))
+    ]
+    args.seeds = sorted({r.seed for r in results})
+    args.model_desc = f"{args.model} (see the merged runs' logs for the snapshot hash)"
+    return results
+
+
+def report(
+    args: argparse.Namespace,
+    methods: list[str],
+    results: list[RunResult],
+    loads: tuple[tuple[float, ...], tuple[float, ...]],
+) -> int:
+    """Print and write the table of ``results``."""
     target, source = args.target, "--target"
     if target is None:
         ref = "ours" if "ours" in methods else methods[0]
@@ -778,7 +829,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in (speed_verdict(table), *wall_verdicts(results, target)):
         if line:
             print(line)
-    write_markdown(args.out, table, results, target, source, args, (loads_start, loads_end))
+    write_markdown(args.out, table, results, target, source, args, loads)
     print(f"wrote {args.out}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

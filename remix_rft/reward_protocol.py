@@ -55,7 +55,7 @@ class RewardFuncs:
     funcs: tuple[str, ...]
     weights: tuple[float, ...]
     answer_key: str = ""  # the column that became Problem.answer ("" : none did)
-    tokenizer: str = ""  # model path or id whose tokenizer gives completion_ids
+    tokenizer: str = ""  # model directory (or hub id) whose tokenizer gives completion_ids
 
     def spec(self) -> str:
         """This as a pool spec: a function name of this module that encodes it."""
@@ -139,9 +139,7 @@ def _encoder(model: str) -> Callable[[str], list[int]]:
     """Text -> token ids without special tokens: the light ``tokenizers`` library on the
     model's ``tokenizer.json`` (a reward worker has a memory cap and a start-up budget),
     transformers' AutoTokenizer for a model without one."""
-    from remix_rft.engines.models import resolve_model_path
-
-    path = Path(resolve_model_path(model))
+    path = Path(model)
     if (path / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 

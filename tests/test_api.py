@@ -76,8 +76,9 @@ def test_adapter_passes_completion_ids_of_the_models_tokenizer():
 
     from remix_rft.engines.models import resolve_model_path
 
-    fn = load_reward_fn(RewardFuncs((callable_spec(echo_ids),), (1.0,), "", "embedded").spec())
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("embedded"))
+    path = resolve_model_path("embedded")
+    fn = load_reward_fn(RewardFuncs((callable_spec(echo_ids),), (1.0,), "", path).spec())
+    tok = AutoTokenizer.from_pretrained(path)
     text = "the answer is \\boxed{12}"
     assert fn(text, {"id": "a", "prompt": "p", "answer": ""}) == len(
         tok(text, add_special_tokens=False)["input_ids"]
@@ -207,3 +208,21 @@ def test_python_api_example_runs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "held-out accuracy" in out.stdout and "after 16 rollouts (3 metrics rows)" in out.stdout
     assert (tmp_path / "run" / "final-model" / "config.json").is_file()
+
+
+def test_reward_funcs_config_keys_are_checked():
+    from remix_rft.trainer.config import ConfigError, load_config
+
+    ok = load_config(None, ["task.reward_funcs=[test_api:correct, test_api:echo_ids]",
+                            "task.reward_weights=[1, 0.5]"])  # fmt: skip
+    assert ok.task.reward_funcs == ["test_api:correct", "test_api:echo_ids"]
+    assert ok.task.reward_weights == [1.0, 0.5]
+    bad = {
+        "1 weights \\(one per": ["task.reward_funcs=[a:b]", "task.reward_weights=[1, 2]"],
+        "one or the other": ["task.reward_funcs=[a:b]", "task.reward_fn=c:d"],
+        "rows without answers": ["task.answer_key="],
+        r"reward_weights\[1\]": ["task.reward_funcs=[a:b, c:d]", "task.reward_weights=[1, x]"],
+    }
+    for message, overrides in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, overrides)

@@ -10,12 +10,12 @@ something a config can name.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from remix_rft.data.math_dataset import _is_json as is_json
 from remix_rft.reward_protocol import callable_spec, check_signature
 
 PROMPT_KEY = "prompt"  # TRL's name for the prompt column
@@ -83,23 +83,11 @@ def _check_row(row: Any, index: int, what: str) -> None:
             + (hint if isinstance(prompt, list) else "")
         )
     for key, value in row.items():
-        if not _json_value(value):
+        if not is_json(value):  # what a reward worker receives unchanged
             raise DatasetInputError(
                 f"{what}: row {index} key {key!r} holds a {type(value).__name__}; reward "
                 "functions receive JSON values (str, number, bool, None, lists, dicts)"
             )
-
-
-def _json_value(value: Any) -> bool:
-    if value is None or isinstance(value, str | bool | int):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list | tuple):
-        return all(_json_value(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _json_value(v) for k, v in value.items())
-    return False
 
 
 def reward_specs(

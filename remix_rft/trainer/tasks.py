@@ -13,6 +13,7 @@ import torch
 from remix_rft.data.arithmetic import ArithmeticSpec, ArithmeticTask
 from remix_rft.data.tasks import Problem, Task
 from remix_rft.engines.distributed import DistEnv
+from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.rollout import RolloutEngine, SamplingSettings
 from remix_rft.reward_pool import MATH_REWARD_SPEC, RewardPool, default_workers
 from remix_rft.reward_protocol import RewardFuncs
@@ -78,7 +79,8 @@ def reward_spec(cfg: TaskConfig, tokenizer: str = "") -> str:
     ``reward_funcs`` (as one adapter, ``reward_protocol.py``), or the task's verifier."""
     if cfg.reward_funcs:
         weights = cfg.reward_weights or [1.0] * len(cfg.reward_funcs)
-        funcs = RewardFuncs(tuple(cfg.reward_funcs), tuple(weights), cfg.answer_key, tokenizer)
+        path = resolve_model_path(tokenizer) if tokenizer else ""  # "embedded" -> its dir
+        funcs = RewardFuncs(tuple(cfg.reward_funcs), tuple(weights), cfg.answer_key, path)
         return funcs.spec()
     return cfg.reward_fn or MATH_REWARD_SPEC
 
