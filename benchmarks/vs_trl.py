@@ -24,6 +24,16 @@ and the final accuracy::
     python benchmarks/vs_trl.py --steps 30 --target 0.9 --threads 2 --rounds 2 \\
         --eval-every 5   # with the async run: wall-clock to 0.9, evaluations included
 
+``trl-remix`` is TRL's trainer with ReMix (``remix_rft.integrations.trl.ReMixGRPOTrainer``,
+tiny-remix-grpo's ReMix keys). Seeds can run in parallel processes and be merged into one
+table (``benchmarks/results/vs_trl_remix.md``)::
+
+    for s in 0 1 2; do (for m in trl-remix remix trl; do python benchmarks/vs_trl.py \
+        --only $m --steps 30 --eval-every 5 --threads 1 --seeds $s \
+        --out /tmp/vs/$m-s$s.md --json /tmp/vs/$m-s$s.json; done &); done; wait
+    python benchmarks/vs_trl.py --merge /tmp/vs/*.json --steps 30 --eval-every 5 \
+        --target 0.9 --out benchmarks/results/vs_trl_remix.md
+
 Runs are made one after the other in this process; ``--rounds 2`` repeats
 every run in reversed order (A B C, C B A) so that load from other processes
 on a shared machine weighs on every method alike.
