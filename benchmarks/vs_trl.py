@@ -30,7 +30,7 @@ table (``benchmarks/results/vs_trl_remix.md``)::
 
     for s in 0 1 2; do (for m in trl-remix remix trl; do python benchmarks/vs_trl.py \
         --only $m --steps 30 --eval-every 5 --threads 1 --seeds $s \
-        --out /tmp/vs/$m-s$s.md --json /tmp/vs/$m-s$s.json; done &); done; wait
+        --out /tmp/vs/$m-s$s.md --json /tmp/vs/$m-s$s.json; done) & done; wait
     python benchmarks/vs_trl.py --merge /tmp/vs/*.json --steps 30 --eval-every 5 \
         --target 0.9 --out benchmarks/results/vs_trl_remix.md
 
