@@ -568,7 +568,7 @@ def wall_verdicts(results: Sequence[RunResult], target: float | None) -> list[st
     paired by seed and round (the two ran back to back, so both saw the same load)."""
     trl = {(r.seed, r.round): r for r in results if r.method == "trl"}
     lines = []
-    for method in ("remix", "remix-async"):
+    for method in ("trl-remix", "remix", "remix-async"):
         ratios = []
         for r in results:
             other = trl.get((r.seed, r.round))
@@ -672,6 +672,7 @@ def write_markdown(
         "",
         f"Target T = {target:.3f} ({target_source})." if target is not None else "No target.",
         "",
+        *([args.merge_note, ""] if getattr(args, "merge_note", None) else []),
         format_table(table),
         "",
     ]
@@ -815,6 +816,11 @@ def merged_results(args: argparse.Namespace) -> list[RunResult]:
     ]
     args.seeds = sorted({r.seed for r in results})
     args.model_desc = f"{args.model} (see the merged runs' logs for the snapshot hash)"
+    args.merge_note = (
+        f"Merged from {len(args.merge)} --json files (runs made in separate processes, e.g. "
+        "one per seed in parallel; the load averages above are those of the merge, not of "
+        "the runs, and the run order below is the files' order)."
+    )
     return results
 
 
