@@ -28,7 +28,8 @@ REMIX_CALL = re.compile(r"(?:^|[\s`(])remix ([a-z][a-z-]*)((?:[^`\n])*)")
 
 
 def markdown_files() -> list[Path]:
-    return [README, *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").glob("*/README.md"))]
+    docs = sorted((ROOT / "docs").glob("*.md"))
+    return [README, *docs, *sorted((ROOT / "examples").glob("*/README.md"))]
 
 
 def without_code(text: str) -> str:
