@@ -213,7 +213,11 @@ def test_walkthrough_validates_as_written(tmp_path: Path) -> None:
     assert argv[0] == "remix"
     proc = subprocess.run(
         [sys.executable, "-m", "remix_rft", *argv[1:]],
-        cwd=task, env=env, capture_output=True, text=True, timeout=600,
+        cwd=task,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2000 train / 200 held-out" in proc.stdout
