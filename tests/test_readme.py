@@ -20,7 +20,7 @@ README = ROOT / "README.md"
 CI_RUN = ROOT / ".ci" / "run"
 MAX_README_LINES = 320
 
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```", re.S | re.M)
 COMMENT = re.compile(r"<!--.*?-->", re.S)
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
@@ -101,6 +101,16 @@ def test_readme_commands_are_the_ones_ci_runs() -> None:
     # command 1 installs exactly as command 2 does, without the test extras
     assert demo[:2] == tests[:2]
     assert tests[2].replace(' -e ".[test]"', " -e .") == demo[2]
+
+
+def test_readme_cpu_torch_line_pins_the_same_torch() -> None:
+    """The CPU-wheel line installs the very version commands 1 and 2 (and CI) pin."""
+    text = section(README.read_text(encoding="utf-8"), "Install and run")
+    pins = {m.group(1) for m in re.finditer(r"pip install -q (torch==\S+) -e", text)}
+    cpu = re.findall(
+        r"pip install (torch==\S+) --index-url https://download\.pytorch\.org/whl/cpu", text
+    )
+    assert len(pins) == 1 and cpu == list(pins), (pins, cpu)
 
 
 def test_readme_vllm_test_commands_are_the_ones_ci_runs() -> None:
