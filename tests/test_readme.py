@@ -231,3 +231,41 @@ def test_walkthrough_validates_as_written(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2000 train / 200 held-out" in proc.stdout
+
+
+SCRIPT_CALL = re.compile(
+    r"(?:python3?|bash)\s+((?:benchmarks|scripts|examples)/[\w./-]+\.(?:py|sh))([^`;|&()]*)"
+)
+
+
+def documented_script_calls() -> list[tuple[Path, str, str]]:
+    """(doc, script, arguments) of every `python benchmarks/...` style command in the docs."""
+    calls = []
+    for doc in markdown_files():
+        text = COMMENT.sub("", doc.read_text(encoding="utf-8"))
+        blocks = [body for _, body in FENCE.findall(text)]
+        spans = re.findall(r"`([^`]+)`", FENCE.sub("", text))  # spans may wrap lines
+        for code in blocks + spans:
+            code = code.replace("\\\n", " ")
+            calls += [(doc, m.group(1), m.group(2)) for m in SCRIPT_CALL.finditer(code)]
+    return calls
+
+
+def test_documented_scripts_options_and_variants_exist() -> None:
+    """Every table's command names a script that exists, options it defines and, for the
+    efficiency benchmark, variants it knows (checked against the sources, not by running)."""
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "benchmarks").glob("*.py"))
+    calls = documented_script_calls()
+    assert any(script == "benchmarks/efficiency.py" for _, script, _ in calls)
+    for doc, script, args in calls:
+        where = f"{doc.relative_to(ROOT)}: {script}{args[:60]}"
+        assert (ROOT / script).is_file(), f"{where}: no such script"
+        if not script.endswith(".py"):
+            continue
+        for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", args):
+            assert f'"{flag}"' in (ROOT / script).read_text(encoding="utf-8"), (
+                f"{where}: {script} defines no option {flag}"
+            )
+        variants = re.search(r"--variants((?:\s+[a-z][\w.-]*)+)", args)
+        for name in variants.group(1).split() if variants else []:
+            assert f'"{name}"' in sources, f"{where}: no benchmark variant {name!r}"
