@@ -164,23 +164,28 @@ def cli_help(*args: str) -> str:
     return out.getvalue()
 
 
-def readme_remix_calls() -> list[tuple[str, str]]:
+def remix_calls(doc: Path) -> list[tuple[str, str]]:
+    """(subcommand, the rest of the line) of every `remix ...` in the doc's code."""
     calls = []
-    for text in code_texts(README.read_text(encoding="utf-8")):
+    for text in code_texts(doc.read_text(encoding="utf-8")):
         calls += [(m.group(1), m.group(2)) for m in REMIX_CALL.finditer(text)]
     return calls
 
 
 def test_readme_remix_commands_exist() -> None:
-    top = cli_help()
-    listed = set(re.findall(r"^ {4}([a-z][a-z-]*)\s", top, re.M))
-    calls = readme_remix_calls()
-    assert {"train", "demo"} <= {sub for sub, _ in calls}, "the README shows train and demo"
-    for sub, rest in calls:
-        assert sub in listed, f"README mentions `remix {sub}`; `remix --help` lists {listed}"
-        options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", cli_help(sub)))
-        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest):
-            assert flag in options, f"README shows `remix {sub} ... {flag}`: no such option"
+    """Every `remix SUB --option` in the README (and in docs/) is in `remix --help` and in
+    `remix SUB --help`."""
+    listed = set(re.findall(r"^ {4}([a-z][a-z-]*)\s", cli_help(), re.M))
+    assert {"train", "demo"} <= {sub for sub, _ in remix_calls(README)}, "README: train, demo"
+    options: dict[str, set[str]] = {}
+    for doc in markdown_files():
+        for sub, rest in remix_calls(doc):
+            where = f"{doc.relative_to(ROOT)} mentions `remix {sub}`"
+            assert sub in listed, f"{where}; `remix --help` lists {sorted(listed)}"
+            if sub not in options:
+                options[sub] = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", cli_help(sub)))
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest):
+                assert flag in options[sub], f"{where} ... {flag}: no such option"
 
 
 def walkthrough_blocks() -> dict[str, str]:
