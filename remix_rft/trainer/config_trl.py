@@ -1,5 +1,5 @@
-"""TRL's ``GRPOConfig`` to a :class:`TrainConfig` and back (issue #35), by the key table of
-the README ("The same things in the frameworks you may come from").
+"""TRL's ``GRPOConfig`` to a :class:`TrainConfig` and back (issue #35), by the verl/TRL key
+table (docs/algorithms.md, "The same things in the frameworks you may come from").
 
 Read by attribute, so nothing here imports TRL except :func:`to_trl`. What one iteration is
 differs: TRL counts optimizer steps (``max_steps``), each of ``per_device_train_batch_size ×
