@@ -106,7 +106,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         cfg = build_config(read_yaml(run_dir / "config.yaml"))
     except ConfigError as err:
         raise EvalError(str(err)) from None
-    task = build_task(cfg.task, announce=False)
+    task = build_task(cfg.task, cfg.model, announce=False)
     try:
         problems = list(task.eval_problems())[: cfg.eval_problems]
         if not problems:

@@ -26,7 +26,7 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
             f"tokenizer NOT CHECKED: not available on this machine ({type(err).__name__})"
         )
     check_out_dir(cfg.resolved_out_dir())
-    task = build_task(cfg.task)  # logs where a dataset task's held-out problems come from
+    task = build_task(cfg.task, cfg.model)  # logs where held-out problems come from
     probe_reward(task)  # the user's reward function, called once
     n_train, n_eval = len(task.train_problems()), len(task.eval_problems())
     fresh = cfg.fresh_batch_size()

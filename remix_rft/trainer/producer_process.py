@@ -102,9 +102,8 @@ def _serve(spec: ProducerSpec, transport: WeightTransport, requests: Any, result
     if spec.threads:
         torch.set_num_threads(spec.threads)
     cfg = spec.cfg
-    task = build_task(
-        cfg.task, announce=False
-    )  # the slow part of starting, done while the learner starts
+    # the slow part of starting, done while the learner starts
+    task = build_task(cfg.task, cfg.model, announce=False)
     tokenizer = load_tokenizer(cfg.model)
     model = load_policy(cfg.model, dtype=cfg.dtype).to(spec.device)
     model.eval().requires_grad_(False)
