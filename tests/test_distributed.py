@@ -128,8 +128,12 @@ def _worker(rank: int, port: int, model: str, out_dir: str) -> None:
 
 
 def test_two_ranks_make_the_one_rank_update(model_dir, tmp_path, monkeypatch):
+    from remix_rft.trainer import update
+
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
+    # the update frees its gradients after the step; this test compares them (forked ranks too)
+    monkeypatch.setattr(update, "free_gradients", lambda optimizer: None)
     # fork: the children inherit the imported modules (spawn re-imports transformers, ~15 s)
     mp.start_processes(
         _worker,
@@ -238,7 +242,10 @@ def test_single_process_default_needs_no_process_group(model_dir, tmp_path, monk
     assert env.sum(3.5) == 3.5 and env.shard([1, 2, 3]) == [1, 2, 3]
 
 
-def test_gradient_checkpointing_gives_the_same_update(model_dir, tmp_path):
+def test_gradient_checkpointing_gives_the_same_update(model_dir, tmp_path, monkeypatch):
+    from remix_rft.trainer import update
+
+    monkeypatch.setattr(update, "free_gradients", lambda optimizer: None)  # grads are compared
     base = case_config(model_dir, tmp_path / "a", "remix-grpo")
     ckpt = case_config(model_dir, tmp_path / "b", "remix-grpo")
     ckpt.gradient_checkpointing = True

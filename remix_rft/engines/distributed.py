@@ -30,6 +30,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -207,8 +208,11 @@ SAME_KEYS = {"step", "rollouts", "tokens", "updates", "utd", "lr"}
 _ENV: DistEnv | None = None
 
 
-def setup(device: str = "auto") -> DistEnv:
-    """Join the torchrun process group once per process; a no-op without torchrun."""
+def setup(device: str = "auto", *, timeout_minutes: float = 60.0) -> DistEnv:
+    """Join the torchrun process group once per process; a no-op without torchrun.
+
+    ``timeout_minutes`` (``dist_timeout_minutes``): how long a collective may wait; NCCL's
+    default of 10 fails ranks waiting for rank 0's checkpoint write or a long evaluation."""
     global _ENV
     if _ENV is not None:
         return _ENV
@@ -219,11 +223,12 @@ def setup(device: str = "auto") -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if not dist.is_initialized():
+        timeout = timedelta(minutes=timeout_minutes)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-            dist.init_process_group("nccl", device_id=dev)
+            dist.init_process_group("nccl", device_id=dev, timeout=timeout)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=timeout)
     _ENV = DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev, enabled=True)
     log.info("rank %d of %d on %s (%s)", rank, world, dev, dist.get_backend())
     return _ENV

@@ -1,0 +1,167 @@
+"""Streamed weight publication: the policy's weights leave the trainer a bucket at a time.
+
+A publication (the push into vLLM, the asynchronous transport, a checkpoint's consolidated
+HF copy) used to gather the whole state dict first: under FSDP2 every rank held the full
+fp32 policy at once (issue #38: the 7B push needs ≈ 100 GB per GPU). A :class:`WeightStream`
+instead yields ``(HF name, tensor)`` pairs, gathering at most ``bucket_mb`` of them at a
+time: each FSDP2 parameter is cast to the engine's dtype on its shard (so the gather moves
+bf16, not fp32) and all-gathered with ``DTensor.full_tensor()``; a bucket is dropped before
+the next is gathered. LoRA adapters are merged one module at a time. The consumer must copy
+what it keeps (vLLM and the transport copy into their own storage).
+
+Under FSDP2 iterating a stream is a collective: every rank iterates the same stream to the
+end, in the same order (a rank that only needs to drain it, e.g. all but rank 0 when a
+checkpoint is written, still iterates). See docs/scale-out.md, "Weight publication".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DEFAULT_BUCKET_MB = 1024.0
+TIED_HEAD = "lm_head.weight"
+EMBEDDINGS = "model.embed_tokens.weight"
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """What a published tensor will be, known without gathering it."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    spec: WeightSpec
+    fetch: Callable[[], torch.Tensor]  # the full tensor, in spec.dtype (a collective if sharded)
+
+
+def _gather(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The full tensor in ``dtype``: a DTensor is cast on its shard, then all-gathered."""
+    from torch.distributed.tensor import DTensor
+
+    tensor = tensor.detach()
+    if isinstance(tensor, DTensor):
+        return tensor.to(dtype).full_tensor()
+    return tensor.to(dtype)
+
+
+def _plain_entries(model: Any, dtype: torch.dtype | None) -> list[_Entry]:
+    from remix_rft.engines.distributed import reshard
+
+    reshard(model)  # FSDP2 keeps the root gathered after a forward: publish from the shards
+    entries = []
+    for name, tensor in model.state_dict().items():
+        target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        spec = WeightSpec(name, target, tuple(tensor.shape))
+        entries.append(_Entry(spec, lambda t=tensor, d=target: _gather(t, d)))
+    return entries
+
+
+def _lora_entries(model: Any, dtype: torch.dtype | None) -> list[_Entry]:
+    """base + adapter, merged one LoRA module at a time (engines/lora.py)."""
+    from remix_rft.engines import lora
+
+    base = model.get_base_model()
+    layers = {f"{name}.weight": layer for name, layer in lora.lora_layers(base)}
+    entries = []
+    for key, tensor in base.state_dict().items():
+        if ".lora_" in key:
+            continue
+        name = key.replace(".base_layer.", ".")
+        target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        spec = WeightSpec(name, target, tuple(tensor.shape))
+        if name in layers:
+            fetch = lambda layer=layers[name], d=target: lora.merged_weight(layer).to(d)  # noqa: E731
+        else:
+            fetch = lambda t=tensor, d=target: _gather(t, d)  # noqa: E731
+        entries.append(_Entry(spec, fetch))
+    return entries
+
+
+class WeightStream:
+    """The policy as a plain causal LM, ``(HF name, tensor)`` a bucket at a time.
+
+    ``dtype``: cast floating tensors to it (the engine's dtype; None keeps the model's).
+    ``bucket_mb``: at most this many MB of gathered tensors alive at once (a single
+    larger tensor is its own bucket; 0: one tensor at a time). ``tied_head``: also yield
+    ``lm_head.weight`` for a model that ties it to the embeddings (vLLM keeps its own
+    output layer, and its reload does not re-tie it); a saved HF model leaves it out.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        dtype: torch.dtype | None = None,
+        bucket_mb: float = DEFAULT_BUCKET_MB,
+        tied_head: bool = True,
+    ) -> None:
+        from remix_rft.engines import lora
+
+        if lora.is_lora(model):
+            entries = _lora_entries(model, dtype)
+        else:
+            entries = _plain_entries(model, dtype)
+        names = {e.spec.name for e in entries}
+        tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+        if tied and not tied_head:
+            entries = [e for e in entries if e.spec.name != TIED_HEAD]
+        elif tied_head and TIED_HEAD not in names and EMBEDDINGS in names:
+            embed = next(e for e in entries if e.spec.name == EMBEDDINGS)
+            entries.append(_Entry(WeightSpec(TIED_HEAD, embed.spec.dtype, embed.spec.shape),
+                                  embed.fetch))  # fmt: skip
+        self.entries = entries
+        self.bucket_bytes = int(bucket_mb * 2**20)
+
+    def specs(self) -> list[WeightSpec]:
+        """Names, dtypes and shapes of everything the stream yields, in order (no gather)."""
+        return [e.spec for e in self.entries]
+
+    def buckets(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """Consecutive tensors of at most ``bucket_mb`` together, gathered when reached."""
+        group: list[_Entry] = []
+        size = 0
+        for entry in self.entries:
+            if group and size + entry.spec.nbytes > self.bucket_bytes:
+                yield [(e.spec.name, e.fetch()) for e in group]
+                group, size = [], 0
+            group.append(entry)
+            size += entry.spec.nbytes
+        if group:
+            yield [(e.spec.name, e.fetch()) for e in group]
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for bucket in self.buckets():
+            while bucket:  # hand each tensor over, then let it go
+                yield bucket.pop(0)
+
+
+def stream_weights(
+    model: Any, *, dtype: torch.dtype | str | None = None, bucket_mb: float = DEFAULT_BUCKET_MB
+) -> WeightStream:
+    """A :class:`WeightStream` of ``model``; ``dtype`` may be a config name ("bfloat16")."""
+    return WeightStream(model, dtype=torch_dtype(dtype), bucket_mb=bucket_mb)
+
+
+def torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``"bfloat16"`` → torch.bfloat16; ``"auto"``/None/"" → None (keep the model's)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in ("", "auto"):
+        return None
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
