@@ -392,22 +392,7 @@ def without_autocast(model: Any) -> Iterator[None]:
         model.forward = wrapped
 
 
-# ---- full weights from shards ---------------------------------------------------------------
-def full_state_dict(model: Any, *, every_rank: bool = False) -> dict[str, torch.Tensor]:
-    """Unsharded parameters on the CPU (a collective under FSDP2: every rank must call it).
-
-    By default only rank 0 receives them (what a checkpoint needs); ``every_rank`` gives
-    each rank the full tensors (what a per-rank rollout engine needs).
-    """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    if not is_sharded(model):
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
-    state = get_model_state_dict(model, options=opts)
-    return {k: v.detach().cpu() for k, v in state.items()}
-
-
+# ---- a consolidated HF copy (one process; a sharded run streams it: weight_stream.py) --------
 def save_hf_policy(model: Any, state: dict[str, torch.Tensor], tokenizer: Any, out: Path) -> None:
     """A loadable HF model directory from a full state dict (the FSDP class name must not leak)."""
     from safetensors.torch import save_file

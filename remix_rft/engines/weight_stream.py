@@ -16,8 +16,11 @@ checkpoint is written, still iterates). See docs/scale-out.md, "Weight publicati
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -165,3 +168,68 @@ def torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype in ("", "auto"):
         return None
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+# ---- a consolidated HF copy, streamed to one safetensors file ---------------------------
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def _safetensors_header(specs: list[WeightSpec]) -> bytes:
+    """The file's header: 8-byte little-endian length, then JSON padded to 8 bytes (the
+    layout ``safetensors.torch.save_file`` writes; tensors follow back to back)."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for spec in specs:
+        end = offset + spec.nbytes
+        header[spec.name] = {
+            "dtype": _SAFETENSORS_DTYPES[spec.dtype], "shape": list(spec.shape),
+            "data_offsets": [offset, end],
+        }  # fmt: skip
+        offset = end
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_safetensors(stream: WeightStream, path: Path | None) -> None:
+    """``stream`` into one safetensors file at ``path``, a tensor at a time (never the whole
+    state dict in memory). ``path`` None: only take part in the gathers (the ranks that do
+    not write). A failed write still drains the stream, so that the other ranks' gathers
+    complete, and then raises."""
+    if path is None:
+        for _ in stream:
+            pass
+        return
+    error: OSError | None = None
+    with open(path, "wb") as out:
+        out.write(_safetensors_header(stream.specs()))
+        for _, tensor in stream:
+            if error is None:
+                try:
+                    out.write(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                              .numpy().data)  # fmt: skip
+                except OSError as err:  # e.g. ENOSPC
+                    error = err
+            del tensor
+    if error is not None:
+        raise error
+
+
+def save_hf_policy_streamed(model: Any, tokenizer: Any, out: Path, *, write: bool) -> None:
+    """A loadable HF model directory of ``model`` (FSDP2-sharded: a collective, every rank
+    calls it; only the one with ``write`` writes), the weights streamed a tensor at a time
+    in the model's own dtype; the same files as ``distributed.save_hf_policy`` writes."""
+    stream = WeightStream(model, tied_head=False)
+    if not write:
+        write_safetensors(stream, None)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_safetensors(stream, out / "model.safetensors")
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
