@@ -236,3 +236,172 @@ def test_a_learner_killed_mid_publish_does_not_hang_the_producer(model_dir):
     writer.join()
     assert done, "receive hung on a lock (or a write) its dead learner left behind"
     assert isinstance(error, TransportError) and str(writer.pid) in str(error)
+
+
+# ---- vLLM: the colocated life cycle and the tested API, with a fake vllm module -----------
+class _FakeLLM:
+    """Records what the engine asks of vLLM (vLLM's CPU build has no sleep mode)."""
+
+    calls: list[tuple] = []
+
+    def __init__(self, **kwargs) -> None:
+        from types import SimpleNamespace as NS
+
+        self.calls = _FakeLLM.calls
+        self.llm_engine = NS(
+            model_config=NS(max_model_len=64),
+            vllm_config=NS(scheduler_config=NS(max_num_batched_tokens=64)),
+        )
+
+    def sleep(self, level: int = 1) -> None:
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.calls.append(("wake_up", tuple(tags) if tags else None))
+
+    def collective_rpc(self, method: str, kwargs: dict) -> None:
+        names = [name for name, _ in kwargs["weights_iterator"]]  # consumes the stream
+        self.calls.append((method, len(names)))
+
+    def reset_prefix_cache(self) -> None:
+        self.calls.append(("reset_prefix_cache",))
+
+    def generate(self, prompts, params, use_tqdm=False) -> list:
+        self.calls.append(("generate",))
+        return []
+
+
+class _UntaggedLLM(_FakeLLM):
+    def wake_up(self) -> None:  # an older vLLM: no tags
+        self.calls.append(("wake_up", None))
+
+
+def _fake_vllm(monkeypatch, *, version="0.32.0", llm=_FakeLLM, logprobs_mode=True, iterator=True):
+    import dataclasses
+    import types
+
+    def module(name: str, **attrs) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        monkeypatch.setitem(__import__("sys").modules, name, mod)
+        return mod
+
+    fields = [("logprobs_mode", str, "raw_logprobs")] if logprobs_mode else []
+    engine_args = dataclasses.make_dataclass("EngineArgs", [("model", str, ""), *fields])
+
+    class GPUModelRunner:
+        if iterator:
+            def reload_weights(self, weights_iterator=None, weights_path=None) -> None: ...
+        else:
+            def reload_weights(self) -> None: ...
+
+    module("vllm", __version__=version, LLM=llm, SamplingParams=lambda **kw: kw)
+    module("vllm.engine")
+    module("vllm.engine.arg_utils", EngineArgs=engine_args)
+    module("vllm.v1")
+    module("vllm.v1.worker")
+    module("vllm.v1.worker.gpu_model_runner", GPUModelRunner=GPUModelRunner)
+
+
+def _fake_engine(monkeypatch, model_dir, *, level: int = 2, llm=_FakeLLM):
+    from remix_rft.engines import vllm_engine
+    from remix_rft.engines.rollout import EngineOptions
+
+    _fake_vllm(monkeypatch, llm=llm)
+    _FakeLLM.calls = []
+    monkeypatch.setattr(vllm_engine, "release_cached_memory",
+                        lambda: _FakeLLM.calls.append(("empty_cache",)))  # fmt: skip
+    policy, tokenizer = load_policy(str(model_dir)), load_tokenizer(str(model_dir))
+    options = EngineOptions(model_path=str(model_dir), sleep_level=level)
+    engine = vllm_engine.VLLMEngine(policy=policy, tokenizer=tokenizer, options=options)
+    engine.sleep_enabled = True  # as on CUDA
+    return engine, policy, _FakeLLM.calls
+
+
+def _generate(engine) -> None:
+    from remix_rft.engines.rollout import SamplingSettings
+
+    engine.generate([], SamplingSettings(max_new_tokens=4))
+
+
+def test_vllm_push_wakes_weights_then_kv_cache_and_sleeps_at_level_2(model_dir, monkeypatch):
+    engine, policy, calls = _fake_engine(monkeypatch, model_dir)
+    n = len(WeightStream(policy).specs())
+    engine.sleep()
+    with engine.awake():
+        engine.sync_weights(policy)
+        _generate(engine)
+    assert calls == [
+        ("sleep", 2), ("empty_cache",), ("wake_up", ("weights",)), ("reload_weights", n),
+        ("wake_up", ("kv_cache",)), ("reset_prefix_cache",), ("generate",), ("sleep", 2),
+    ]  # fmt: skip
+    calls.clear()  # level 2 discarded the weights: generating without a push re-pushes
+    with engine.awake():
+        _generate(engine)
+    assert [c[0] for c in calls] == [
+        "empty_cache", "wake_up", "reload_weights", "wake_up", "reset_prefix_cache", "generate",
+        "sleep",
+    ]  # fmt: skip
+
+
+def test_vllm_sleep_level_1_keeps_the_weights_and_untagged_wake_is_the_fallback(
+    model_dir, monkeypatch
+):
+    engine, policy, calls = _fake_engine(monkeypatch, model_dir, level=1)
+    engine.sleep()
+    with engine.awake():
+        _generate(engine)  # level 1: weights kept, nothing to push
+    assert calls == [
+        ("sleep", 1), ("empty_cache",), ("wake_up", ("weights",)), ("wake_up", ("kv_cache",)),
+        ("generate",), ("sleep", 1),
+    ]  # fmt: skip
+    engine, policy, calls = _fake_engine(monkeypatch, model_dir, llm=_UntaggedLLM)
+    engine.sleep()
+    with engine.awake():
+        engine.sync_weights(policy)
+    assert [c[:2] for c in calls][:3] == [("sleep", 2), ("empty_cache",), ("wake_up", None)]
+    assert calls.count(("wake_up", None)) == 1  # weights and KV cache together, once
+
+
+@pytest.mark.parametrize(
+    ("logprobs_mode", "iterator", "missing"),
+    [(False, True, "logprobs_mode"), (True, False, "reload_weights(weights_iterator=...)")],
+)
+def test_a_vllm_without_the_api_stops_with_one_line(monkeypatch, logprobs_mode, iterator, missing):
+    from remix_rft.engines.rollout import EngineError
+    from remix_rft.engines.vllm_engine import TESTED_VLLM, require_vllm
+
+    _fake_vllm(monkeypatch, version="0.9.2", logprobs_mode=logprobs_mode, iterator=iterator)
+    with pytest.raises(EngineError) as err:
+        require_vllm()
+    message = str(err.value)
+    assert "\n" not in message
+    assert "0.9.2" in message and missing in message and TESTED_VLLM in message
+    _fake_vllm(monkeypatch)  # the tested API: no error
+    require_vllm()
+
+
+def test_new_config_keys_are_validated(tiny_config):
+    from remix_rft.trainer.config import ConfigError
+
+    cfg = tiny_config("vllm_sleep_level=1", "weight_sync_bucket_mb=64", "dist_timeout_minutes=5")
+    assert (cfg.vllm_sleep_level, cfg.weight_sync_bucket_mb, cfg.dist_timeout_minutes) == (1, 64, 5)
+    for bad in ("vllm_sleep_level=3", "weight_sync_bucket_mb=-1", "dist_timeout_minutes=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            tiny_config(bad)
+
+
+def test_dist_timeout_reaches_init_process_group(monkeypatch):
+    from datetime import timedelta
+
+    from remix_rft.engines import distributed
+
+    seen = {}
+    monkeypatch.setattr(distributed, "_ENV", None)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, **kw: seen.update(backend=backend, **kw))  # fmt: skip
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "gloo")
+    distributed.setup("cpu", timeout_minutes=7)
+    assert seen == {"backend": "gloo", "timeout": timedelta(minutes=7)}

@@ -55,12 +55,37 @@ class _Entry:
 
 def _gather(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The full tensor in ``dtype``: a DTensor is cast on its shard, then all-gathered."""
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor, Shard
 
     tensor = tensor.detach()
-    if isinstance(tensor, DTensor):
-        return tensor.to(dtype).full_tensor()
-    return tensor.to(dtype)
+    if not isinstance(tensor, DTensor):
+        return tensor.to(dtype)
+    if tensor.device_mesh.ndim == 1 and tuple(tensor.placements) == (Shard(0),):
+        return _gather_rows(tensor.to_local().to(dtype), tuple(tensor.shape), tensor.device_mesh)
+    return tensor.to(dtype).full_tensor()
+
+
+def _gather_rows(local: torch.Tensor, shape: tuple[int, ...], mesh: Any) -> torch.Tensor:
+    """FSDP2's dim-0 shards (``torch.chunk`` sizes) gathered straight into one buffer.
+
+    ``full_tensor()`` on gloo gathers into a list of chunks, concatenates them and, for
+    uneven shards, pads and copies again: ~3 copies of the tensor at once. Here every rank
+    pads its rows to the chunk size and the collective writes into views of the output:
+    the full tensor plus one padded shard."""
+    import torch.distributed as dist
+
+    group = mesh.get_group()
+    world = dist.get_world_size(group)
+    rows = -(-shape[0] // world) if shape else 0
+    if local.shape[0] != rows:
+        pad = local.new_zeros((rows - local.shape[0], *shape[1:]))
+        local = torch.cat([local, pad])
+    out = local.new_empty((rows * world, *shape[1:]))
+    if dist.get_backend(group) == "nccl":
+        dist.all_gather_into_tensor(out, local.contiguous(), group=group)
+    else:
+        dist.all_gather(list(out.chunk(world)), local.contiguous(), group=group)
+    return out[: shape[0]]
 
 
 def _plain_entries(model: Any, dtype: torch.dtype | None) -> list[_Entry]:
