@@ -132,6 +132,26 @@ def test_trainer_step_pushes_weights_and_greedy_equals_hf(tmp_path):
     assert vllm_texts == hf.generate(prompts, greedy).texts
 
 
+def test_a_streamed_push_in_small_buckets_reaches_vllm(tiny):
+    """The push is a stream (one tensor per bucket here): changed weights, then vLLM == HF."""
+    policy, tokenizer, prompts, _ = tiny
+    moved = load_policy("embedded")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    engine = build_engine("vllm", policy=moved, tokenizer=tokenizer,
+                          options=engine_options(weight_sync_bucket_mb=0))  # fmt: skip
+    greedy = SamplingSettings(max_new_tokens=32, temperature=0.0, logprobs=False)
+    before = engine.generate(prompts[:8], greedy).texts  # the checkpoint's weights
+    engine.sync_weights(moved)
+    hf = build_engine("hf", policy=moved, tokenizer=tokenizer, options=engine_options())
+    after = engine.generate(prompts[:8], greedy).texts
+    assert after == hf.generate(prompts[:8], greedy).texts
+    assert after != before
+    engine.close()
+
+
 def test_train_cli_with_vllm_and_engine_behaviour_logprobs(tmp_path):
     """`remix train` end to end: ReMix-GRPO, μ from the engine, sampled evaluation, reincarnation."""
     run = tmp_path / "run"

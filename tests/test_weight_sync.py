@@ -106,10 +106,19 @@ def _fsdp_worker(rank: int, port: int, model: str, out: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
         LOCAL_RANK=str(rank), OMP_NUM_THREADS="1",
     )  # fmt: skip
-    from remix_rft.engines import distributed
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
 
+    from remix_rft.engines import distributed, weight_stream
+
+    weight_stream.GATHER_BLOCK_BYTES = 64  # many blocks per tensor
     env = distributed.setup("cpu")
     try:
+        mesh = init_device_mesh("cpu", (2,))
+        for rows in (7, 1):  # uneven shards; a rank with none
+            full = torch.arange(rows * 3, dtype=torch.float32).view(rows, 3)
+            gathered = weight_stream._gather(distribute_tensor(full, mesh, [Shard(0)]), torch.bfloat16)
+            assert torch.equal(gathered, full.bfloat16()), rows
         sharded = distributed.shard_model(load_policy(model), env)
         streamed = {n: t.clone() for n, t in WeightStream(sharded, dtype=torch.bfloat16,
                                                           bucket_mb=0.05)}  # fmt: skip

@@ -61,30 +61,41 @@ def _gather(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if not isinstance(tensor, DTensor):
         return tensor.to(dtype)
     if tensor.device_mesh.ndim == 1 and tuple(tensor.placements) == (Shard(0),):
-        return _gather_rows(tensor.to_local().to(dtype), tuple(tensor.shape), tensor.device_mesh)
+        return _gather_rows(tensor.to_local(), dtype, tuple(tensor.shape), tensor.device_mesh)
     return tensor.to(dtype).full_tensor()
 
 
-def _gather_rows(local: torch.Tensor, shape: tuple[int, ...], mesh: Any) -> torch.Tensor:
-    """FSDP2's dim-0 shards (``torch.chunk`` sizes) gathered straight into one buffer.
+GATHER_BLOCK_BYTES = 32 * 2**20  # per rank and collective: transient memory of a gather
 
-    ``full_tensor()`` on gloo gathers into a list of chunks, concatenates them and, for
-    uneven shards, pads and copies again: ~3 copies of the tensor at once. Here every rank
-    pads its rows to the chunk size and the collective writes into views of the output:
-    the full tensor plus one padded shard."""
+
+def _gather_rows(shard: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...], mesh: Any
+                 ) -> torch.Tensor:  # fmt: skip
+    """FSDP2's dim-0 shards (``torch.chunk`` sizes) gathered into one ``dtype`` tensor.
+
+    ``full_tensor()`` casts the whole shard, then gloo gathers through an internal buffer
+    and, for uneven shards, pads and copies again: ~2.5 × the tensor at once (649 MiB for
+    the 0.5B model's 260 MiB bf16 embeddings). Here the rows go a block of ≤ 32 MiB per rank
+    at a time — cast, gathered, copied into place — so a gather costs the full tensor plus
+    a few blocks."""
     import torch.distributed as dist
 
     group = mesh.get_group()
     world = dist.get_world_size(group)
-    rows = -(-shape[0] // world) if shape else 0
-    if local.shape[0] != rows:
-        pad = local.new_zeros((rows - local.shape[0], *shape[1:]))
-        local = torch.cat([local, pad])
-    out = local.new_empty((rows * world, *shape[1:]))
-    if dist.get_backend(group) == "nccl":
-        dist.all_gather_into_tensor(out, local.contiguous(), group=group)
-    else:
-        dist.all_gather(list(out.chunk(world)), local.contiguous(), group=group)
+    rows = -(-shape[0] // world)  # torch.chunk's size: every rank's padded row count
+    width = max(1, int(torch.Size(shape[1:]).numel()))
+    item = torch.empty((), dtype=dtype).element_size()
+    block = max(1, min(rows, GATHER_BLOCK_BYTES // (width * item)))
+    out = shard.new_empty((rows * world, *shape[1:]), dtype=dtype)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    for begin in range(0, rows, block):
+        end = min(begin + block, rows)
+        part = shard.new_zeros((end - begin, *shape[1:]), dtype=dtype)
+        have = shard[begin:end]  # fewer (or no) rows at the end of an uneven shard
+        part[: have.shape[0]].copy_(have)
+        gathered = part.new_empty((world * (end - begin), *shape[1:]))
+        gather(gathered, part, group=group)
+        for r, piece in enumerate(gathered.chunk(world)):
+            out[r * rows + begin : r * rows + end].copy_(piece)
     return out[: shape[0]]
 
 
