@@ -88,6 +88,7 @@ def rank_samples(rank: int) -> list[Sample]:
 
 def run_update(cfg, run_dir: Path, ranks: list[int]) -> dict:
     """Trainer.precompute + Trainer.update on the rows of ``ranks``; full params and grads."""
+    from remix_rft.trainer import update
     from remix_rft.trainer.loop import Trainer
 
     trainer = Trainer(cfg, run_dir)
@@ -96,7 +97,12 @@ def run_update(cfg, run_dir: Path, ranks: list[int]) -> dict:
     old = [s for rows in per_rank for s in rows if s.version == 0]
     batch = collate(fresh + old, trainer.pad_id)
     pre = trainer.precompute(batch, step=1)
-    stats = trainer.dist.merge_stats(trainer.update(batch, pre, step=1))
+    # the update frees its gradients after the step; these tests compare them
+    free, update.free_gradients = update.free_gradients, lambda optimizer: None
+    try:
+        stats = trainer.dist.merge_stats(trainer.update(batch, pre, step=1))
+    finally:
+        update.free_gradients = free
     out: dict = {"stats": stats.means(), "params": {}, "grads": {}}
     models = {"policy": trainer.policy}
     if trainer.state.critic is not None:
@@ -128,12 +134,8 @@ def _worker(rank: int, port: int, model: str, out_dir: str) -> None:
 
 
 def test_two_ranks_make_the_one_rank_update(model_dir, tmp_path, monkeypatch):
-    from remix_rft.trainer import update
-
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    # the update frees its gradients after the step; this test compares them (forked ranks too)
-    monkeypatch.setattr(update, "free_gradients", lambda optimizer: None)
     # fork: the children inherit the imported modules (spawn re-imports transformers, ~15 s)
     mp.start_processes(
         _worker,
@@ -242,10 +244,7 @@ def test_single_process_default_needs_no_process_group(model_dir, tmp_path, monk
     assert env.sum(3.5) == 3.5 and env.shard([1, 2, 3]) == [1, 2, 3]
 
 
-def test_gradient_checkpointing_gives_the_same_update(model_dir, tmp_path, monkeypatch):
-    from remix_rft.trainer import update
-
-    monkeypatch.setattr(update, "free_gradients", lambda optimizer: None)  # grads are compared
+def test_gradient_checkpointing_gives_the_same_update(model_dir, tmp_path):
     base = case_config(model_dir, tmp_path / "a", "remix-grpo")
     ckpt = case_config(model_dir, tmp_path / "b", "remix-grpo")
     ckpt.gradient_checkpointing = True
