@@ -281,28 +281,8 @@ def shard_model(model: nn.Module, env: DistEnv, *, dtype: str = "float32") -> nn
             m.set_gradient_divide_factor(1.0)
             if dist.get_backend() == "gloo":  # gloo has no PREMUL_SUM: plain SUM reductions
                 m.set_force_sum_reduction_for_comms(True)
-    if on_meta:  # only this rank's shards are allocated (filled by load_from_rank0)
+    if on_meta:  # only this rank's shards are allocated (factory.load_from_rank0 fills them)
         model.to_empty(device=env.device)
-    return model
-
-
-def load_from_rank0(model: nn.Module, full: nn.Module | None, env: DistEnv) -> nn.Module:
-    """Fill a sharded (meta-built) ``model`` from rank 0's ``full`` copy (None elsewhere).
-
-    ``set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True)`` sends each
-    tensor from rank 0 and keeps each rank's shard (as torchtitan loads); buffers outside
-    the state dict (rotary ``inv_freq``) are broadcast from rank 0's model too."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    state = full.state_dict() if full is not None else {}
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_model_state_dict(model, state, options=options)
-    source = dict(full.named_buffers()) if full is not None else {}
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if env.is_main:
-                buffer.copy_(source[name])
-            dist.broadcast(buffer, src=0)
     return model
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+import torch.distributed as dist
+from torch import nn
+
 from remix_rft.engines import lora
 from remix_rft.engines.distributed import (
     DistEnv,
     autocast_bf16,
     enable_gradient_checkpointing,
-    load_from_rank0,
     shard_model,
 )
 from remix_rft.engines.policy import (
@@ -101,3 +104,23 @@ def build_critic(cfg: Any, env: DistEnv) -> Any:
         if cfg.dtype == "bfloat16":
             autocast_bf16(critic, env.device)
     return critic
+
+
+def load_from_rank0(model: nn.Module, full: nn.Module | None, env: DistEnv) -> nn.Module:
+    """Fill a sharded (meta-built) ``model`` from rank 0's ``full`` copy (None elsewhere).
+
+    ``set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True)`` sends each
+    tensor from rank 0 and keeps each rank's shard (as torchtitan loads); buffers outside
+    the state dict (rotary ``inv_freq``) are broadcast from rank 0's model too."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state = full.state_dict() if full is not None else {}
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, state, options=options)
+    source = dict(full.named_buffers()) if full is not None else {}
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if env.is_main:
+                buffer.copy_(source[name])
+            dist.broadcast(buffer, src=0)
+    return model

@@ -42,7 +42,7 @@ def load_policy(model: str, *, dtype: str = "float32", gradient_checkpointing: b
 
 def empty_policy(model: str, *, dtype: str = "float32") -> Any:
     """The policy's architecture on the meta device (no memory): a sharded run's ranks build
-    this and receive their shards from rank 0 (``distributed.load_from_rank0``)."""
+    this and receive their shards from rank 0 (``factory.load_from_rank0``)."""
     from transformers import AutoConfig, GenerationConfig
 
     path = resolve_model_path(model)
