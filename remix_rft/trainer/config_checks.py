@@ -360,6 +360,27 @@ def _engine_names() -> tuple[str, ...]:
     return engine_names()
 
 
+def _validate_reward_funcs(task: TaskConfig) -> None:
+    """``task.reward_funcs`` (TRL's protocol): specs that parse, files that exist, one
+    weight each (or none), and not together with ``reward_fn``; answer_key "" needs them."""
+    check(not (task.reward_fn and task.reward_funcs), "task.reward_funcs",
+          "empty when task.reward_fn is set (one or the other)", task.reward_funcs)  # fmt: skip
+    for spec in task.reward_funcs:
+        try:
+            target, _ = parse_reward_spec(spec)
+        except RewardError as err:
+            raise ConfigError(f"config key 'task.reward_funcs': {err}") from None
+        if is_file_spec(target):
+            check(Path(target).expanduser().is_file(), "task.reward_funcs", "existing files",
+                  target)  # fmt: skip
+    check(not task.reward_weights or len(task.reward_weights) == len(task.reward_funcs),
+          "task.reward_weights", f"{len(task.reward_funcs)} weights (one per reward_funcs "
+          "entry) or none", task.reward_weights)  # fmt: skip
+    check(bool(task.answer_key) or bool(task.reward_funcs or task.reward_fn), "task.answer_key",
+          "a column name (rows without answers need task.reward_funcs or reward_fn)",
+          task.answer_key)  # fmt: skip
+
+
 def _validate_task(task: TaskConfig) -> None:
     if task.name in ("math", "custom"):
         check(
@@ -379,11 +400,12 @@ def _validate_task(task: TaskConfig) -> None:
         )
     if task.name == "custom":
         check(
-            bool(task.reward_fn),
+            bool(task.reward_fn or task.reward_funcs),
             "task.reward_fn",
             "path/to/file.py:function or module:function for task.name=custom",
             task.reward_fn,
         )
+    _validate_reward_funcs(task)
     if task.reward_fn:
         try:
             target, _ = parse_reward_spec(task.reward_fn)

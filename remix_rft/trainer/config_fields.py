@@ -76,6 +76,12 @@ class TaskConfig:
     # min(4, CPUs)); 0 grades in the trainer process (debugging)
     reward_workers: int = -1
     reward_timeout_s: float = 5.0  # per response; past it the response scores 0
+    # TRL-protocol reward functions (issue #35), fn(prompts, completions, completion_ids,
+    # **columns) -> list[float | None], as module:function or file.py:function; their weighted
+    # sum (None: skipped) is the reward. Instead of reward_fn. answer_key "" then passes every
+    # other column of a row to them unchanged (a dataset without answers).
+    reward_funcs: list[str] = field(default_factory=list)
+    reward_weights: list[float] = field(default_factory=list)  # empty: 1.0 each
 
 
 @dataclass
@@ -417,6 +423,20 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    # TRL's GRPOConfig and back (issue #35), by the README's key table: config_trl.py
+    @classmethod
+    def from_trl(cls, trl_config: Any, base: TrainConfig | None = None) -> TrainConfig:
+        """This config from a TRL ``GRPOConfig`` (unmapped keys named in one warning)."""
+        from remix_rft.trainer.config_trl import from_trl
+
+        return from_trl(trl_config, base)
+
+    def to_trl(self) -> Any:
+        """A TRL ``GRPOConfig`` with the keys that have a counterpart (needs TRL)."""
+        from remix_rft.trainer.config_trl import to_trl
+
+        return to_trl(self)
 
 
 @dataclass(frozen=True)

@@ -64,12 +64,14 @@ from remix_rft.trainer.update_stats import StepStats
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[dict[str, Any]], None]
+SaveCallback = Callable[[int, Path], None]  # (step, checkpoint directory)
 __all__ = ["NonFiniteTrainingError", "Trainer", "prepare_run_dir", "resume", "train"]
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
+        self.on_save: SaveCallback | None = None  # the Python API's hook (remix_rft/api.py)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -85,7 +87,7 @@ class Trainer:
             raise
 
     def build(self, cfg: TrainConfig, run_dir: Path) -> None:
-        self.task: Task = build_task(cfg.task)
+        self.task: Task = build_task(cfg.task, cfg.model)
         self.train_problems = list(self.task.train_problems())
         self.eval_problems = list(self.task.eval_problems())[: cfg.eval_problems]
         self.tokenizer = load_tokenizer(cfg.model)
@@ -278,10 +280,12 @@ class Trainer:
         """Checkpoint ``step``; ``score``: its eval accuracy (None: not evaluated), by which
         ``keep_best_checkpoint`` keeps the best checkpoint besides the last ``keep_checkpoints``."""
         sampler = self.source().sampler_state()
-        saved_state.save(
+        path = saved_state.save(
             self.state, self.run_dir, step, self.dist, keep=self.cfg.keep_checkpoints,
             sampler=sampler, keep_best=self.cfg.keep_best_checkpoint, score=score,
         )  # fmt: skip
+        if self.on_save is not None:
+            self.on_save(step, path)
 
     def load(self, checkpoint: Path) -> None:
         saved_state.load(self.state, checkpoint, self.dist, self.cfg.dtype)
@@ -374,13 +378,17 @@ class Trainer:
 
 
 # ---- entry points ----------------------------------------------------------------
-def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
-    """Start a new run in ``cfg.out_dir`` and train it to ``cfg.steps``."""
+def train(
+    cfg: TrainConfig, on_step: StepCallback | None = None, on_save: SaveCallback | None = None
+) -> dict[str, Any]:
+    """Start a new run in ``cfg.out_dir`` and train it to ``cfg.steps``; ``on_step`` gets each
+    metrics row, ``on_save`` each checkpoint written."""
     resolve_model_path(cfg.model)  # a missing model fails before the run directory exists
     env = distributed.setup(cfg.device, timeout_minutes=cfg.dist_timeout_minutes)
     ranks.check_config(cfg, env.world_size)
     run_dir = env.on_main(lambda: prepare_run_dir(cfg))  # rank 0 writes; errors reach all ranks
     with open_trainer(cfg, run_dir) as trainer:
+        trainer.on_save = on_save
         return trainer.run(on_step)
 
 
@@ -397,7 +405,12 @@ def open_trainer(cfg: TrainConfig, run_dir: Path) -> Iterator[Trainer]:
             trainer.close()
 
 
-def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
+def resume(
+    run_dir: Path,
+    cfg: TrainConfig,
+    on_step: StepCallback | None = None,
+    on_save: SaveCallback | None = None,
+) -> dict[str, Any]:
     """Continue a run from its newest checkpoint that verifies (or from the start if it has
     none); a newer one that is incomplete or corrupt is skipped, saying so on stderr."""
     env = distributed.setup(cfg.device, timeout_minutes=cfg.dist_timeout_minutes)
@@ -410,6 +423,7 @@ def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None)
     if checkpoint is not None:  # another world size is refused before any model is loaded
         saved_state.check_resume(checkpoint, env.world_size, env.enabled)
     with open_trainer(cfg, run_dir) as trainer:
+        trainer.on_save = on_save
         if checkpoint is not None:
             trainer.load(checkpoint)
             if trainer.state.reincarnated:  # the post-reincarnation lr, older checkpoints too

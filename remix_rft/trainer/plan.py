@@ -26,7 +26,7 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
             f"tokenizer NOT CHECKED: not available on this machine ({type(err).__name__})"
         )
     check_out_dir(cfg.resolved_out_dir())
-    task = build_task(cfg.task)
+    task = build_task(cfg.task, cfg.model)
     n_train, n_eval = len(task.train_problems()), len(task.eval_problems())
     fresh = cfg.fresh_batch_size()
     off = cfg.offpolicy_batch_size()
