@@ -294,10 +294,13 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     return _best(list_checkpoints(checkpoint_root(run_dir)))
 
 
-def prune_checkpoints(root: Path, keep: int, *, keep_best: bool = False) -> list[Path]:
+def prune_checkpoints(
+    root: Path, keep: int, *, keep_best: bool = False, protect: Path | None = None
+) -> list[Path]:
     """Delete all but the newest ``keep`` checkpoints (and, with ``keep_best``, the best-scoring
-    one) and leftovers of interrupted writes; returns what was deleted. Call it only after a new
-    checkpoint is published (:func:`commit_checkpoint` does)."""
+    one, and ``protect``) and leftovers of interrupted writes; returns what was deleted. Call it
+    after a new checkpoint is published (:func:`commit_checkpoint` does), or on resume with the
+    checkpoint resumed from as ``protect`` (the run directory locked: no write in progress)."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1 (the checkpoint just written), got {keep}")
     for stale in [*root.glob(f"step_*{TMP_SUFFIX}"), *root.glob(f"step_*{OLD_SUFFIX}")]:
@@ -307,6 +310,8 @@ def prune_checkpoints(root: Path, keep: int, *, keep_best: bool = False) -> list
     best = _best(done) if keep_best else None
     if best is not None:
         kept.add(best)
+    if protect is not None:
+        kept.add(protect)
     removed = [d for d in done if d not in kept]
     for directory in removed:
         shutil.rmtree(directory, ignore_errors=True)

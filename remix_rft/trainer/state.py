@@ -70,6 +70,9 @@ class TrainerState:
     counters: Counters
     tokenizer: Any
     lora: bool = False
+    # async: the producer's torch RNG after the last rollout used (§1.6); None: sync runs,
+    # where the learner's own RNG (``torch_rng``) is the one that samples
+    producer_rng: torch.Tensor | None = None
 
     @property
     def reincarnated(self) -> bool:
@@ -77,18 +80,22 @@ class TrainerState:
 
     def streams(self, sampler_state: dict[str, Any]) -> dict[str, Any]:
         """Buffer, prompt order and RNG state (per rank under torchrun)."""
-        return {
+        streams = {
             "buffer": self.buffer.state_dict(),
             "sampler": sampler_state,
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle_rng.get_state(),
         }
+        if self.producer_rng is not None:
+            streams["producer_rng"] = self.producer_rng
+        return streams
 
     def load_streams(self, saved: dict[str, Any]) -> None:
         self.buffer.load_state_dict(saved["buffer"])
         self.sampler.load_state_dict(saved["sampler"])
         torch.set_rng_state(saved["torch_rng"])
         self.shuffle_rng.set_state(saved["shuffle_rng"])
+        self.producer_rng = saved.get("producer_rng")  # older checkpoints: the learner's
 
 
 # ---- one process -----------------------------------------------------------------
