@@ -27,6 +27,7 @@ import errno as errno_mod
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -358,4 +359,19 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint / STATE_FILE, weights_only=True)
+    return load_torch_file(checkpoint / STATE_FILE)
+
+
+def load_torch_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a file that is not a trainer state (a foreign
+    pickle, another format) is a ValueError naming it. torch's own message would suggest
+    ``weights_only=False``, i.e. running the file's code, which remix never does (#36.12)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        found = re.search(r"Unsupported (?:global: GLOBAL \S+|operand \S+)", str(err))
+        what = found.group(0) if found else str(err).splitlines()[0][:200]
+        raise ValueError(
+            f"{path} is not a remix-rft trainer state ({what}); checkpoints hold only tensors "
+            "and plain data, and remix loads nothing else from them"
+        ) from None

@@ -3,9 +3,10 @@
 Tensors cross the asynchronous producer's queues by descriptor passing, for which
 ``multiprocessing`` makes a ``pymp-XXXX`` folder in TMPDIR (its sockets) and removes it at a
 clean exit only: every killed run left one behind (issue #36.5). Here each process's folder
-is ``remix-mp-<pid>@<host>-XXXX`` instead, removed at a clean exit as before; a killed one is
-removed by the next remix process on the same host that finds its pid gone
-(docs/design.md §1.6).
+is ``rmx-<pid>.<host>`` instead (``<host>``: 4 hex digits of the host name; the name is as
+short as multiprocessing's own, since socket paths inside it must stay under 108 bytes),
+removed at a clean exit as before; a killed one is removed by the next remix process on the
+same host that finds its pid gone (docs/design.md §1.6).
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ import os
 import shutil
 import socket
 import tempfile
+import zlib
 from multiprocessing import process, util
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-PREFIX = "remix-mp-"
+PREFIX = "rmx-"
 
 
 def _host() -> str:
-    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
+    return f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFF:04x}"
 
 
 def _alive(pid: int) -> bool:
@@ -40,9 +42,8 @@ def _alive(pid: int) -> bool:
 
 def _owner_pid(folder: Path, host: str) -> int | None:
     """The pid a folder of ours was made by; None for anything else (another host's too)."""
-    rest = folder.name[len(PREFIX) :]
-    pid, at, tail = rest.partition("@")
-    if not at or not pid.isdigit() or not tail.startswith(host + "-"):
+    pid, dot, tail = folder.name[len(PREFIX) :].partition(".")
+    if not dot or not pid.isdigit() or tail != host:
         return None
     return int(pid)
 
@@ -71,7 +72,8 @@ def use_private_tempdir() -> Path:
         return Path(current)
     base = Path(tempfile.gettempdir())
     sweep_stale(base)
-    folder = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}@{_host()}-", dir=base)
+    folder = str(base / f"{PREFIX}{os.getpid()}.{_host()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)  # exists: a dead process's of our pid
     config["tempdir"] = folder
     # as multiprocessing does for its own folder: removed when this process exits cleanly
     util.Finalize(None, shutil.rmtree, args=(folder, True), exitpriority=-100)

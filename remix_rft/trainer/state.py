@@ -355,5 +355,5 @@ def _load_sharded(state: TrainerState, checkpoint: Path, env: DistEnv) -> None:
         set_model_state_dict(state.critic, app["critic"])
         set_optimizer_state_dict(state.critic, state.critic_optimizer, app["critic_optimizer"])
     state.scheduler.load_state_dict(shared["scheduler"])
-    mine = torch.load(checkpoint / RANK_STATE.format(rank=env.rank), weights_only=True)
+    mine = ckpt.load_torch_file(checkpoint / RANK_STATE.format(rank=env.rank))
     state.load_streams(mine)

@@ -1,0 +1,248 @@
+"""Issue #36: the asynchronous producer under signals and deaths, one writer per run,
+resumes that keep their promise. One regression test (at least) per numbered defect; the
+name of each says which (``_d3_`` = defect 3). Defect 1 (transport locks) is elsewhere.
+
+End-to-end runs start ``remix train`` in its own session, so that a signal can go to its
+whole process group (as Slurm, Kubernetes and a terminal send it) and so that the test can
+check that no process of the group is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from remix_rft import cli
+from remix_rft.trainer import checkpoint as ckpt
+from remix_rft.trainer.loop import resume, train
+from remix_rft.trainer.preemption import PREEMPTED_EXIT_CODE, PreemptionHandler
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "tiny-grpo.yaml")
+
+
+# ---- helpers ---------------------------------------------------------------------------
+def untimed_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def assert_group_gone(pgid: int, timeout: float = 30.0) -> None:
+    """The process tree of a finished run is empty: nothing of its group is alive."""
+    deadline = time.monotonic() + timeout
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = group_members(pgid)
+    for pid in left:  # do not leak them into the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture
+def short_tmpdir():
+    """A TMPDIR of a short path: socket paths inside it must stay under 108 bytes."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="fa", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start_run(args: list[str], tmpdir: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmpdir)}
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+
+
+def train_args(run_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable, "-m", "remix_rft", "train", CONFIG, "prompts_per_step=4", "group_size=4",
+        "minibatch_size=16", "eval_every=3", "eval_problems=16", "threads=1", "save_every=10",
+        "rollout_mode=async", "max_staleness=1", f"out_dir={run_dir}", *overrides,
+    ]  # fmt: skip
+
+
+def resume_args(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "remix_rft", "train", "--resume", str(run_dir), *extra]
+
+
+def wait_for_rows(run_dir: Path, proc: subprocess.Popen, rows: int, timeout: float = 240) -> None:
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+        if metrics.is_file() and metrics.read_text().count("\n") >= rows:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{metrics} did not reach {rows} rows in {timeout} s")
+
+
+def producer_pid(proc: subprocess.Popen) -> int:
+    """The learner's producer child (its only python child with a spawn command line)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == proc.pid and b"multiprocessing.spawn" in cmdline:
+            return int(stat.parent.name)
+    raise AssertionError("no producer process found")
+
+
+# ---- defect 3 (+5, +8): a signal to the whole group is a preemption ------------------------
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_d3_d8_group_signal_during_an_async_run_exits_75_and_resume_finishes(
+    tmp_path, short_tmpdir, sig
+):
+    """SIGTERM (Slurm, Kubernetes) or SIGINT (Ctrl-C in a terminal) to the process group of an
+    async run: the producer ignores it and serves the step in progress, the learner saves it
+    and exits 75, the resume finishes; no process and no pymp-* folder is left behind (d5)."""
+    run_dir, tmpdir = tmp_path / "run", short_tmpdir
+    proc = start_run(train_args(run_dir, "steps=6"), tmpdir)
+    wait_for_rows(run_dir, proc, 3)  # base eval + 2 iterations: the producer is serving
+    os.killpg(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]
+    stopped = untimed_rows(run_dir)[-1]["step"]
+    assert 2 <= stopped < 6
+    latest = ckpt.resolve_resume_checkpoint(run_dir).path
+    assert latest is not None and ckpt.checkpoint_step(latest) == stopped
+    assert "ProducerError" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert not list(ckpt.checkpoint_root(run_dir).glob("*.tmp"))
+    assert_group_gone(proc.pid)
+
+    again = start_run(resume_args(run_dir), tmpdir)
+    _, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr[-3000:]
+    rows = untimed_rows(run_dir)
+    assert [r["step"] for r in rows] == list(range(7))
+    assert [r["rollouts"] for r in rows[1:]] == [16 * k for k in range(1, 7)]
+    assert_group_gone(again.pid)
+    assert not [p.name for p in tmpdir.iterdir() if p.name.startswith(("pymp-", "rmx-"))]
+
+
+# ---- defect 4: an async resume reproduces the uninterrupted async run ---------------------
+def test_d4_async_eta0_stopped_by_sigterm_and_resumed_equals_the_uninterrupted_run(tiny_config):
+    """The producer's random state travels with each result and is what the checkpoint
+    stores: at η = 0 the resumed run samples exactly what the uninterrupted one sampled."""
+    settings = ("rollout_mode=async", "max_staleness=0", "save_every=10", "eval_every=10")
+    straight = tiny_config(*settings, "steps=5", out="straight")
+    train(straight)
+
+    cut = tiny_config(*settings, "steps=5", out="cut")
+
+    def preempt_at_2(row: dict) -> None:
+        if row["step"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler: stop after this step
+
+    summary = train(cut, on_step=preempt_at_2)
+    assert summary.get("preempted") and summary["steps"] == 2
+    resume(cut.resolved_out_dir(), cut)
+    expected = untimed_rows(straight.resolved_out_dir())
+    assert [r["step"] for r in expected] == list(range(6))
+    assert untimed_rows(cut.resolved_out_dir()) == expected
+
+
+# ---- defect 8: Ctrl-C ------------------------------------------------------------------------
+def test_d8_sigint_is_a_preemption_a_second_is_recorded_a_third_aborts():
+    with PreemptionHandler(["SIGTERM"]) as handler:
+        signal.raise_signal(signal.SIGINT)  # the first: a preemption request
+        assert handler.requested and handler.signal_name == "SIGINT"
+        signal.raise_signal(signal.SIGINT)  # the second, during the save: recorded only
+        assert handler.received == ["SIGINT", "SIGINT"]
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # the third: abort
+
+
+def test_d8_a_third_ctrl_c_during_the_save_leaves_no_tmp_and_exits_130(tiny_config, monkeypatch,
+                                                                        capsys):  # fmt: skip
+    from remix_rft.trainer import checkpoint
+
+    real = checkpoint.save_state
+
+    def impatient_save(state, path):
+        for _ in range(3):  # the step's save: Ctrl-C, Ctrl-C, Ctrl-C
+            signal.raise_signal(signal.SIGINT)
+        real(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_state", impatient_save)
+    cfg = tiny_config("steps=2")
+    code = cli.main(["train", CONFIG, *_tiny_overrides(cfg)])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+    root = ckpt.checkpoint_root(cfg.resolved_out_dir())
+    assert not list(root.glob("*.tmp")) and not ckpt.list_checkpoints(root)
+
+
+def _tiny_overrides(cfg) -> list[str]:
+    return [
+        f"out_dir={cfg.out_dir}", f"steps={cfg.steps}", "prompts_per_step=4", "group_size=4",
+        "minibatch_size=16", "max_new_tokens=40", "eval_problems=16", "eval_batch_size=16",
+        "eval_every=2", "save_every=1", "threads=1",
+    ]  # fmt: skip
+
+
+# ---- defect 2: a producer death is one line ----------------------------------------------------
+def _put_then_die(results) -> None:
+    results.put(("rollout", 0, {"logprobs": torch.zeros(8)}))
+    time.sleep(1.0)  # the queue's feeder thread has sent it
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_d2_a_producer_dying_with_a_result_in_the_queue_is_a_producer_error():
+    """The result's tensor crosses by descriptor passing, which needs its sender: reading it
+    after the sender died raised ConnectionRefusedError, not ProducerError."""
+    import multiprocessing as mp
+
+    from remix_rft.trainer.rollouts import AsyncRollouts, ProducerError
+
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=_put_then_die, args=(results,), name="remix-producer-rank0")
+    process.start()
+    process.join(timeout=60)
+    assert process.exitcode == -signal.SIGKILL
+    source = object.__new__(AsyncRollouts)
+    source.results, source.process, source.epoch = results, process, 0
+    with pytest.raises(ProducerError, match=r"remix-producer-rank0 \(pid \d+\) died .*-9"):
+        source.receive(1)
+
+
+def test_d2_a_producer_error_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    from remix_rft.trainer import loop
+    from remix_rft.trainer.rollouts import ProducerError
+
+    def dies(cfg, on_step=None):
+        raise ProducerError("rollout producer remix-producer-rank0 (pid 1) died with exit code -9")
+
+    monkeypatch.setattr(loop, "train", dies)
+    code = cli.main(["train", CONFIG, f"out_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip() and not line.startswith("tiny-grpo:")] == [
+        "remix train: error: rollout producer remix-producer-rank0 (pid 1) died with exit code -9"
+    ]
