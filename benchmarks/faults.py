@@ -225,15 +225,8 @@ def inject(
         out.survived = rc == -signal.SIGKILL
         out.notes.append(f"killed after step {last}")
     elif rc == PREEMPTED_EXIT_CODE:
-        # The step it stopped at, as its resume line says: the step just trained, or during
-        # startup the checkpoint it had loaded (a newer one may be damaged, `latest` too).
-        said = re.search(r"preempted at step (\d+): resume with", log.read_text())
-        at = int(said.group(1)) if said else None
         choice = ckpt.resolve_resume_checkpoint(run_dir).path
-        startup = resumed_from is not None and at == ckpt.checkpoint_step(resumed_from)
-        out.survived = (
-            at is not None and (at == last or startup) and ckpt.checkpoint_step(choice) == at
-        )
+        out.survived, at = judge_exit75(log.read_text(), resumed_from, choice, last)
         out.notes.append(f"exit 75 at step {at} in {took:.1f} s")
         out.notes.append("exit75")
     elif rc == -signal.SIGTERM:  # before the loop installed its handler: nothing to lose
@@ -242,6 +235,21 @@ def inject(
     else:
         out.notes.append(f"unexpected exit {rc} (last step {last}): see {log}")
     return verify_resumable(out, run_dir)
+
+
+def judge_exit75(
+    stderr: str, resumed_from: Path | None, choice: Path | None, last: int | None
+) -> tuple[bool, int | None]:
+    """Whether an exit 75 kept its promise, and the step it says it stopped at: the step just
+    trained, or during startup the checkpoint it had loaded (a newer one may be damaged,
+    `latest` too), or, during a fresh run's startup, nothing (no checkpoint to write)."""
+    if "preempted before a checkpoint: resume with" in stderr:
+        return resumed_from is None and choice is None, None
+    said = re.search(r"preempted at step (\d+): resume with", stderr)
+    at = int(said.group(1)) if said else None
+    startup = resumed_from is not None and at == ckpt.checkpoint_step(resumed_from)
+    ok = at is not None and (at == last or startup) and ckpt.checkpoint_step(choice) == at
+    return ok, at
 
 
 def finish(out: Outcome, proc: subprocess.Popen, log: Path, run_dir: Path) -> Outcome:

@@ -246,3 +246,205 @@ def test_d2_a_producer_error_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
     assert [line for line in err.splitlines() if line.strip() and not line.startswith("tiny-grpo:")] == [
         "remix train: error: rollout producer remix-producer-rank0 (pid 1) died with exit code -9"
     ]
+
+
+# ---- defect 5: no multiprocessing folders left in TMPDIR --------------------------------------
+def test_d5_the_folder_of_a_killed_process_is_removed_by_the_next_one(short_tmpdir, monkeypatch):
+    from multiprocessing import process
+
+    from remix_rft.trainer import mp_tempdir
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that is gone
+    gone.wait()
+    stale = short_tmpdir / f"{mp_tempdir.PREFIX}{gone.pid}.{mp_tempdir._host()}"
+    stale.mkdir()
+    (stale / "listener-x").write_text("")
+    alive = short_tmpdir / f"{mp_tempdir.PREFIX}{os.getppid()}.{mp_tempdir._host()}"
+    alive.mkdir()
+    other_host = short_tmpdir / f"{mp_tempdir.PREFIX}{gone.pid}.zzzz"
+    other_host.mkdir()
+    monkeypatch.setenv("TMPDIR", str(short_tmpdir))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    monkeypatch.setitem(process.current_process()._config, "tempdir", None)
+    mine = mp_tempdir.use_private_tempdir()
+    assert mine.parent == short_tmpdir and mine.is_dir()
+    assert not stale.exists() and alive.is_dir() and other_host.is_dir()
+
+
+# ---- defect 6: one writer per run directory ---------------------------------------------------
+def _hold_lock(run_dir: Path) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from remix_rft.trainer.runlock import RunLock;"
+         f"RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(300)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_d6_a_second_train_on_a_locked_run_is_refused_naming_the_holder(tiny_config, capsys):
+    cfg = tiny_config("steps=1", out="new")
+    holder = _hold_lock(cfg.resolved_out_dir())
+    done = tiny_config("steps=1", out="done")
+    train(done)
+    holder_of_done = _hold_lock(done.resolved_out_dir())
+    metrics = (done.resolved_out_dir() / "metrics.jsonl").read_text()
+    try:
+        code = cli.main(["train", CONFIG, *_tiny_overrides(cfg)])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert f"in use by pid {holder.pid} on host " in err, err
+        assert not (cfg.resolved_out_dir() / "metrics.jsonl").exists()  # it wrote nothing
+        code = cli.main(["train", "--resume", str(done.resolved_out_dir()), "steps=2"])
+        assert code == 2 and f"pid {holder_of_done.pid}" in capsys.readouterr().err
+        assert (done.resolved_out_dir() / "metrics.jsonl").read_text() == metrics
+    finally:
+        for process in (holder, holder_of_done):
+            process.kill()
+            process.wait()
+    assert train(cfg)["steps"] == 1  # the kernel released the dead holder's lock
+
+
+# ---- defect 7: resume compares settings -------------------------------------------------------
+def test_d7_resume_refuses_a_changed_seed_lists_other_changes_and_keeps_every_config(
+    tiny_config, capsys
+):
+    cfg = tiny_config("steps=1")
+    run_dir = cfg.resolved_out_dir()
+    train(cfg)
+    before = (run_dir / "config.yaml").read_text()
+    code = cli.main(["train", "--resume", str(run_dir), "seed=1", "steps=2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "seed: 0 -> 1" in err and "--allow-config-change seed" in err, err
+    assert (run_dir / "config.yaml").read_text() == before
+    assert [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+            ] == [0, 1]  # fmt: skip
+
+    code = cli.main(["train", "--resume", str(run_dir), "steps=2", "lr=1e-4"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "resumed with a changed setting: steps: 1 -> 2" in err
+    assert "resumed with a changed setting: lr: 3e-05 -> 0.0001" in err
+    history = sorted((run_dir / "config.history").iterdir())
+    assert [p.name for p in history] == ["001-until-step_000001.yaml"]
+    assert history[0].read_text() == before
+    assert "lr: 0.0001" in (run_dir / "config.yaml").read_text()
+
+    code = cli.main(["train", "--resume", str(run_dir), "steps=3", "seed=5",
+                     "--allow-config-change", "seed"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert len(list((run_dir / "config.history").iterdir())) == 2
+
+
+# ---- defect 9: linear normalisation of answers --------------------------------------------------
+def test_d9_a_long_whitespace_run_in_an_answer_is_normalised_in_linear_time():
+    """10⁶ characters: quadratic before (hours), milliseconds now. The subprocess timeout
+    only keeps a regression from hanging the suite; it is ~1000× the time needed."""
+    code = (
+        "from remix_rft.rewards.answers import normalize_answer as n\n"
+        "s = '5' + ' ' * 1_000_000 + 'x'\n"
+        "assert n(s).startswith('5') and n('5 \\\\text{ cm}') == '5'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=300)
+
+
+# ---- defect 10: rewards must stay finite in float32 ---------------------------------------------
+def test_d10_a_reward_that_overflows_float32_is_an_error_naming_function_and_value(tmp_path):
+    from remix_rft.reward_fns import RewardError
+    from remix_rft.reward_pool import RewardPool
+
+    fn = tmp_path / "huge.py"
+    fn.write_text("def reward(response, problem):\n    return 1e37\n")
+    with RewardPool(f"{fn}:reward", workers=0) as pool:
+        with pytest.raises(RewardError, match=r"huge\.py:reward returned 1e\+37 .*float32"):
+            pool.score([("a", {"id": "p1", "answer": "1"})])
+
+
+# ---- defect 11: processes of a reward function die with its worker ------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_d11_processes_started_by_a_reward_function_end_with_the_pool(tmp_path):
+    from remix_rft.reward_pool import RewardPool
+
+    pids = tmp_path / "pids"
+    fn = tmp_path / "spawns.py"
+    fn.write_text(
+        "import subprocess, sys\n"
+        "def reward(response, problem):\n"
+        "    p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        f"    open({str(pids)!r}, 'a').write(f'{{p.pid}}\\n')\n"
+        "    return 1.0\n"
+    )
+    pool = RewardPool(f"{fn}:reward", workers=2)
+    assert pool.score([("a", {"id": 1}), ("b", {"id": 2})]) == [1.0, 1.0]
+    started = [int(x) for x in pids.read_text().split()]
+    assert len(started) == 2 and all(_alive(p) for p in started)
+    pool.close()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in started if _alive(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+
+
+# ---- defect 12: the four smaller ones ----------------------------------------------------------
+def test_d12a_a_foreign_trainer_state_is_one_clear_error_without_weights_only_advice(tmp_path):
+    import argparse
+
+    legacy = tmp_path / "step_000001"  # no manifest: loaded unverified
+    legacy.mkdir()
+    torch.save({"counters": argparse.Namespace(step=1)}, legacy / ckpt.STATE_FILE)
+    with pytest.raises(ValueError, match="is not a remix-rft trainer state") as caught:
+        ckpt.load_state(legacy)
+    assert "weights_only" not in str(caught.value)
+    assert "argparse.Namespace" in str(caught.value)
+
+
+def test_d12b_a_memory_error_in_a_reward_worker_costs_one_item(tmp_path, caplog):
+    from remix_rft.reward_pool import RewardPool
+
+    fn = tmp_path / "greedy.py"
+    fn.write_text(
+        "def reward(response, problem):\n"
+        "    if response == 'big':\n"
+        "        raise MemoryError\n"
+        "    return 1.0\n"
+    )
+    with RewardPool(f"{fn}:reward", workers=1) as pool:
+        assert pool.score([("ok", {"id": 1}), ("big", {"id": 2}), ("ok", {"id": 3})]) == [
+            1.0, 0.0, 1.0,
+        ]  # fmt: skip
+    assert "MemoryError" in caplog.text
+
+
+def test_d12c_resuming_with_fewer_checkpoints_frees_space_before_training(tiny_config):
+    cfg = tiny_config("steps=3", "keep_checkpoints=3")
+    train(cfg)
+    root = ckpt.checkpoint_root(cfg.resolved_out_dir())
+    assert [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(root)] == [1, 2, 3]
+    fewer = tiny_config("steps=3", "keep_checkpoints=1")
+    resume(fewer.resolved_out_dir(), fewer)  # nothing left to train: no save, still pruned
+    assert [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(root)] == [3]
+
+
+def test_d12d_the_soak_counts_an_exit_75_during_a_fresh_start_as_survived():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import faults as soak
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    hint = "remix train: preempted before a checkpoint: resume with remix train --resume RUN\n"
+    assert soak.judge_exit75(hint, resumed_from=None, choice=None, last=0) == (True, None)
+    assert soak.judge_exit75(hint, resumed_from=None, choice=Path("step_000001"), last=1)[0] is False
+    step2 = "remix train: preempted at step 2: resume with remix train --resume RUN\n"
+    found = Path("x/step_000002")
+    assert soak.judge_exit75(step2, resumed_from=None, choice=found, last=2) == (True, 2)
