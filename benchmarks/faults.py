@@ -23,6 +23,10 @@ survived goes to stdout and to ``benchmarks/results/faults.md``.
     python benchmarks/faults.py --sigkills 30 --sigterms 10 --corruptions 4 --seed 1
 
 Takes about 10 minutes on 2 CPU cores (each fault costs a process start).
+
+``--mode async`` runs the soak with asynchronous rollouts (a producer process; faults to the
+whole process group and to the producer alone): ``benchmarks/faults_async.py``. Each mode
+rewrites its own section of ``benchmarks/results/faults.md`` and keeps the other's.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # faults_async imports this module as `faults`
 
 from remix_rft.trainer import checkpoint as ckpt  # noqa: E402
 from remix_rft.trainer.preemption import PREEMPTED_EXIT_CODE  # noqa: E402
@@ -354,8 +359,53 @@ def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: 
     return "\n".join(lines)
 
 
+ASYNC_HEADING = "## Asynchronous rollouts"
+
+
+def write_section(out: Path, text: str, asynchronous: bool) -> None:
+    """This mode's section of the results file; the other mode's section is kept."""
+    old = out.read_text() if out.is_file() else ""
+    sync_part, _, async_part = old.partition(ASYNC_HEADING)
+    if asynchronous:
+        sync_part = sync_part.rstrip() + "\n\n" if sync_part.strip() else ""
+        out.write_text(sync_part + text)
+    else:
+        out.write_text(text + (f"\n{ASYNC_HEADING}{async_part}" if async_part else ""))
+
+
+def main_async(args: argparse.Namespace) -> int:
+    import faults_async
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="remix-faults-async-"))
+    for name in ("reference", "faulted"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    report, ok = faults_async.run(args, work)
+    command = (
+        f"python benchmarks/faults.py --mode async --max-staleness {args.max_staleness} "
+        f"--iterations {args.iterations} --sigkills {args.sigkills} --sigterms {args.sigterms} "
+        f"--producer-kills {args.producer_kills} --seed {args.seed}"
+    )
+    shown = shlex.join(faults_async.overrides(args, Path("RUN"))[:-1])
+    text = (
+        f"{ASYNC_HEADING} (η = {args.max_staleness})\n\n`{command}` on {platform.machine()} "
+        f"({os.cpu_count()} CPU cores, Python {platform.python_version()}); `{shown}`.\n\n"
+        f"{report}\n"
+    )
+    print("\n" + report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_section(args.out, text, asynchronous=True)
+    print(f"\nwritten to {args.out}")
+    if not args.keep and args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", choices=["sync", "async"], default="sync")
+    p.add_argument("--max-staleness", type=int, default=1, help="async: η")
+    p.add_argument("--producer-kills", type=int, default=4, help="async: SIGKILLs of the producer")
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--sigkills", type=int, default=20)
     p.add_argument("--sigterms", type=int, default=5)
@@ -366,6 +416,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "faults.md")
     args = p.parse_args()
     logging.getLogger("remix_rft").setLevel(logging.ERROR)  # our checks' own warnings
+    if args.mode == "async":
+        return main_async(args)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="remix-faults-"))
     shutil.rmtree(work / "reference", ignore_errors=True)
@@ -443,7 +495,7 @@ def main() -> int:
     )
     print("\n" + report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_section(args.out, text, asynchronous=False)
     print(f"\nwritten to {args.out}")
     if not args.keep and args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
