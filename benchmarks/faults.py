@@ -313,38 +313,38 @@ def run_corruption(
     return verify_resumable(out, run_dir)
 
 
-def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: float) -> str:
+DETAILS = {  # a note an outcome carries -> how the table counts it
+    "mid-write": "{} left a half-written checkpoint behind",
+    "exit75": "{} exited 75 with a checkpoint of the stopped step",
+    "before-loop": "{} came before the loop (killed, nothing to save)",
+    "named-both": "{} resumes named both checkpoints",
+    "one-line": "{} stopped with one line (exit 1)",
+}
+
+
+def fault_rows(kinds: dict[str, str], outcomes: list[Outcome]) -> tuple[list[str], int, int]:
+    """The faults table's rows (header included) and the totals injected, survived."""
     injected, survived = Counter(), Counter()
-    extra: dict[str, Counter] = {k: Counter() for k in KINDS}
+    extra: dict[str, Counter] = {k: Counter() for k in kinds}
     for o in outcomes:
-        if any(n.startswith("not injected") for n in o.notes):
+        if o.kind not in kinds or any(n.startswith("not injected") for n in o.notes):
             continue
         injected[o.kind] += 1
         survived[o.kind] += o.survived
         for n in o.notes:
-            if n in ("mid-write", "exit75", "named-both"):
-                extra[o.kind][n] += 1
             if n.startswith("killed by SIGTERM before the loop"):
-                extra[o.kind]["before-loop"] += 1
-    lines = [
-        "| fault | injected | survived | details |",
-        "|---|---:|---:|---|",
-    ]
-    for kind, label in KINDS.items():
-        if not injected[kind]:
-            continue
-        e = extra[kind]
-        details = []
-        if e["mid-write"]:
-            details.append(f"{e['mid-write']} left a half-written checkpoint behind")
-        if e["exit75"]:
-            details.append(f"{e['exit75']} exited 75 with a checkpoint of the stopped step")
-        if e["before-loop"]:
-            details.append(f"{e['before-loop']} came before the loop (killed, nothing to save)")
-        if e["named-both"]:
-            details.append(f"{e['named-both']} resumes named both checkpoints")
-        lines.append(f"| {label} | {injected[kind]} | {survived[kind]} | {'; '.join(details)} |")
-    total_in, total_ok = sum(injected.values()), sum(survived.values())
+                n = "before-loop"
+            extra[o.kind][n] += n in DETAILS
+    lines = ["| fault | injected | survived | details |", "|---|---:|---:|---|"]
+    for kind, label in kinds.items():
+        if injected[kind]:
+            details = "; ".join(DETAILS[n].format(c) for n, c in extra[kind].items() if c)
+            lines.append(f"| {label} | {injected[kind]} | {survived[kind]} | {details} |")
+    return lines, sum(injected.values()), sum(survived.values())
+
+
+def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: float) -> str:
+    lines, total_in, total_ok = fault_rows(KINDS, outcomes)
     lines.append(f"| **all faults** | **{total_in}** | **{total_ok}** | |")
     yes = lambda ok: "yes" if ok else "**no**"  # noqa: E731
     lines += [
@@ -362,15 +362,18 @@ def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: 
 ASYNC_HEADING = "## Asynchronous rollouts"
 
 
-def write_section(out: Path, text: str, asynchronous: bool) -> None:
-    """This mode's section of the results file; the other mode's section is kept."""
+def write_section(out: Path, text: str) -> None:
+    """This soak's section of the results file (the sync one first, then one per async η);
+    the other sections are kept."""
     old = out.read_text() if out.is_file() else ""
-    sync_part, _, async_part = old.partition(ASYNC_HEADING)
-    if asynchronous:
-        sync_part = sync_part.rstrip() + "\n\n" if sync_part.strip() else ""
-        out.write_text(sync_part + text)
-    else:
-        out.write_text(text + (f"\n{ASYNC_HEADING}{async_part}" if async_part else ""))
+    parts = old.split(f"\n{ASYNC_HEADING}")
+    sections = {"sync": parts[0].strip()} if parts[0].strip() else {}
+    sections.update({ASYNC_HEADING + p.split("\n", 1)[0]: ASYNC_HEADING + p.rstrip()
+                     for p in parts[1:]})  # fmt: skip
+    key = text.split("\n", 1)[0] if text.startswith(ASYNC_HEADING) else "sync"
+    sections[key] = text.strip()
+    ordered = sorted(sections, key=lambda k: (k != "sync", k))
+    out.write_text("\n\n".join(sections[k] for k in ordered) + "\n")
 
 
 def main_async(args: argparse.Namespace) -> int:
@@ -387,17 +390,8 @@ def main_async(args: argparse.Namespace) -> int:
         f"--producer-kills {args.producer_kills} --seed {args.seed}"
     )
     shown = shlex.join(faults_async.overrides(args, Path("RUN"))[:-1])
-    text = (
-        f"{ASYNC_HEADING} (η = {args.max_staleness})\n\n`{command}` on {platform.machine()} "
-        f"({os.cpu_count()} CPU cores, Python {platform.python_version()}); `{shown}`.\n\n"
-        f"{report}\n"
-    )
-    print("\n" + report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_section(args.out, text, asynchronous=True)
-    print(f"\nwritten to {args.out}")
-    if not args.keep and args.workdir is None:
-        shutil.rmtree(work, ignore_errors=True)
+    heading = f"{ASYNC_HEADING} (η = {args.max_staleness})"
+    publish(args, work, heading, command, shown, report)
     return 0 if ok else 1
 
 
@@ -488,19 +482,26 @@ def main() -> int:
         f"python benchmarks/faults.py --iterations {args.iterations} --sigkills {args.sigkills} "
         f"--sigterms {args.sigterms} --corruptions {args.corruptions} --seed {args.seed}"
     )
+    shown = shlex.join(overrides(args, Path("RUN"))[:-1])
+    publish(args, work, "# Fault-injection soak", command, shown, report)
+    ok = final["hash_equal"] and final["rows_equal"] and all(o.survived for o in outcomes)
+    return 0 if ok else 1
+
+
+def publish(
+    args: argparse.Namespace, work: Path, heading: str, command: str, shown: str, report: str
+) -> None:
+    """Print the report and write it as this mode's section of ``args.out``."""
     text = (
-        f"# Fault-injection soak\n\n`{command}` on {platform.machine()} "
-        f"({os.cpu_count()} CPU cores, Python {platform.python_version()}); "
-        f"`{shlex.join(overrides(args, Path('RUN'))[:-1])}`.\n\n{report}\n"
+        f"{heading}\n\n`{command}` on {platform.machine()} ({os.cpu_count()} CPU cores, Python "
+        f"{platform.python_version()}); `{shown}`.\n\n{report}\n"
     )
     print("\n" + report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_section(args.out, text, asynchronous=False)
+    write_section(args.out, text)
     print(f"\nwritten to {args.out}")
     if not args.keep and args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
-    ok = final["hash_equal"] and final["rows_equal"] and all(o.survived for o in outcomes)
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":

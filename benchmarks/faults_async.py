@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import faults as sync
@@ -149,6 +148,10 @@ def inject(kind: str, args: argparse.Namespace, run_dir: Path, rng: random.Rando
             os.killpg(proc.pid, signal.SIGTERM)  # repeated notice, likely during the save
     rc = proc.wait()
     took = time.monotonic() - signalled
+    if rc == 0 and (run_dir / "summary.json").is_file():  # it needed no more rollouts
+        out.survived = not left_behind(proc.pid)
+        out.notes.append("not injected: the run finished first")
+        return out
     judge(out, rc, log.read_text(), run_dir, resumed_from, took)
     left = left_behind(proc.pid)
     if left:
@@ -187,32 +190,10 @@ def judge(out: Outcome, rc: int, stderr: str, run_dir: Path, resumed_from: Path 
 
 
 def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: float) -> str:
-    injected, survived = Counter(), Counter()
-    extra: dict[str, Counter] = {k: Counter() for k in KINDS}
-    for o in outcomes:
-        if any(n.startswith("not injected") for n in o.notes):
-            continue
-        injected[o.kind] += 1
-        survived[o.kind] += o.survived
-        for n in o.notes:
-            extra[o.kind][n] += n in ("mid-write", "exit75", "one-line")
-    lines = ["| fault | injected | survived | details |", "|---|---:|---:|---|"]
-    for kind, label in KINDS.items():
-        if not injected[kind]:
-            continue
-        e, details = extra[kind], []
-        if e["mid-write"]:
-            details.append(f"{e['mid-write']} left a half-written checkpoint behind")
-        if e["exit75"]:
-            details.append(f"{e['exit75']} exited 75 with a checkpoint of the stopped step")
-        if e["one-line"]:
-            details.append(f"{e['one-line']} stopped with one line (exit 1)")
-        lines.append(f"| {label} | {injected[kind]} | {survived[kind]} | {'; '.join(details)} |")
-    lines.append(f"| **all faults** | **{sum(injected.values())}** | "
-                 f"**{sum(survived.values())}** | no process left behind after any |"
-                 if all("processes left behind" not in " ".join(o.notes) for o in outcomes)
-                 else f"| **all faults** | **{sum(injected.values())}** | "
-                 f"**{sum(survived.values())}** | processes were left behind |")  # fmt: skip
+    lines, total_in, total_ok = sync.fault_rows(KINDS, outcomes)
+    orphans = any("processes left behind" in " ".join(o.notes) for o in outcomes)
+    behind = "**processes were left behind**" if orphans else "no process left behind after any"
+    lines.append(f"| **all faults** | **{total_in}** | **{total_ok}** | {behind} |")
     yes = lambda ok: "yes" if ok else "**no**"  # noqa: E731
     equal = "equal to the uninterrupted run's (η = 0: required)"
     if args.max_staleness:
@@ -220,8 +201,9 @@ def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: 
     lines += [
         "", "| check | result |", "|---|---|",
         f"| steps 0–{args.iterations} each logged once | {yes(final['contiguous'])} |",
-        f"| rollouts and tokens at every step equal to the uninterrupted run's | "
+        f"| rollouts at every step equal to the uninterrupted run's | "
         f"{yes(final['counts_equal'])} |",
+        f"| tokens at every step equal to the uninterrupted run's | {yes(final['tokens_equal'])} |",
         f"| final weights (sha256) {equal} | {yes(final['hash_equal'])} |",
         f"| `metrics.jsonl` rows (every key but `time/*`) {equal} | {yes(final['rows_equal'])} |",
         f"| processes started (reference + faulted + final resume) | {final['processes']} |",
@@ -233,11 +215,12 @@ def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: 
 def final_checks(args: argparse.Namespace, work: Path, run_dir: Path, rc: int,
                  processes: int) -> dict:  # fmt: skip
     expected, got = rows(work / "reference"), rows(run_dir)
-    counts = lambda rs: [(r["step"], r.get("rollouts"), r.get("tokens")) for r in rs]  # noqa: E731
+    counts = lambda rs, key: [(r["step"], r.get(key)) for r in rs]  # noqa: E731
     ok = rc == 0
     return {
         "contiguous": [r["step"] for r in got] == list(range(args.iterations + 1)),
-        "counts_equal": counts(got) == counts(expected),
+        "counts_equal": counts(got, "rollouts") == counts(expected, "rollouts"),
+        "tokens_equal": counts(got, "tokens") == counts(expected, "tokens"),
         "hash_equal": ok and policy_hash(run_dir, args.iterations)
         == policy_hash(work / "reference", args.iterations),
         "rows_equal": got == expected,

@@ -35,17 +35,20 @@ def untimed_rows(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
+def soak_modules():
+    """benchmarks/faults.py and faults_async.py (the soak), imported as the soak imports them."""
+    benchmarks = str(ROOT / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    import faults
+    import faults_async
+
+    return faults, faults_async
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid``."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
+    return soak_modules()[1].group_members(pgid)
 
 
 def assert_group_gone(pgid: int, timeout: float = 30.0) -> None:
@@ -97,19 +100,6 @@ def wait_for_rows(run_dir: Path, proc: subprocess.Popen, rows: int, timeout: flo
             return
         time.sleep(0.05)
     raise AssertionError(f"{metrics} did not reach {rows} rows in {timeout} s")
-
-
-def producer_pid(proc: subprocess.Popen) -> int:
-    """The learner's producer child (its only python child with a spawn command line)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == proc.pid and b"multiprocessing.spawn" in cmdline:
-            return int(stat.parent.name)
-    raise AssertionError("no producer process found")
 
 
 # ---- defect 3 (+5, +8): a signal to the whole group is a preemption ------------------------
@@ -437,11 +427,7 @@ def test_d12c_resuming_with_fewer_checkpoints_frees_space_before_training(tiny_c
 
 
 def test_d12d_the_soak_counts_an_exit_75_during_a_fresh_start_as_survived():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import faults as soak
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    soak = soak_modules()[0]
     hint = "remix train: preempted before a checkpoint: resume with remix train --resume RUN\n"
     assert soak.judge_exit75(hint, resumed_from=None, choice=None, last=0) == (True, None)
     assert soak.judge_exit75(hint, resumed_from=None, choice=Path("step_000001"), last=1)[0] is False
