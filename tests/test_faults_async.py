@@ -35,20 +35,19 @@ def untimed_rows(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-def soak_modules():
-    """benchmarks/faults.py and faults_async.py (the soak), imported as the soak imports them."""
+def soak_module(name: str):
+    """``benchmarks/<name>.py`` (the fault soak), imported as the soak imports it."""
+    import importlib
+
     benchmarks = str(ROOT / "benchmarks")
     if benchmarks not in sys.path:
         sys.path.insert(0, benchmarks)
-    import faults
-    import faults_async
-
-    return faults, faults_async
+    return importlib.import_module(name)
 
 
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid``."""
-    return soak_modules()[1].group_members(pgid)
+    return soak_module("faults_async").group_members(pgid)
 
 
 def assert_group_gone(pgid: int, timeout: float = 30.0) -> None:
@@ -263,11 +262,17 @@ def test_d5_the_folder_of_a_killed_process_is_removed_by_the_next_one(short_tmpd
 
 # ---- defect 6: one writer per run directory ---------------------------------------------------
 def _hold_lock(run_dir: Path) -> subprocess.Popen:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from remix_rft.trainer.runlock import RunLock;"
-         f"RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(300)"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    """Another remix process holding the run's lock, as ``runlock.RunLock`` takes it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    code = (
+        "import fcntl, os, socket, sys, time\n"
+        f"fd = os.open({str(run_dir / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "os.write(fd, f'pid {os.getpid()} on host {socket.gethostname()}\\n'.encode())\n"
+        "print('held', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     return holder
 
@@ -427,7 +432,7 @@ def test_d12c_resuming_with_fewer_checkpoints_frees_space_before_training(tiny_c
 
 
 def test_d12d_the_soak_counts_an_exit_75_during_a_fresh_start_as_survived():
-    soak = soak_modules()[0]
+    soak = soak_module("faults")
     hint = "remix train: preempted before a checkpoint: resume with remix train --resume RUN\n"
     assert soak.judge_exit75(hint, resumed_from=None, choice=None, last=0) == (True, None)
     assert soak.judge_exit75(hint, resumed_from=None, choice=Path("step_000001"), last=1)[0] is False
