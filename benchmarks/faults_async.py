@@ -221,7 +221,8 @@ def final_checks(args: argparse.Namespace, work: Path, run_dir: Path, rc: int,
         "contiguous": [r["step"] for r in got] == list(range(args.iterations + 1)),
         "counts_equal": counts(got, "rollouts") == counts(expected, "rollouts"),
         "tokens_equal": counts(got, "tokens") == counts(expected, "tokens"),
-        "hash_equal": ok and policy_hash(run_dir, args.iterations)
+        "hash_equal": ok
+        and policy_hash(run_dir, args.iterations)
         == policy_hash(work / "reference", args.iterations),
         "rows_equal": got == expected,
         "processes": processes,

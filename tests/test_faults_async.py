@@ -150,6 +150,9 @@ def test_d4_async_eta0_stopped_by_sigterm_and_resumed_equals_the_uninterrupted_r
     summary = train(cut, on_step=preempt_at_2)
     assert summary.get("preempted") and summary["steps"] == 2
     resume(cut.resolved_out_dir(), cut)
+    import multiprocessing
+
+    assert not multiprocessing.active_children()  # each producer stopped by its learner
     expected = untimed_rows(straight.resolved_out_dir())
     assert [r["step"] for r in expected] == list(range(6))
     assert untimed_rows(cut.resolved_out_dir()) == expected
@@ -232,7 +235,9 @@ def test_d2_a_producer_error_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
     code = cli.main(["train", CONFIG, f"out_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
-    assert [line for line in err.splitlines() if line.strip() and not line.startswith("tiny-grpo:")] == [
+    assert [
+        line for line in err.splitlines() if line.strip() and not line.startswith("tiny-grpo:")
+    ] == [
         "remix train: error: rollout producer remix-producer-rank0 (pid 1) died with exit code -9"
     ]
 
@@ -435,7 +440,9 @@ def test_d12d_the_soak_counts_an_exit_75_during_a_fresh_start_as_survived():
     soak = soak_module("faults")
     hint = "remix train: preempted before a checkpoint: resume with remix train --resume RUN\n"
     assert soak.judge_exit75(hint, resumed_from=None, choice=None, last=0) == (True, None)
-    assert soak.judge_exit75(hint, resumed_from=None, choice=Path("step_000001"), last=1)[0] is False
+    assert (
+        soak.judge_exit75(hint, resumed_from=None, choice=Path("step_000001"), last=1)[0] is False
+    )
     step2 = "remix train: preempted at step 2: resume with remix train --resume RUN\n"
     found = Path("x/step_000002")
     assert soak.judge_exit75(step2, resumed_from=None, choice=found, last=2) == (True, 2)

@@ -13,7 +13,6 @@ the special case η = 0, generated inline (``rollouts.py``). The parts: ``produc
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,7 +52,7 @@ from remix_rft.trainer.rollouts import (
     ProducerProcess,
     RolloutSource,
 )
-from remix_rft.trainer.runlock import RunLock
+from remix_rft.trainer.runlock import run_lock
 from remix_rft.trainer.setup import prepare_run_dir
 from remix_rft.trainer.state import Counters
 from remix_rft.trainer.tasks import build_task, held_out_accuracy
@@ -384,18 +383,6 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, An
 
 
 @contextmanager
-def run_lock(env: distributed.DistEnv, run_dir: Path) -> Iterator[None]:
-    """One writer per run directory (``runlock.py``): rank 0 holds the lock for the job; a
-    second run is refused (RunLockedError, on every rank) before it writes anything."""
-    lock = RunLock(run_dir)
-    env.on_main(lock.acquire)
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-@contextmanager
 def open_trainer(cfg: TrainConfig, run_dir: Path) -> Iterator[Trainer]:
     """A trainer closed (producer stopped, engine released) however the block ends. Inside it
     a preemption signal is only recorded: during startup the run stops before its first
@@ -420,7 +407,7 @@ def resume(
     run is unless ``allow_config_change`` names them (``resume_config.py``)."""
     env = distributed.setup(cfg.device)
     with run_lock(env, run_dir):
-        checkpoint, changes = _prepare_resume(env, run_dir, cfg, allow_config_change)
+        checkpoint, changes = resume_config.prepare_resume(env, run_dir, cfg, allow_config_change)
         with open_trainer(cfg, run_dir) as trainer:
             if checkpoint is not None:
                 trainer.load(checkpoint)
@@ -434,29 +421,3 @@ def resume(
                     resume_config.keep_history(run_dir, trainer.counters.step)
                 atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
             return trainer.run(on_step)
-
-
-def _prepare_resume(
-    env: distributed.DistEnv, run_dir: Path, cfg: TrainConfig, allow: Sequence[str] | str | None
-) -> tuple[Path | None, list[resume_config.Change]]:
-    """Before any model is loaded: the settings compared, the checkpoint chosen (another
-    world size refused), and retention applied with this run's ``keep_checkpoints`` (a run
-    stopped by a full disk frees space by resuming with fewer)."""
-    allowed = resume_config.parse_allowed(allow)
-    changes = env.on_main(lambda: resume_config.check_changes(run_dir, cfg, allowed))
-    # Rank 0 hashes the files; every rank gets its choice (or NoValidCheckpointError).
-    choice = env.on_main(lambda: ckpt.resolve_resume_checkpoint(run_dir))
-    note = choice.summary()
-    if env.is_main:
-        if note:
-            print(f"remix train: {note}", file=sys.stderr)
-        for change in changes:
-            print(f"remix train: resumed with a changed setting: {change.line()}", file=sys.stderr)
-    checkpoint = choice.path
-    if checkpoint is not None:  # another world size is refused before any model is loaded
-        saved_state.check_resume(checkpoint, env.world_size, env.enabled)
-        root = ckpt.checkpoint_root(run_dir)
-        env.on_main(lambda: ckpt.prune_checkpoints(
-            root, cfg.keep_checkpoints, keep_best=cfg.keep_best_checkpoint, protect=checkpoint,
-        ))  # fmt: skip
-    return checkpoint, changes

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from remix_rft.engines.distributed import DistEnv
+from remix_rft.trainer import checkpoint as ckpt
+from remix_rft.trainer import state as saved_state
 from remix_rft.trainer.config import ConfigError, TrainConfig, build_config, read_yaml
 
 CONFIG_FILE = "config.yaml"
@@ -116,3 +120,29 @@ def keep_history(run_dir: Path, step: int) -> Path | None:
     target = history / f"{index:03d}-until-step_{step:06d}.yaml"
     shutil.copy2(path, target)
     return target
+
+
+def prepare_resume(
+    env: DistEnv, run_dir: Path, cfg: TrainConfig, allow: Sequence[str] | str | None
+) -> tuple[Path | None, list[Change]]:
+    """Before any model is loaded: the settings compared, the checkpoint chosen (another
+    world size refused), and retention applied with this run's ``keep_checkpoints`` (a run
+    stopped by a full disk frees space by resuming with fewer)."""
+    allowed = parse_allowed(allow)
+    changes = env.on_main(lambda: check_changes(run_dir, cfg, allowed))
+    # Rank 0 hashes the files; every rank gets its choice (or NoValidCheckpointError).
+    choice = env.on_main(lambda: ckpt.resolve_resume_checkpoint(run_dir))
+    note = choice.summary()
+    if env.is_main:
+        if note:
+            print(f"remix train: {note}", file=sys.stderr)
+        for change in changes:
+            print(f"remix train: resumed with a changed setting: {change.line()}", file=sys.stderr)
+    checkpoint = choice.path
+    if checkpoint is not None:  # another world size is refused before any model is loaded
+        saved_state.check_resume(checkpoint, env.world_size, env.enabled)
+        root = ckpt.checkpoint_root(run_dir)
+        env.on_main(lambda: ckpt.prune_checkpoints(
+            root, cfg.keep_checkpoints, keep_best=cfg.keep_best_checkpoint, protect=checkpoint,
+        ))  # fmt: skip
+    return checkpoint, changes

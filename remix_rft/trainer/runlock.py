@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 try:
     import fcntl
@@ -77,3 +79,15 @@ def _read_holder(fd: int) -> str:
         if text:
             return text
     return "another process (pid not yet written)"
+
+
+@contextlib.contextmanager
+def run_lock(env: Any, run_dir: Path) -> Iterator[None]:
+    """One writer per run directory: rank 0 of ``env`` (a DistEnv) holds the lock for the
+    job; a second run is refused (RunLockedError, on every rank) before it writes anything."""
+    lock = RunLock(run_dir)
+    env.on_main(lock.acquire)
+    try:
+        yield
+    finally:
+        lock.release()
