@@ -203,7 +203,7 @@ def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: 
         f"| steps 0–{args.iterations} each logged once | {yes(final['contiguous'])} |",
         f"| rollouts at every step equal to the uninterrupted run's | "
         f"{yes(final['counts_equal'])} |",
-        f"| tokens at every step equal to the uninterrupted run's | {yes(final['tokens_equal'])} |",
+        f"| response tokens at every step {equal} | {yes(final['tokens_equal'])} |",
         f"| final weights (sha256) {equal} | {yes(final['hash_equal'])} |",
         f"| `metrics.jsonl` rows (every key but `time/*`) {equal} | {yes(final['rows_equal'])} |",
         f"| processes started (reference + faulted + final resume) | {final['processes']} |",
