@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from remix_rft.trainer.io import RunDirError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on Linux or macOS: runs are not locked
@@ -39,8 +41,12 @@ class RunLock:
     def acquire(self) -> None:
         if fcntl is None or self.fd is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:  # a file in the way, no permission: one line, as make_run_dir
+            reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else err
+            raise RunDirError(f"out_dir {self.path.parent}: cannot be written ({reason})") from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
