@@ -127,6 +127,10 @@ def _validate_ranges(cfg: TrainConfig) -> None:
         "in (0, 1]",
         cfg.vllm_gpu_memory_utilization,
     )
+    check(cfg.vllm_sleep_level in (1, 2), "vllm_sleep_level", "1 or 2", cfg.vllm_sleep_level)
+    check(cfg.weight_sync_bucket_mb >= 0, "weight_sync_bucket_mb", ">= 0 (0: one tensor at a "
+          "time)", cfg.weight_sync_bucket_mb)  # fmt: skip
+    check(cfg.dist_timeout_minutes > 0, "dist_timeout_minutes", "> 0", cfg.dist_timeout_minutes)
     check(
         cfg.advantage_estimator in ("", *ADVANTAGE_ESTIMATORS),
         "advantage_estimator",

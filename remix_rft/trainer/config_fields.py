@@ -227,7 +227,8 @@ class TrainConfig:
     # also keep the checkpoint of the best eval accuracy; a new best is then checkpointed
     # even between save_every steps
     keep_best_checkpoint: bool = False
-    # signals that mean "finish this update, checkpoint, exit 75" (a scheduler's preemption notice)
+    # signals that mean "finish this update, checkpoint, exit 75" (a scheduler's preemption notice);
+    # SIGINT (Ctrl-C) always does too (a third one aborts the save)
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     reflection_words: list[str] = field(default_factory=lambda: list(DEFAULT_REFLECTION_WORDS))
     # samples.jsonl (and the trackers): the first log_samples fresh responses of every
@@ -248,6 +249,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda; under torchrun: the rank's GPU
+    # torchrun: how long a rank waits in a collective (rank 0's checkpoint write, a long
+    # evaluation) before the run fails; passed to init_process_group (NCCL's own is 10)
+    dist_timeout_minutes: float = 60.0
     # rollout engine (engines/rollout.py): hf = HF generate on the training module;
     # hf-static = static KV cache (+ torch.compile on GPU); vllm = vLLM with weight pushes
     rollout_engine: str = "hf"
@@ -267,10 +271,16 @@ class TrainConfig:
     # GPU of a one-process run; weights cross through the transport)
     rollout_device: str = ""
     weight_transport: str = "shared-memory"  # learner -> producer weights (engines/transport.py)
+    # weights published (vLLM push, async transport, checkpoint's HF copy) are gathered and
+    # handed over at most this many MB at a time, in the engine's dtype (weight_stream.py)
+    weight_sync_bucket_mb: float = 1024.0
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory (of host RAM on CPU)
     vllm_max_model_len: int = 0  # 0: longest prompt budget + max_new_tokens, from the task
     vllm_sleep: bool = True  # CUDA: free vLLM's memory during the update (sleep mode)
     vllm_enforce_eager: bool = False  # CUDA: no CUDA graphs (always eager on CPU)
+    # CUDA sleep mode: 2 discards vLLM's weights and KV cache while the trainer updates
+    # (the push overwrites the weights anyway); 1 offloads the weights to pinned host memory
+    vllm_sleep_level: int = 2
     # LoRA (peft; lora_rank 0: full finetuning). The reference is the base with the adapter off.
     lora_rank: int = 0
     lora_alpha: float = 16.0
