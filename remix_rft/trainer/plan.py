@@ -7,6 +7,7 @@ import sys
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_tokenizer
 from remix_rft.trainer.config import TrainConfig
+from remix_rft.trainer.memory_plan import Hardware, PlanError, plan_text
 from remix_rft.trainer.tasks import build_task
 
 EXIT_USAGE = 2
@@ -79,12 +80,16 @@ def _post_reincarnation_line(cfg: TrainConfig) -> str:
     )
 
 
-def print_plan(cfg: TrainConfig) -> int:
+def print_plan(cfg: TrainConfig, hardware: Hardware | None = None) -> int:
     try:
         lines = plan_lines(cfg)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"remix train --dry-run: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        lines += plan_text(cfg, hardware or Hardware(device=_plan_device(cfg)))
+    except PlanError as err:  # a hub model outside the built-in table, without network
+        lines.append(f"memory plan    NOT MADE: {err}")
     print("\n".join(lines))
     print("dry run: config and data are valid; nothing was trained")
     return 0
@@ -107,3 +112,8 @@ def _eval_interval(cfg: TrainConfig) -> str:
     if cfg.eval_every_rollouts:
         return f"{cfg.eval_every_rollouts} rollouts"
     return f"{cfg.eval_every} steps"
+
+
+def _plan_device(cfg: TrainConfig) -> str:
+    """The plan is per GPU unless the run is pinned to the CPU."""
+    return "cpu" if cfg.device == "cpu" else "cuda"
