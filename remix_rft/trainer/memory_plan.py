@@ -187,7 +187,7 @@ def precision(cfg: TrainConfig, hw: Hardware) -> Precision:
 
 def micro_tokens(cfg: TrainConfig, hw: Hardware, *, logprob: bool = False) -> int:
     """Padded tokens of one forward pass: the token budget, else rows x longest sequence."""
-    budget = getattr(cfg, "logprob_micro_batch_tokens", 0) if logprob else 0
+    budget = cfg.logprob_micro_batch_tokens if logprob else 0
     budget = budget or cfg.micro_batch_tokens
     if budget:
         return max(budget, sequence_tokens(cfg, hw))  # a longer row still runs, alone
@@ -213,10 +213,10 @@ def layer_activation_bytes(shape: ModelShape, tokens: int, act: int) -> float:
 
 def head_bytes(shape: ModelShape, cfg: TrainConfig, tokens: int, act: int) -> float:
     """The output head's peak: one chunk (fp32 copies + its own logits), or full logits."""
-    c = cfg.logprob_chunk_tokens
+    c = min(cfg.logprob_chunk_tokens, cfg.max_new_tokens)
     if c:
-        return HEAD_CHUNK_FP32_COPIES * c * shape.vocab * 4 + (c * shape.vocab * act if act == 2
-                                                               else 0)
+        logits = c * shape.vocab * act if act == 2 else 0  # fp32 logits are the first copy
+        return HEAD_CHUNK_FP32_COPIES * c * shape.vocab * 4 + logits
     return tokens * shape.vocab * act + 3 * cfg.max_new_tokens * shape.vocab * 4
 
 
@@ -274,9 +274,9 @@ def logprob_phase(cfg: TrainConfig, shape: ModelShape, hw: Hardware) -> Phase:
         phase.add("FSDP2: gathered layers + root",
                   (2 * shape.layer_params() + shape.params() - shape.layers * shape.layer_params())
                   * prec.compute)
-    kept = 2 if getattr(cfg, "logprob_micro_batch_tokens", None) is not None else shape.layers + 1
-    phase.add(f"hidden states kept ({kept}), {tokens} tokens",
-              kept * tokens * shape.hidden * prec.compute)
+    # One layer's input and output: the last hidden state is hooked from the final norm,
+    # not collected with every layer's (engines/policy.py: _last_hidden).
+    phase.add(f"hidden states, {tokens} tokens", 2 * tokens * shape.hidden * prec.compute)
     phase.add("one layer's transient tensors", layer_activation_bytes(shape, tokens, prec.compute)
               / 2)
     phase.add("output head chunk", 2 * cfg.logprob_chunk_tokens * shape.vocab * 4)
@@ -344,7 +344,11 @@ def push_transfer(cfg: TrainConfig, shape: ModelShape, hw: Hardware) -> tuple[st
     """The weights in flight: the whole fp32 model on every rank, or one bucket in the
     engine's dtype plus the one fp32 tensor being gathered."""
     if not _streamed(cfg, hw):
-        return "full fp32 state dict gathered on every rank", 4.0 * shape.params()
+        # get_model_state_dict gathers a tied lm_head under its own key too, and each
+        # gather stages its tensor once more (measured: benchmarks/memory_plan_check.py)
+        state = shape.params() + (shape.vocab * shape.hidden if shape.tied else 0)
+        return ("full fp32 state dict gathered on every rank",
+                4.0 * (state + shape.largest_tensor()))
     bucket = getattr(cfg, "weight_sync_bucket_mb", 1024) * MIB
     engine = 2 if cfg.dtype == "bfloat16" else 4
     return (f"one bucket ({bucket / MIB:.0f} MiB) + one fp32 tensor gathered",

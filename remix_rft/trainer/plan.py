@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from pathlib import Path
+from typing import Any
 
+from remix_rft.data.builtin import is_builtin
+from remix_rft.data.math_dataset import DatasetError
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_tokenizer
 from remix_rft.trainer.config import TrainConfig
@@ -25,8 +30,8 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         tokenizer_line = (
             f"tokenizer NOT CHECKED: not available on this machine ({type(err).__name__})"
         )
-    task = build_task(cfg.task)
-    n_train, n_eval = len(task.train_problems()), len(task.eval_problems())
+    task, n_train = _task_and_train_count(cfg)
+    n_eval = len(task.eval_problems())
     fresh = cfg.fresh_batch_size()
     off = cfg.offpolicy_batch_size()
     budget = cfg.rollouts_for_steps(cfg.steps)
@@ -34,7 +39,9 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f"run            {cfg.name} -> {cfg.resolved_out_dir()}",
         f"algorithm      {cfg.algorithm}",
         f"model          {model_path} ({tokenizer_line})",
-        f"task           {cfg.task.name}: {n_train} train / {n_eval} held-out problems",
+        f"task           {cfg.task.name}: "
+        + (f"{n_train} train" if isinstance(n_train, int) else f"train data {n_train}")
+        + f" / {n_eval} held-out problems",
         f"reward         {task.pool.spec} in "
         + (f"{task.pool.workers} worker processes" if task.pool.workers else "the trainer process")
         + f" (limit {cfg.task.reward_timeout_s:g} s per response)",
@@ -117,3 +124,23 @@ def _eval_interval(cfg: TrainConfig) -> str:
 def _plan_device(cfg: TrainConfig) -> str:
     """The plan is per GPU unless the run is pinned to the CPU."""
     return "cpu" if cfg.device == "cpu" else "cuda"
+
+
+def _is_hub_name(source: str) -> bool:
+    """A dataset named on the Hugging Face hub (not shipped, not a local file)."""
+    return bool(source) and not is_builtin(source) and not Path(source).expanduser().exists()
+
+
+def _task_and_train_count(cfg: TrainConfig) -> tuple[Any, int | str]:
+    """The task, and its training problems' count, or why a hub dataset was not checked
+    (a machine without the hub can still check the rest of the plan)."""
+    try:
+        task = build_task(cfg.task)
+        return task, len(task.train_problems())
+    except DatasetError as err:
+        if not (_is_hub_name(cfg.task.train_path) and cfg.task.eval_path):
+            raise
+        why = str(err).splitlines()[0][:160]
+    # the reward and the held-out set, checked with the eval data standing in
+    task = build_task(dataclasses.replace(cfg.task, train_path=cfg.task.eval_path))
+    return task, f"NOT CHECKED ({why})"
