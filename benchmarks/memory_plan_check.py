@@ -49,11 +49,15 @@ SHAPES = {
     "h896-v152k": ModelShape(4, 896, 4864, 14, 2, 151936, True, "Qwen2-0.5B, 4 layers"),
     "h1536-v32k": ModelShape(4, 1536, 8960, 12, 2, 32768, False, "Qwen2-1.5B width, 4 layers"),
     "tiny": ModelShape(2, 64, 176, 4, 2, 512, True, "smoke test"),
+    "r1-1.5b": ModelShape(28, 1536, 8960, 12, 2, 151936, False, "R1-Distill-Qwen-1.5B"),
 }
 # (shape, gradient checkpointing, prompt tokens, response tokens): one row per step
 TRAIN_CASES = [("h896", False, 128, 896), ("h896", True, 128, 896), ("h1536", True, 128, 896),
                ("h896", False, 256, 3840), ("h1536", True, 256, 3840)]
 PUSH_CASES = ["h896-v152k", "h1536-v32k"]
+# One GPU (benchmarks/gpu_check.sh): the 1.5B shape, a step at 8,448 tokens, bf16.
+GPU_TRAIN_CASES = [("r1-1.5b", True, 256, 8192)]
+GPU_PUSH_CASES = ["r1-1.5b"]
 
 
 @dataclass
@@ -86,9 +90,14 @@ def predicted_update(shape: ModelShape, gc: bool, prompt: int, response: int, de
     return memory_plan(cfg, hw, shape).phases[0].total
 
 
-def predicted_push(shape: ModelShape, mode: str) -> float:
-    cfg = plan_config(False, 1024, 896)
-    return push_transfer(cfg, shape, Hardware(gpus=2, device="cpu", push=mode))[1]
+def predicted_push(shape: ModelShape, mode: str, bucket_mb: float = 256) -> float:
+    """The plan's bytes in flight: full fp32 state dict, or bf16 buckets (cast on the shard)."""
+    from remix_rft.trainer.config import TrainConfig
+
+    cfg = plan_config(False, 1024, 896, "bfloat16")
+    if hasattr(TrainConfig(), "weight_sync_bucket_mb"):
+        cfg.weight_sync_bucket_mb = bucket_mb
+    return push_transfer(cfg, shape, Hardware(gpus=2, push=mode))[1]
 
 
 # ---- children ------------------------------------------------------------------------------
@@ -122,8 +131,9 @@ def build_model(shape: ModelShape, device: str, gc: bool):
     with torch.device(device):
         model = Qwen2ForCausalLM(config)
     if gc:
-        model.gradient_checkpointing_enable({"use_reentrant": False})
-        model.config.use_cache = False
+        from remix_rft.engines.distributed import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     return model
 
 
@@ -143,15 +153,11 @@ def _row(vocab: int, prompt: int, response: int):
     return collate([sample], pad_id=0)
 
 
-def train_step(model, optim, batch, dtype) -> None:
-    import torch
-
+def train_step(model, optim, batch) -> None:
     from remix_rft.engines.policy import response_stats
 
     optim.zero_grad(set_to_none=True)  # as Updater: gradients exist from the backward on
-    device = next(model.parameters()).device
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype == torch.bfloat16):
-        stats = response_stats(model, batch, temperature=1.0)
+    stats = response_stats(model, batch, temperature=1.0)
     mask = batch.response_mask.to(stats.logprobs.device)
     loss = -(stats.logprobs * mask).sum() / mask.sum() - 1e-3 * (stats.entropy * mask).mean()
     loss.backward()
@@ -167,49 +173,82 @@ def child_train(shape: ModelShape, gc: bool, prompt: int, response: int, device:
     torch.ones(8).sum()  # the allocator's and kernels' first-use costs, before the baseline
     before = torch.cuda.memory_allocated() if device == "cuda" else _rss_now()
     model = build_model(shape, device, gc)
+    if dtype == torch.bfloat16:  # one process: fp32 masters, bf16 compute (as the trainer)
+        from remix_rft.engines.distributed import autocast_bf16
+
+        autocast_bf16(model, torch.device(device))
     optim = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    train_step(model, optim, _row(shape.vocab, 8, 8), dtype)  # creates AdamW's moments
+    train_step(model, optim, _row(shape.vocab, 8, 8))  # creates AdamW's moments
     batch = _row(shape.vocab, prompt, response)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
         _reset_hwm()
-    train_step(model, optim, batch, dtype)
+    train_step(model, optim, batch)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else _hwm()
     return (peak - before) / GIB
 
 
-def _push_rank(rank: int, shape: ModelShape, port: int, out: str) -> None:
+def _publish(model, mode: str, bucket_mb: float) -> None:
+    """One publication, each tensor held only as long as an engine copying it would."""
+    import torch
+
+    if mode == "full":  # the path before #38 item 1: every rank gathers the full fp32 model
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=False)
+        state = get_model_state_dict(model, options=opts)
+        del state
+        return
+    from remix_rft.engines.weight_stream import WeightStream  # the scale-sync helper's
+
+    for _name, tensor in WeightStream(model, dtype=torch.bfloat16, bucket_mb=bucket_mb):
+        del tensor
+
+
+def _push_rank(rank: int, shape: ModelShape, port: int, out: str, mode: str, device: str,
+               world: int, bucket_mb: float) -> None:
     import gc
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+    import torch
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from remix_rft.engines.distributed import setup, shard_model, shutdown
-    from remix_rft.engines.transport import policy_weights
 
-    env = setup("cpu")
-    model = shard_model(build_model(shape, "cpu", False), env)
+    env = setup(device)
+    model = shard_model(build_model(shape, "cpu", False), env)  # built on the host, sharded
     gc.collect()
     env.barrier()
-    before = _rss_now()
-    _reset_hwm()
-    for _name, tensor in policy_weights(model):  # what an engine does with each tensor
-        del tensor
-    grown = (_hwm() - before) / GIB
-    Path(f"{out}.{rank}").write_text(json.dumps(grown))
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        before = _rss_now()
+        _reset_hwm()
+    _publish(model, mode, bucket_mb)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _hwm()
+    Path(f"{out}.{rank}").write_text(json.dumps((peak - before) / GIB))
     shutdown(barrier=True)
 
 
-def child_push(shape: ModelShape) -> float:
+def child_push(shape: ModelShape, mode: str, device: str, bucket_mb: float) -> float:
     import tempfile
 
     import torch.multiprocessing as mp
 
+    world = 1 if device == "cuda" else 2  # one GPU here; 2 gloo ranks on the CPU
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/grown"
-        mp.spawn(_push_rank, args=(shape, 29000 + os.getpid() % 1000, out), nprocs=2)
-        return max(json.loads(Path(f"{out}.{r}").read_text()) for r in range(2))
+        port = 29000 + os.getpid() % 1000
+        mp.spawn(_push_rank, args=(shape, port, out, mode, device, world, bucket_mb),
+                 nprocs=world)  # fmt: skip
+        return max(json.loads(Path(f"{out}.{r}").read_text()) for r in range(world))
 
 
 def push_mode() -> str:
@@ -238,12 +277,17 @@ def measure(train_cases, push_cases, device: str, dtype: str) -> list[Row]:
         setting = f"{prompt + response} tokens, checkpointing {'on' if gc else 'off'}, {dtype}"
         rows.append(Row("update", name, setting, got, want))
         print(_fmt(rows[-1]), flush=True)
-    mode = push_mode()
+    modes = ["full", "streamed"] if push_mode() == "streamed" else ["full"]
+    bucket = 1024 if device == "cuda" else 256
+    ranks = "1 GPU (FSDP2, nccl)" if device == "cuda" else "2 gloo ranks"
     for name in push_cases:
-        got = run_child(["push", name])
-        want = predicted_push(SHAPES[name], mode) / GIB
-        rows.append(Row("publication", name, f"{mode}, 2 gloo ranks, fp32", got, want))
-        print(_fmt(rows[-1]), flush=True)
+        for mode in modes:
+            got = run_child(["push", name, mode, device, str(bucket)])
+            want = predicted_push(SHAPES[name], mode, bucket) / GIB
+            setting = ("full fp32 state dict" if mode == "full"
+                       else f"streamed bf16, {bucket} MiB buckets") + f", {ranks}"
+            rows.append(Row("publication", name, setting, got, want))
+            print(_fmt(rows[-1]), flush=True)
     return rows
 
 
@@ -257,24 +301,39 @@ HEADER = ("| phase | shape | setting | measured peak (GiB) | plan (GiB) | plan /
           "|---|---|---|---|---|---|")
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind, name, *rest = sys.argv[2:]
         if kind == "train":
             gc, prompt, response, device, dtype = rest
             print(child_train(SHAPES[name], gc == "1", int(prompt), int(response), device, dtype))
-        else:
-            print(child_push(SHAPES[name]))
+        else:  # push NAME [MODE DEVICE BUCKET_MB]
+            mode, device, bucket = (rest + [push_mode(), "cpu", "256"][len(rest):])[:3]
+            print(child_push(SHAPES[name], mode, device, float(bucket)))
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--tolerance", type=float, default=0.15)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the 1.5B shape on one GPU, bf16 (benchmarks/gpu_check.sh)")
     args = p.parse_args()
+    if args.device == "cuda" and not _cuda_available():
+        print("memory_plan_check: --device cuda needs a CUDA device, and torch sees none "
+              "(torch.cuda.is_available() is False)", file=sys.stderr)
+        return 2
+    print(HEADER, flush=True)
     if args.quick:
         rows = measure([("tiny", True, 16, 48)], ["tiny"], "cpu", "float32")
+    elif args.device == "cuda":
+        rows = measure(GPU_TRAIN_CASES, GPU_PUSH_CASES, "cuda", "bfloat16")
     else:
-        print(HEADER, flush=True)
         rows = measure(TRAIN_CASES, PUSH_CASES, "cpu", "float32")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))

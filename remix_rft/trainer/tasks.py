@@ -139,9 +139,13 @@ def held_out_accuracy(
         logprobs=False,
     )  # fmt: skip
     texts: list[str] = []
+    # vLLM batches continuously: one call per rank keeps its batch full to the last long
+    # response (chunks would each wait for their slowest); the HF engines pad a batch, so
+    # eval_batch_size bounds their memory.
+    size = len(prompts) if cfg.rollout_engine == "vllm" else cfg.eval_batch_size
     with torch_threads(cfg.eval_threads):
-        for begin in range(0, len(prompts), cfg.eval_batch_size):
-            chunk = prompts[begin : begin + cfg.eval_batch_size]
+        for begin in range(0, len(prompts), max(size, 1)):
+            chunk = prompts[begin : begin + size]
             texts += engine.generate(chunk, replace(settings, seed=settings.seed + begin)).texts
     k = cfg.eval_samples
     scores = score_responses(task, [(t, mine[i // k]) for i, t in enumerate(texts)])
