@@ -12,6 +12,7 @@ from remix_rft.data.math_dataset import DatasetError
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_tokenizer
 from remix_rft.trainer.config import TrainConfig
+from remix_rft.trainer.io import check_out_dir
 from remix_rft.trainer.memory_plan import Hardware, PlanError, plan_text
 from remix_rft.trainer.tasks import build_task
 
@@ -30,8 +31,10 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         tokenizer_line = (
             f"tokenizer NOT CHECKED: not available on this machine ({type(err).__name__})"
         )
+    check_out_dir(cfg.resolved_out_dir())
     task, n_train = _task_and_train_count(cfg)
     n_eval = len(task.eval_problems())
+    train_checked = task.train_problems() if isinstance(n_train, int) else []
     fresh = cfg.fresh_batch_size()
     off = cfg.offpolicy_batch_size()
     budget = cfg.rollouts_for_steps(cfg.steps)
@@ -41,7 +44,8 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f"model          {model_path} ({tokenizer_line})",
         f"task           {cfg.task.name}: "
         + (f"{n_train} train" if isinstance(n_train, int) else f"train data {n_train}")
-        + f" / {n_eval} held-out problems",
+        + f" / {n_eval} held-out problems"
+        + _skipped_text(train_checked, task.eval_problems()),
         f"reward         {task.pool.spec} in "
         + (f"{task.pool.workers} worker processes" if task.pool.workers else "the trainer process")
         + f" (limit {cfg.task.reward_timeout_s:g} s per response)",
@@ -70,6 +74,12 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
     if cfg.reincarnates:
         lines.insert(-2, _post_reincarnation_line(cfg))
     return lines
+
+
+def _skipped_text(*loaded: object) -> str:
+    """`` (3 bad rows or lines skipped: task.skip_bad_rows)`` when the loads skipped any."""
+    skipped = sum(int(getattr(problems, "skipped", 0)) for problems in loaded)
+    return f" ({skipped} bad rows or lines skipped: task.skip_bad_rows)" if skipped else ""
 
 
 def _count(n: int, noun: str) -> str:
