@@ -228,3 +228,24 @@ def test_the_gpu_checks_fail_fast_and_clearly_without_cuda(monkeypatch, capsys):
                                "PYTHON": sys.executable})  # fmt: skip
     assert done.returncode == 2
     assert "no CUDA device" in done.stderr
+
+
+def test_a_recipe_dry_run_without_the_hub_prints_its_plan(monkeypatch, capsys, tmp_path):
+    """No network in tests: the hub dataset and tokenizer fail as they do offline."""
+    from remix_rft.data import math_dataset
+    from remix_rft.trainer import plan
+
+    def offline(name, split):
+        raise math_dataset.DatasetError(f"cannot load Hugging Face dataset {name!r}: offline")
+
+    def no_tokenizer(model):
+        raise OSError("offline")
+
+    monkeypatch.setattr(math_dataset, "_read_hub", offline)
+    monkeypatch.setattr(plan, "load_tokenizer", no_tokenizer)
+    path = PACKAGED_CONFIGS / "r1-distill-7b-ppo.yaml"
+    assert main(["train", str(path), f"out_dir={tmp_path / 'r'}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "train data NOT CHECKED (cannot load Hugging Face dataset" in out
+    assert "500 held-out problems" in out
+    assert "memory plan    per GPU, 8 x 80 GiB" in out and "predicted peak" in out

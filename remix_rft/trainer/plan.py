@@ -137,8 +137,14 @@ def _plan_device(cfg: TrainConfig) -> str:
 
 
 def _is_hub_name(source: str) -> bool:
-    """A dataset named on the Hugging Face hub (not shipped, not a local file)."""
-    return bool(source) and not is_builtin(source) and not Path(source).expanduser().exists()
+    """A dataset named on the Hugging Face hub: what ``data/math_dataset.py`` hands to
+    ``datasets.load_dataset`` (not shipped, not a local file, not a file name)."""
+    path = Path(source).expanduser()
+    return (
+        bool(source) and not is_builtin(source) and not path.exists()
+        and path.suffix not in (".json", ".jsonl", ".parquet")
+        and not source.startswith((".", "/", "~"))
+    )  # fmt: skip
 
 
 def _task_and_train_count(cfg: TrainConfig) -> tuple[Any, int | str]:
