@@ -351,8 +351,11 @@ def push_transfer(cfg: TrainConfig, shape: ModelShape, hw: Hardware) -> tuple[st
                 4.0 * (state + shape.largest_tensor()))
     bucket = getattr(cfg, "weight_sync_bucket_mb", 1024) * MIB
     engine = 2 if cfg.dtype == "bfloat16" else 4
-    return (f"one bucket ({bucket / MIB:.0f} MiB) + one fp32 tensor gathered",
-            min(bucket, engine * shape.params()) + 4 * shape.largest_tensor())
+    published = shape.params() + (shape.vocab * shape.hidden if shape.tied else 0)
+    largest = engine * shape.largest_tensor()  # a tensor above the bucket is its own bucket
+    # + the shard's cast copy of the tensor being gathered (measured with 2 gloo ranks)
+    return (f"one bucket ({bucket / MIB:.0f} MiB) + the shard of the tensor gathered",
+            max(min(bucket, engine * published), largest) + largest / hw.gpus)
 
 
 def memory_plan(cfg: TrainConfig, hw: Hardware, shape: ModelShape | None = None) -> MemoryPlan:
