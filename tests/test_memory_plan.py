@@ -208,6 +208,15 @@ def test_sampled_logprobs_from_flat_lists_and_from_dicts_agree():
     for per_position in (dicts, flat, wider):
         assert torch.equal(_sampled_logprobs(per_position, tokens), expected)
     assert torch.isnan(_sampled_logprobs(None, tokens)).all()
+    try:  # vLLM's own container, where it is installed
+        from vllm.logprobs import FlatLogprobs
+        from vllm.logprobs import Logprob as VLogprob
+    except ImportError:
+        return
+    real = FlatLogprobs()
+    for token, value in zip(tokens, expected.tolist(), strict=True):
+        real.append({token: VLogprob(logprob=value), 0: VLogprob(logprob=-9.0)})
+    assert torch.equal(_sampled_logprobs(real, tokens), expected)
 
 
 def test_the_gpu_checks_fail_fast_and_clearly_without_cuda(monkeypatch, capsys):
