@@ -321,6 +321,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--tolerance", type=float, default=0.15)
+    p.add_argument("--phases", default="update,publication",
+                   help="which rows to measure (comma-separated)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: the 1.5B shape on one GPU, bf16 (benchmarks/gpu_check.sh)")
     args = p.parse_args()
@@ -331,10 +333,11 @@ def main() -> int:
     print(HEADER, flush=True)
     if args.quick:
         rows = measure([("tiny", True, 16, 48)], ["tiny"], "cpu", "float32")
-    elif args.device == "cuda":
-        rows = measure(GPU_TRAIN_CASES, GPU_PUSH_CASES, "cuda", "bfloat16")
     else:
-        rows = measure(TRAIN_CASES, PUSH_CASES, "cpu", "float32")
+        gpu = args.device == "cuda"
+        train = (GPU_TRAIN_CASES if gpu else TRAIN_CASES) if "update" in args.phases else []
+        push = (GPU_PUSH_CASES if gpu else PUSH_CASES) if "publication" in args.phases else []
+        rows = measure(train, push, args.device, "bfloat16" if gpu else "float32")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
     bad = [r for r in rows if abs(r.error) > args.tolerance and not args.quick]
