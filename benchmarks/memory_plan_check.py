@@ -90,14 +90,14 @@ def predicted_update(shape: ModelShape, gc: bool, prompt: int, response: int, de
     return memory_plan(cfg, hw, shape).phases[0].total
 
 
-def predicted_push(shape: ModelShape, mode: str, bucket_mb: float = 256) -> float:
+def predicted_push(shape: ModelShape, mode: str, bucket_mb: float = 256, ranks: int = 2) -> float:
     """The plan's bytes in flight: full fp32 state dict, or bf16 buckets (cast on the shard)."""
     from remix_rft.trainer.config import TrainConfig
 
     cfg = plan_config(False, 1024, 896, "bfloat16")
     if hasattr(TrainConfig(), "weight_sync_bucket_mb"):
         cfg.weight_sync_bucket_mb = bucket_mb
-    return push_transfer(cfg, shape, Hardware(gpus=2, push=mode))[1]
+    return push_transfer(cfg, shape, Hardware(gpus=ranks, push=mode))[1]
 
 
 # ---- children ------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def measure(train_cases, push_cases, device: str, dtype: str) -> list[Row]:
     for name in push_cases:
         for mode in modes:
             got = run_child(["push", name, mode, device, str(bucket)])
-            want = predicted_push(SHAPES[name], mode, bucket) / GIB
+            want = predicted_push(SHAPES[name], mode, bucket, 1 if device == "cuda" else 2) / GIB
             setting = ("full fp32 state dict" if mode == "full"
                        else f"streamed bf16, {bucket} MiB buckets") + f", {ranks}"
             rows.append(Row("publication", name, setting, got, want))
