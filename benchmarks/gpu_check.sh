@@ -9,7 +9,7 @@
 #    bf16, gradient checkpointing) and of one weight publication at the 1.5B shape, the
 #    full fp32 gather vs streamed bf16 buckets (where the streamed path is installed);
 # 2. issue #38: where vLLM imports, its sleep / wake / push cycle at sleep levels 1 and 2
-#    (benchmarks/weight_sync.py --vllm-cycle, where that benchmark has it);
+#    (benchmarks/vllm_cycle.py: device memory and time per stage, greedy outputs equal);
 # 3. generated tokens/s of the rollout engines (HF; vLLM where installed), bf16,
 #    16 prompts x 8 samples x 256 tokens, embedded + Qwen2-0.5B/1.5B shapes (random init);
 # 4. one training micro-step's peak memory/time at the 1.5B shape with the real
@@ -31,11 +31,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 timeout 180 "$PY" benchmarks/memory_plan_check.py --device cuda --json "$OUT/memory_plan.json" 2>&1 \
   | grep -v -i "warn" | tail -n 8 | tee "$OUT/memory_plan.txt"
-if "$PY" -c "import vllm" 2>/dev/null && [ -f benchmarks/weight_sync.py ] && \
-   grep -q -- "--vllm-cycle" benchmarks/weight_sync.py; then
-  timeout 120 "$PY" benchmarks/weight_sync.py --vllm-cycle --device cuda 2>&1 | tail -n 12 | tee "$OUT/vllm_cycle.txt"
+if "$PY" -c "import vllm" 2>/dev/null; then
+  timeout 180 "$PY" benchmarks/vllm_cycle.py 2>&1 | grep "^|" | tee "$OUT/vllm_cycle.txt"
 else
-  echo "vLLM sleep/wake/push cycle: skipped (vllm not importable or no --vllm-cycle)" | tee "$OUT/vllm_cycle.txt"
+  echo "vLLM sleep/wake/push cycle: skipped (vllm not importable)" | tee "$OUT/vllm_cycle.txt"
 fi
 timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider --tb=short tests/test_distributed.py 2>&1 | grep -v -i "warn\|Loading weights" | tail -n 60 | tee "$OUT/gpu_tests.txt"
 [ "${ALL:-0}" = 1 ] || exit 0
