@@ -231,6 +231,11 @@ def test_the_gpu_checks_fail_fast_and_clearly_without_cuda(monkeypatch, capsys):
     assert "needs a CUDA device" in capsys.readouterr().err
     if torch.cuda.is_available():
         return
+    import vllm_cycle
+
+    monkeypatch.setattr(sys, "argv", ["vllm_cycle.py"])
+    assert vllm_cycle.main() == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")],
                           capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "OUT": "/tmp/gpu-check-test",
