@@ -85,20 +85,20 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def _train_run(args: argparse.Namespace, cfg: Any) -> int:
+    from remix_rft.api import Trainer
     from remix_rft.engines.distributed import shutdown
     from remix_rft.engines.rollout import EngineError
     from remix_rft.trainer.checkpoint import CheckpointWriteError
-    from remix_rft.trainer.loop import NonFiniteTrainingError, resume, train
+    from remix_rft.trainer.loop import NonFiniteTrainingError
     from remix_rft.trainer.metrics import MetricsWriteError
     from remix_rft.trainer.preemption import PREEMPTED_EXIT_CODE, resume_hint
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 shows progress
     progress = TrainProgress(cfg.steps, 0, cfg.name) if main_rank else None
     try:
-        if args.resume:
-            summary = resume(Path(args.resume), cfg, on_step=progress)
-        else:
-            summary = train(cfg, on_step=progress)
+        # the Python API's Trainer: the command line is one of its callers (issue #35)
+        result = Trainer(args=cfg, on_step=progress).train(resume=args.resume)
+        summary = result.summary.to_dict()
     except (CheckpointWriteError, MetricsWriteError) as err:
         # a full disk or a failing device: the previous checkpoint and metrics.jsonl are valid
         if progress is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import copy
+import copy as _copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,33 @@ def load_policy(model: str, *, dtype: str = "float32", gradient_checkpointing: b
     return policy
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A copy that never trains: the reference π_base."""
-    ref = copy.deepcopy(model)
+def empty_policy(model: str, *, dtype: str = "float32") -> Any:
+    """The policy's architecture on the meta device (no memory): a sharded run's ranks build
+    this and receive their shards from rank 0 (``factory.load_from_rank0``)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    path = resolve_model_path(model)
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        policy = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[dtype])
+    if (Path(path) / "generation_config.json").is_file():  # EOS ids come from it too
+        policy.generation_config = GenerationConfig.from_pretrained(path)
+    return policy
+
+
+def empty_critic(model: str, *, dtype: str = "float32") -> ValueModel:
+    """The critic's architecture on the meta device (see :func:`empty_policy`)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_path(model))
+    with torch.device("meta"):
+        return ValueModel(AutoModel.from_config(config, dtype=TORCH_DTYPES[dtype]))
+
+
+def frozen_copy(model: nn.Module, *, copy: bool = True) -> nn.Module:
+    """A model that never trains: the reference π_base (a copy of ``model`` unless ``copy``
+    is False: then ``model`` itself, frozen)."""
+    ref = _copy.deepcopy(model) if copy else model
     ref.eval()
     ref.requires_grad_(False)
     return ref

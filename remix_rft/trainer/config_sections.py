@@ -36,6 +36,7 @@ _SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
             "rollout_threads",
             "rollout_device",
             "weight_transport",
+            "weight_sync_bucket_mb",
             "behavior_logprobs",
             "dynamic_sampling",
             "max_generation_rounds",

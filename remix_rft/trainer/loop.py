@@ -32,6 +32,7 @@ from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_tokenizer
 from remix_rft.engines.rollout import EngineOptions, Generation, RolloutEngine, SamplingSettings
 from remix_rft.engines.transport import policy_weights
+from remix_rft.engines.weight_stream import WeightStream
 from remix_rft.trainer import checkpoint as ckpt
 from remix_rft.trainer import ranks, reincarnation, rows, setup
 from remix_rft.trainer import state as saved_state
@@ -63,17 +64,19 @@ from remix_rft.trainer.update_stats import StepStats
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[dict[str, Any]], None]
+SaveCallback = Callable[[int, Path], None]  # (step, checkpoint directory)
 __all__ = ["NonFiniteTrainingError", "Trainer", "prepare_run_dir", "resume", "train"]
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
+        self.on_save: SaveCallback | None = None  # the Python API's hook (remix_rft/api.py)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         # One process unless launched by torchrun (engines/distributed.py: FSDP2, DCP).
-        self.dist = distributed.setup(cfg.device)
+        self.dist = distributed.setup(cfg.device, timeout_minutes=cfg.dist_timeout_minutes)
         ranks.check_config(cfg, self.dist.world_size)
         self.producer_process = self.launch_producer()
         try:
@@ -84,7 +87,7 @@ class Trainer:
             raise
 
     def build(self, cfg: TrainConfig, run_dir: Path) -> None:
-        self.task: Task = build_task(cfg.task)
+        self.task: Task = build_task(cfg.task, cfg.model)
         self.train_problems = list(self.task.train_problems())
         self.eval_problems = list(self.task.eval_problems())[: cfg.eval_problems]
         self.tokenizer = load_tokenizer(cfg.model)
@@ -140,7 +143,7 @@ class Trainer:
             )  # fmt: skip
         assert self.producer_process is not None  # launched in __init__ for async runs
         return AsyncRollouts(
-            cfg, state.sampler, self.dist, self.producer_process, policy_weights(self.policy),
+            cfg, state.sampler, self.dist, self.producer_process, self.weights(),
             state.counters.step, start=(torch.get_rng_state(), self.engine_options()),
         )  # fmt: skip
 
@@ -156,7 +159,7 @@ class Trainer:
         the generation of one phase (evaluation's chunks too), not one call each."""
         self.policy.eval()
         with self.engine.awake():
-            if self.engine_stale:
+            if self.engine_stale or self.engine.weights_lost:  # a collective: every rank
                 self.engine.sync_weights(self.policy)
                 self.engine_stale = False
             yield self.engine
@@ -212,7 +215,12 @@ class Trainer:
         """The new weights to the engines: the inline one syncs before it next generates,
         the asynchronous producer picks them up between generation calls."""
         self.engine_stale = self.engine_stale or changed
-        self.source().publish(lambda: policy_weights(self.policy), step, changed)
+        self.source().publish(self.weights, step, changed)
+
+    def weights(self) -> WeightStream:
+        """The policy streamed in the engine's dtype, a bucket at a time (weight_stream.py)."""
+        cfg = self.cfg
+        return policy_weights(self.policy, dtype=cfg.dtype, bucket_mb=cfg.weight_sync_bucket_mb)
 
     def iteration(self, step: int) -> dict[str, Any]:
         started = time.perf_counter()
@@ -272,10 +280,12 @@ class Trainer:
         """Checkpoint ``step``; ``score``: its eval accuracy (None: not evaluated), by which
         ``keep_best_checkpoint`` keeps the best checkpoint besides the last ``keep_checkpoints``."""
         sampler = self.source().sampler_state()
-        saved_state.save(
+        path = saved_state.save(
             self.state, self.run_dir, step, self.dist, keep=self.cfg.keep_checkpoints,
             sampler=sampler, keep_best=self.cfg.keep_best_checkpoint, score=score,
         )  # fmt: skip
+        if self.on_save is not None:
+            self.on_save(step, path)
 
     def load(self, checkpoint: Path) -> None:
         saved_state.load(self.state, checkpoint, self.dist, self.cfg.dtype)
@@ -368,13 +378,17 @@ class Trainer:
 
 
 # ---- entry points ----------------------------------------------------------------
-def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
-    """Start a new run in ``cfg.out_dir`` and train it to ``cfg.steps``."""
+def train(
+    cfg: TrainConfig, on_step: StepCallback | None = None, on_save: SaveCallback | None = None
+) -> dict[str, Any]:
+    """Start a new run in ``cfg.out_dir`` and train it to ``cfg.steps``; ``on_step`` gets each
+    metrics row, ``on_save`` each checkpoint written."""
     resolve_model_path(cfg.model)  # a missing model fails before the run directory exists
-    env = distributed.setup(cfg.device)
+    env = distributed.setup(cfg.device, timeout_minutes=cfg.dist_timeout_minutes)
     ranks.check_config(cfg, env.world_size)
     run_dir = env.on_main(lambda: prepare_run_dir(cfg))  # rank 0 writes; errors reach all ranks
     with open_trainer(cfg, run_dir) as trainer:
+        trainer.on_save = on_save
         return trainer.run(on_step)
 
 
@@ -391,10 +405,15 @@ def open_trainer(cfg: TrainConfig, run_dir: Path) -> Iterator[Trainer]:
             trainer.close()
 
 
-def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
+def resume(
+    run_dir: Path,
+    cfg: TrainConfig,
+    on_step: StepCallback | None = None,
+    on_save: SaveCallback | None = None,
+) -> dict[str, Any]:
     """Continue a run from its newest checkpoint that verifies (or from the start if it has
     none); a newer one that is incomplete or corrupt is skipped, saying so on stderr."""
-    env = distributed.setup(cfg.device)
+    env = distributed.setup(cfg.device, timeout_minutes=cfg.dist_timeout_minutes)
     # Rank 0 hashes the files; every rank gets its choice (or NoValidCheckpointError).
     choice = env.on_main(lambda: ckpt.resolve_resume_checkpoint(run_dir))
     note = choice.summary()
@@ -404,6 +423,7 @@ def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None)
     if checkpoint is not None:  # another world size is refused before any model is loaded
         saved_state.check_resume(checkpoint, env.world_size, env.enabled)
     with open_trainer(cfg, run_dir) as trainer:
+        trainer.on_save = on_save
         if checkpoint is not None:
             trainer.load(checkpoint)
             if trainer.state.reincarnated:  # the post-reincarnation lr, older checkpoints too

@@ -151,12 +151,12 @@ def _task_and_train_count(cfg: TrainConfig) -> tuple[Any, int | str]:
     """The task, and its training problems' count, or why a hub dataset was not checked
     (a machine without the hub can still check the rest of the plan)."""
     try:
-        task = build_task(cfg.task)
+        task = build_task(cfg.task, cfg.model)
         return task, len(task.train_problems())
     except DatasetError as err:
         if not (_is_hub_name(cfg.task.train_path) and cfg.task.eval_path):
             raise
         why = str(err).splitlines()[0][:160]
     # the reward and the held-out set, checked with the eval data standing in
-    task = build_task(dataclasses.replace(cfg.task, train_path=cfg.task.eval_path))
+    task = build_task(dataclasses.replace(cfg.task, train_path=cfg.task.eval_path), cfg.model)
     return task, f"NOT CHECKED ({why})"

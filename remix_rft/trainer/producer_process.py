@@ -102,7 +102,7 @@ def _serve(spec: ProducerSpec, transport: WeightTransport, requests: Any, result
     if spec.threads:
         torch.set_num_threads(spec.threads)
     cfg = spec.cfg
-    task = build_task(cfg.task)  # the slow part of starting, done while the learner starts
+    task = build_task(cfg.task, cfg.model)  # the slow part of starting, done while the learner starts
     tokenizer = load_tokenizer(cfg.model)
     model = load_policy(cfg.model, dtype=cfg.dtype).to(spec.device)
     model.eval().requires_grad_(False)

@@ -19,8 +19,9 @@ import torch
 
 from remix_rft.data.buffer import ReplayBuffer
 from remix_rft.data.sampler import PromptSampler
-from remix_rft.engines.distributed import DistEnv, full_state_dict, save_hf_policy
+from remix_rft.engines.distributed import DistEnv
 from remix_rft.engines.policy import ValueModel
+from remix_rft.engines.weight_stream import save_hf_policy_streamed
 from remix_rft.trainer import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -239,10 +240,13 @@ def _save_sharded(
         ckpt.save_state(state.streams(sampler), tmp / RANK_STATE.format(rank=env.rank))
     except (Exception, CheckpointException) as err:  # DCP: on every rank if any rank failed
         failure = _unwrap(err)
-    full = full_state_dict(state.policy)  # collective: every rank takes part, failed or not
+    try:  # collective: every rank takes part, failed or not; rank 0 streams it to its file
+        write = env.is_main and failure is None
+        save_hf_policy_streamed(state.policy, state.tokenizer, tmp / "policy", write=write)
+    except Exception as err:
+        failure = failure or err
     if env.is_main and failure is None:
         try:
-            save_hf_policy(state.policy, full, state.tokenizer, tmp / "policy")
             shared = {
                 "format": FORMAT,
                 "world_size": env.world_size,
@@ -252,7 +256,6 @@ def _save_sharded(
             ckpt.save_state(shared, tmp / ckpt.STATE_FILE)
         except Exception as err:
             failure = err
-    del full
     failures = env.gather(_describe(failure))  # also the barrier: every rank's files are in
 
     def finish() -> Path:

@@ -331,6 +331,7 @@ class Updater:
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if self.dist.sum(0.0 if finite else 1.0) == 0:  # every rank skips or steps together
             optimizer.step()
+            free_gradients(optimizer)
             self.nonfinite_streak = 0
             return grad_norm
         optimizer.zero_grad(set_to_none=True)
@@ -373,3 +374,10 @@ class Updater:
             stats.add("critic/loss", float(loss.detach()) * denominator, tokens)
             stats.add("critic/clip_frac", float(clipped.sum()), tokens)
         self.optimizer_step(optimizer, critic, loss_total, "critic")
+
+
+def free_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Gradients are spent once the step is taken: free them now rather than at the next
+    update's start, so they are not resident through generation and the weight push
+    (issue #38; docs/scale-out.md, "Weight publication and vLLM life cycle")."""
+    optimizer.zero_grad(set_to_none=True)
