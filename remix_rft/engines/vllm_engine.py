@@ -324,10 +324,13 @@ def _sampled_logprobs(per_position: Any, tokens: list[int]) -> torch.Tensor:
     """
     if per_position is None:
         return torch.full((len(tokens),), float("nan"))
-    flat, starts = getattr(per_position, "logprobs", None), getattr(per_position, "start_indices", None)
+    flat = getattr(per_position, "logprobs", None)
+    starts = getattr(per_position, "start_indices", None)
     if isinstance(flat, list) and isinstance(starts, list) and len(starts) == len(tokens):
         values = torch.tensor(flat, dtype=torch.float32)
-        return values if len(flat) == len(tokens) else values[torch.tensor(starts, dtype=torch.long)]
+        if len(flat) == len(tokens):  # logprobs=0: the sampled token's only
+            return values
+        return values[torch.tensor(starts, dtype=torch.long)]
     return torch.tensor(
         [float(lp[t].logprob) for lp, t in zip(per_position, tokens, strict=True)],
         dtype=torch.float32,
