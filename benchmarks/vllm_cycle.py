@@ -27,6 +27,8 @@ def device_used() -> float:
     """GiB in use on the device, every allocator counted (vLLM's pool is not torch's)."""
     import torch
 
+    if not torch.cuda.is_available():  # --cpu-smoke: vLLM-CPU does not sleep
+        return float("nan")
     torch.cuda.synchronize()
     free, total = torch.cuda.mem_get_info()
     return (total - free) / GIB
@@ -52,15 +54,17 @@ def build_model_dir(work: Path) -> object:
     return model.float().cuda(), tokenizer
 
 
-def cycle(level: int, work: Path, policy: object, tokenizer: object) -> list[str]:
-    from remix_rft.engines.factory import build_engine
+def cycle(level: int, work: Path, policy: object, tokenizer: object,
+          max_model_len: int = 1024) -> list[str]:
+    from remix_rft.engines.catalog import build_engine
     from remix_rft.engines.rollout import EngineOptions, SamplingSettings
 
     options = EngineOptions(
         model_path=str(work), dtype="bfloat16", gpu_memory_utilization=0.3,
-        max_model_len=1024, sleep_between_rollouts=True, sleep_level=level,
+        max_model_len=max_model_len, sleep_between_rollouts=True, sleep_level=level,
     )  # fmt: skip
-    greedy = SamplingSettings(max_new_tokens=64, temperature=0.0, logprobs=False)
+    greedy = SamplingSettings(max_new_tokens=min(64, max_model_len // 4), temperature=0.0,
+                              logprobs=False)  # fmt: skip
     engine = build_engine("vllm", policy=policy, tokenizer=tokenizer, options=options)
     rows = [f"| {level} | start | {device_used():.2f} | |"]
     engine.sync_weights(policy)
@@ -82,9 +86,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/remix-vllm-cycle"))
     p.add_argument("--levels", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="the embedded model on vLLM-CPU (sleep is a no-op there): the code path")
     args = p.parse_args()
     import torch
 
+    if args.cpu_smoke:
+        from remix_rft.engines.models import resolve_model_path
+        from remix_rft.engines.policy import load_policy, load_tokenizer
+
+        work = Path(resolve_model_path("embedded"))
+        policy, tokenizer = load_policy("embedded"), load_tokenizer("embedded")
+        for row in cycle(2, work, policy, tokenizer, max_model_len=256):
+            print(row, flush=True)
+        return 0
     if not torch.cuda.is_available():
         print("vllm_cycle: needs a CUDA device (torch.cuda.is_available() is False)",
               file=sys.stderr)  # fmt: skip
