@@ -22,7 +22,7 @@ def _train_command(args: argparse.Namespace) -> int:
     from remix_rft.trainer.preemption import (  # imports nothing heavy
         PREEMPTED_EXIT_CODE,
         PreemptionHandler,
-        validate_signal_names,
+        handled_signals,
     )
 
     # A preemption notice is recorded, not fatal, from the first moment: the imports and the
@@ -41,7 +41,7 @@ def _train_command(args: argparse.Namespace) -> int:
 
         return print_plan(parsed, _plan_hardware(args, parsed))
     cfg = parsed
-    handled = validate_signal_names(cfg.preempt_signals)
+    handled = handled_signals(cfg.preempt_signals)
     if early_signal is not None and early_signal not in handled:
         signal.raise_signal(early_signal)  # this run's config does not treat it as preemption
     with PreemptionHandler(cfg.preempt_signals) as preemption:  # train/resume nest theirs here
@@ -92,15 +92,26 @@ def _train_run(args: argparse.Namespace, cfg: Any) -> int:
     from remix_rft.trainer.loop import NonFiniteTrainingError
     from remix_rft.trainer.metrics import MetricsWriteError
     from remix_rft.trainer.preemption import PREEMPTED_EXIT_CODE, resume_hint
+    from remix_rft.trainer.rollouts import ProducerError
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 shows progress
     progress = TrainProgress(cfg.steps, 0, cfg.name) if main_rank else None
     try:
         # the Python API's Trainer: the command line is one of its callers (issue #35)
-        result = Trainer(args=cfg, on_step=progress).train(resume=args.resume)
+        result = Trainer(args=cfg, on_step=progress).train(
+            resume=args.resume, allow_config_change=args.allow_config_change
+        )
         summary = result.summary.to_dict()
-    except (CheckpointWriteError, MetricsWriteError) as err:
-        # a full disk or a failing device: the previous checkpoint and metrics.jsonl are valid
+    except KeyboardInterrupt:  # a third Ctrl-C: the step in progress is not saved
+        if progress is not None:
+            progress.close()
+        print("remix train: interrupted; the last complete checkpoint is kept (resume with "
+              "--resume)", file=sys.stderr)  # fmt: skip
+        shutdown()
+        return 130  # 128 + SIGINT, as a shell reports an interrupted command
+    except (CheckpointWriteError, MetricsWriteError, ProducerError) as err:
+        # a full disk or a failing device: the previous checkpoint and metrics.jsonl are valid;
+        # a dead producer: the run stops at the step it waited for, the checkpoint is valid
         if progress is not None:
             progress.close()
         print(f"remix train: error: {err}", file=sys.stderr)
@@ -143,6 +154,11 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("config", nargs="?", help="YAML config, e.g. configs/tiny-grpo.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 out_dir=runs/x")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument(
+        "--allow-config-change", metavar="KEY[,KEY]", default=None,
+        help="with --resume: accept changes to these keys that change what the run is "
+        "(model, task, seed, algorithm, batch geometry); other changes are only listed",
+    )  # fmt: skip
     p.add_argument(
         "--dry-run", action="store_true", help="validate config, data and tokenizer; print the plan"
     )

@@ -125,9 +125,15 @@ class Trainer:
     def run_dir(self) -> Path:
         return self.config.resolved_out_dir()
 
-    def train(self, resume: str | Path | None = None) -> TrainResult:
+    def train(
+        self,
+        resume: str | Path | None = None,
+        allow_config_change: Sequence[str] | str | None = None,
+    ) -> TrainResult:
         """Train to ``config.steps`` in a new run directory, or continue the run in ``resume``
-        from its newest valid checkpoint. Returns the summary and every metrics row."""
+        from its newest valid checkpoint (``allow_config_change``: the keys that may differ
+        from the run's own, see ``trainer/resume_config.py``). Returns the summary and every
+        metrics row."""
         from remix_rft.trainer import loop
 
         rows: list[Row] = []
@@ -147,7 +153,10 @@ class Trainer:
 
         try:
             if resume is not None:
-                summary = loop.resume(Path(resume), self.config, on_step=step, on_save=saved)
+                summary = loop.resume(
+                    Path(resume), self.config, on_step=step, on_save=saved,
+                    allow_config_change=allow_config_change,
+                )  # fmt: skip
             else:
                 self._write_inputs()
                 summary = loop.train(self.config, on_step=step, on_save=saved)

@@ -224,7 +224,8 @@ class TrainConfig:
     # also keep the checkpoint of the best eval accuracy; a new best is then checkpointed
     # even between save_every steps
     keep_best_checkpoint: bool = False
-    # signals that mean "finish this update, checkpoint, exit 75" (a scheduler's preemption notice)
+    # signals that mean "finish this update, checkpoint, exit 75" (a scheduler's preemption notice);
+    # SIGINT (Ctrl-C) always does too (a third one aborts the save)
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     reflection_words: list[str] = field(default_factory=lambda: list(DEFAULT_REFLECTION_WORDS))
     # experiment trackers besides metrics.jsonl: tensorboard, wandb (optional extras)

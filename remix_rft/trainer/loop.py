@@ -13,9 +13,8 @@ the special case η = 0, generated inline (``rollouts.py``). The parts: ``produc
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from remix_rft.engines.rollout import EngineOptions, Generation, RolloutEngine, 
 from remix_rft.engines.transport import policy_weights
 from remix_rft.engines.weight_stream import WeightStream
 from remix_rft.trainer import checkpoint as ckpt
-from remix_rft.trainer import ranks, reincarnation, rows, setup
+from remix_rft.trainer import ranks, reincarnation, resume_config, rows, setup
 from remix_rft.trainer import state as saved_state
 from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
@@ -54,6 +53,7 @@ from remix_rft.trainer.rollouts import (
     ProducerProcess,
     RolloutSource,
 )
+from remix_rft.trainer.runlock import run_lock
 from remix_rft.trainer.setup import prepare_run_dir
 from remix_rft.trainer.state import Counters
 from remix_rft.trainer.tasks import build_task, held_out_accuracy
@@ -134,7 +134,8 @@ class Trainer:
 
     def start_rollouts(self) -> RolloutSource:
         """The producer inline (sync), or in its own process holding a copy of the weights
-        as they are now (a resumed run's too), continuing this process's sampling stream."""
+        as they are now (a resumed run's too), continuing this process's sampling stream
+        (a resumed run's: the producer's own, as the checkpoint stored it)."""
         cfg, state = self.cfg, self.state
         if cfg.rollout_mode == "sync":
             return InlineRollouts(
@@ -142,9 +143,10 @@ class Trainer:
                 lambda: self.record_gen_logprobs(),
             )  # fmt: skip
         assert self.producer_process is not None  # launched in __init__ for async runs
+        rng = state.producer_rng if state.producer_rng is not None else torch.get_rng_state()
         return AsyncRollouts(
             cfg, state.sampler, self.dist, self.producer_process, self.weights(),
-            state.counters.step, start=(torch.get_rng_state(), self.engine_options()),
+            state.counters.step, start=(rng, self.engine_options()),
         )  # fmt: skip
 
     def source(self) -> RolloutSource:
@@ -280,6 +282,7 @@ class Trainer:
         """Checkpoint ``step``; ``score``: its eval accuracy (None: not evaluated), by which
         ``keep_best_checkpoint`` keeps the best checkpoint besides the last ``keep_checkpoints``."""
         sampler = self.source().sampler_state()
+        self.state.producer_rng = self.source().rng_state()  # async: the producer's stream
         path = saved_state.save(
             self.state, self.run_dir, step, self.dist, keep=self.cfg.keep_checkpoints,
             sampler=sampler, keep_best=self.cfg.keep_best_checkpoint, score=score,
@@ -386,10 +389,11 @@ def train(
     resolve_model_path(cfg.model)  # a missing model fails before the run directory exists
     env = distributed.setup(cfg.device, timeout_minutes=cfg.dist_timeout_minutes)
     ranks.check_config(cfg, env.world_size)
-    run_dir = env.on_main(lambda: prepare_run_dir(cfg))  # rank 0 writes; errors reach all ranks
-    with open_trainer(cfg, run_dir) as trainer:
-        trainer.on_save = on_save
-        return trainer.run(on_step)
+    with run_lock(env, cfg.resolved_out_dir()):  # before the check that the run is new
+        run_dir = env.on_main(lambda: prepare_run_dir(cfg))  # rank 0 writes; errors reach all
+        with open_trainer(cfg, run_dir) as trainer:
+            trainer.on_save = on_save
+            return trainer.run(on_step)
 
 
 @contextmanager
@@ -410,27 +414,26 @@ def resume(
     cfg: TrainConfig,
     on_step: StepCallback | None = None,
     on_save: SaveCallback | None = None,
+    allow_config_change: Sequence[str] | str | None = None,
 ) -> dict[str, Any]:
     """Continue a run from its newest checkpoint that verifies (or from the start if it has
-    none); a newer one that is incomplete or corrupt is skipped, saying so on stderr."""
+    none); a newer one that is incomplete or corrupt is skipped, saying so on stderr.
+    Settings that differ from the run's are listed, and refused where they change what the
+    run is unless ``allow_config_change`` names them (``resume_config.py``)."""
     env = distributed.setup(cfg.device, timeout_minutes=cfg.dist_timeout_minutes)
-    # Rank 0 hashes the files; every rank gets its choice (or NoValidCheckpointError).
-    choice = env.on_main(lambda: ckpt.resolve_resume_checkpoint(run_dir))
-    note = choice.summary()
-    if note and env.is_main:
-        print(f"remix train: {note}", file=sys.stderr)
-    checkpoint = choice.path
-    if checkpoint is not None:  # another world size is refused before any model is loaded
-        saved_state.check_resume(checkpoint, env.world_size, env.enabled)
-    with open_trainer(cfg, run_dir) as trainer:
-        trainer.on_save = on_save
-        if checkpoint is not None:
-            trainer.load(checkpoint)
-            if trainer.state.reincarnated:  # the post-reincarnation lr, older checkpoints too
-                reincarnation.apply_phase_lr(cfg, trainer.state)
-            log.info("resuming %s from %s (step %d)", run_dir, checkpoint.name,
-                     trainer.counters.step)  # fmt: skip
-        trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
-        if trainer.dist.is_main:
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        return trainer.run(on_step)
+    with run_lock(env, run_dir):
+        checkpoint, changes = resume_config.prepare_resume(env, run_dir, cfg, allow_config_change)
+        with open_trainer(cfg, run_dir) as trainer:
+            trainer.on_save = on_save
+            if checkpoint is not None:
+                trainer.load(checkpoint)
+                if trainer.state.reincarnated:  # the post-reincarnation lr, older ones too
+                    reincarnation.apply_phase_lr(cfg, trainer.state)
+                log.info("resuming %s from %s (step %d)", run_dir, checkpoint.name,
+                         trainer.counters.step)  # fmt: skip
+            trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
+            if trainer.dist.is_main:
+                if changes:  # the config it ran under so far, kept
+                    resume_config.keep_history(run_dir, trainer.counters.step)
+                atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+            return trainer.run(on_step)

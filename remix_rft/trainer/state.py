@@ -71,6 +71,9 @@ class TrainerState:
     counters: Counters
     tokenizer: Any
     lora: bool = False
+    # async: the producer's torch RNG after the last rollout used (§1.6); None: sync runs,
+    # where the learner's own RNG (``torch_rng``) is the one that samples
+    producer_rng: torch.Tensor | None = None
 
     @property
     def reincarnated(self) -> bool:
@@ -78,18 +81,22 @@ class TrainerState:
 
     def streams(self, sampler_state: dict[str, Any]) -> dict[str, Any]:
         """Buffer, prompt order and RNG state (per rank under torchrun)."""
-        return {
+        streams = {
             "buffer": self.buffer.state_dict(),
             "sampler": sampler_state,
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle_rng.get_state(),
         }
+        if self.producer_rng is not None:
+            streams["producer_rng"] = self.producer_rng
+        return streams
 
     def load_streams(self, saved: dict[str, Any]) -> None:
         self.buffer.load_state_dict(saved["buffer"])
         self.sampler.load_state_dict(saved["sampler"])
         torch.set_rng_state(saved["torch_rng"])
         self.shuffle_rng.set_state(saved["shuffle_rng"])
+        self.producer_rng = saved.get("producer_rng")  # older checkpoints: the learner's
 
 
 # ---- one process -----------------------------------------------------------------
@@ -351,5 +358,5 @@ def _load_sharded(state: TrainerState, checkpoint: Path, env: DistEnv) -> None:
         set_model_state_dict(state.critic, app["critic"])
         set_optimizer_state_dict(state.critic, state.critic_optimizer, app["critic_optimizer"])
     state.scheduler.load_state_dict(shared["scheduler"])
-    mine = torch.load(checkpoint / RANK_STATE.format(rank=env.rank), weights_only=True)
+    mine = ckpt.load_torch_file(checkpoint / RANK_STATE.format(rank=env.rank))
     state.load_streams(mine)
