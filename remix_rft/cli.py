@@ -39,7 +39,7 @@ def _train_command(args: argparse.Namespace) -> int:
             return parsed
         from remix_rft.trainer.plan import print_plan
 
-        return print_plan(parsed)
+        return print_plan(parsed, _plan_hardware(args, parsed))
     cfg = parsed
     handled = handled_signals(cfg.preempt_signals)
     if early_signal is not None and early_signal not in handled:
@@ -162,11 +162,35 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="validate config, data and tokenizer; print the plan"
     )
+    _add_plan_flags(p)
     p.add_argument(
         "--help-config", action="store_true",
         help="print every config key, by section, with its type, default and help",
     )  # fmt: skip
     p.set_defaults(func=_train_command)
+
+
+def _add_plan_flags(p: argparse.ArgumentParser) -> None:
+    """The memory plan's hardware (``--dry-run`` only; not config keys)."""
+    g = p.add_argument_group("memory plan (with --dry-run; docs/scale-out.md, Memory plan)")
+    g.add_argument("--gpu-memory-gb", type=float, default=80.0,
+                   help="memory per GPU in GiB (per process on --device cpu); default 80")
+    g.add_argument("--gpus", type=int, default=8, help="data-parallel ranks; default 8")
+    g.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                   help="plan per GPU (default) or per CPU process (config device: cpu)")
+    g.add_argument("--prompt-tokens", type=int, default=766,
+                   help="longest prompt in tokens; default 766 (the paper's cap)")
+    g.add_argument("--push", choices=("full", "streamed"), default=None,
+                   help="weight push to model; default: what this version does")
+
+
+def _plan_hardware(args: argparse.Namespace, cfg: Any) -> Any:
+    from remix_rft.trainer.memory_plan import Hardware
+
+    if args.gpus < 1 or args.gpu_memory_gb <= 0 or args.prompt_tokens < 1:
+        return None  # print_plan reports the bad flag
+    device = args.device or ("cpu" if cfg.device == "cpu" else "cuda")
+    return Hardware(args.gpu_memory_gb, args.gpus, device, args.prompt_tokens, args.push or "")
 
 
 def _print_config_help() -> int:

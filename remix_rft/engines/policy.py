@@ -236,6 +236,36 @@ def _at_response(values: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor
     return values[rows, columns[rows, tokens]]
 
 
+def _final_norm(model: Any) -> nn.Module | None:
+    """The decoder's last module (its final norm), whose output is the last hidden state."""
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if callable(get) else None
+    norm = getattr(decoder, "norm", None)
+    return norm if isinstance(norm, nn.Module) else None
+
+
+def _last_hidden(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The last layer's hidden states [B, W, H] from the model's own forward
+    (``logits_to_keep=1``: its head runs on one position only).
+
+    With gradients they come back through the root's output, where FSDP2 hooks its
+    backward. Without (the π_k / π_base passes) ``output_hidden_states`` would keep every
+    layer's [B, W, H] until the forward returns: the final norm's output is taken by a
+    hook instead, so one layer's hidden states are alive at a time (issue #38).
+    """
+    norm = None if torch.is_grad_enabled() else _final_norm(model)
+    if norm is None:
+        out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        return out.hidden_states[-1]
+    captured: list[torch.Tensor] = []
+    handle = norm.register_forward_hook(lambda _m, _i, output: captured.append(output))
+    try:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
 def response_stats(
     model: Any,
     batch: TrainBatch,
@@ -262,11 +292,7 @@ def response_stats(
     targets = batch.input_ids[:, batch.prompt_len :].to(device)[mask]
     head = output_head(model) if chunk_tokens > 0 else None
     if head is not None and not _is_sharded_weight(head, model):
-        # logits_to_keep=1: the model's own head runs on one position; the hidden states
-        # come back through the root's output, where FSDP2 hooks its backward.
-        out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-        hidden = _at_response(out.hidden_states[-1], columns, mask)
-        del out
+        hidden = _at_response(_last_hidden(model, inputs), columns, mask)
         gather_root(model)  # under FSDP2: the full head weight until the backward is done
         autocast_dtype = getattr(model, "autocast_dtype", None)
         logprobs, entropy = _chunked_head_stats(

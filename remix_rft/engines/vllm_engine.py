@@ -316,8 +316,21 @@ class VLLMEngine(RolloutEngine):
 
 
 def _sampled_logprobs(per_position: Any, tokens: list[int]) -> torch.Tensor:
+    """The sampled tokens' log-probs ([R]) from a completion's ``logprobs`` (``logprobs=0``).
+
+    vLLM's ``FlatLogprobs`` (``SamplingParams(flat_logprobs=True)``, vLLM >= 0.11) holds
+    them in flat lists, the sampled token first at each position: one tensor index, no
+    per-token Python objects. The list-of-dicts form (older vLLM) takes a loop.
+    """
     if per_position is None:
         return torch.full((len(tokens),), float("nan"))
+    flat = getattr(per_position, "logprobs", None)
+    starts = getattr(per_position, "start_indices", None)
+    if isinstance(flat, list) and isinstance(starts, list) and len(starts) == len(tokens):
+        values = torch.tensor(flat, dtype=torch.float32)
+        if len(flat) == len(tokens):  # logprobs=0: the sampled token's only
+            return values
+        return values[torch.tensor(starts, dtype=torch.long)]
     return torch.tensor(
         [float(lp[t].logprob) for lp, t in zip(per_position, tokens, strict=True)],
         dtype=torch.float32,

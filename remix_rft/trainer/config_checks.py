@@ -148,6 +148,7 @@ def _validate_ranges(cfg: TrainConfig) -> None:
         "micro_batch_size", "warmup_updates", "weight_decay", "kl_coef", "critic_warmup_steps",
         "reincarnation_step", "reincarnation_patience", "threads", "max_grad_norm", "seed",
         "vllm_max_model_len", "micro_batch_tokens", "logprob_chunk_tokens", "entropy_coef",
+        "logprob_micro_batch_tokens",
         "max_nonfinite_updates", "max_staleness", "rollout_threads", "overlong_buffer_tokens",
         "overlong_penalty", "eval_threads", "log_samples", "log_eval_problems",
         "truncation_warn_steps",

@@ -128,6 +128,10 @@ class TrainConfig:
     # Response tokens per chunk of the output head when computing log-probs and entropy
     # (0: full logits from the model's forward, [B, T, V] at once).
     logprob_chunk_tokens: int = 1024
+    # Per-device budget of padded tokens per forward pass of the no-grad passes (log π_k,
+    # log π_base, critic values), as verl's log_prob_max_token_len_per_gpu: they keep no
+    # activations, so they can take more than micro_batch_tokens (0: the update's micro-batches)
+    logprob_micro_batch_tokens: int = 0
     epochs: int = 1  # passes over each iteration's training batch
     # updates in a row skipped for a non-finite loss or gradient that stop the run (0: never)
     max_nonfinite_updates: int = 3

@@ -58,6 +58,7 @@ _SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
             "micro_batch_size",
             "micro_batch_tokens",
             "logprob_chunk_tokens",
+            "logprob_micro_batch_tokens",
             "epochs",
             "max_nonfinite_updates",
         ),

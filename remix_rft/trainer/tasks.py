@@ -246,9 +246,13 @@ def held_out_eval(
     )  # fmt: skip
     texts: list[str] = []
     finished: list[bool] = []
+    # vLLM batches continuously: one call per rank keeps its batch full to the last long
+    # response (chunks would each wait for their slowest); the HF engines pad a batch, so
+    # eval_batch_size bounds their memory.
+    size = len(prompts) if cfg.rollout_engine == "vllm" else cfg.eval_batch_size
     with torch_threads(cfg.eval_threads):
-        for begin in range(0, len(prompts), cfg.eval_batch_size):
-            chunk = prompts[begin : begin + cfg.eval_batch_size]
+        for begin in range(0, len(prompts), max(size, 1)):
+            chunk = prompts[begin : begin + size]
             gen = engine.generate(chunk, replace(settings, seed=settings.seed + begin))
             texts += gen.texts
             finished += gen.finished or [True] * len(gen.texts)  # an engine without flags
