@@ -104,9 +104,7 @@ def fill_uniform_replay(
     return MixedBatch([s for s in fresh if id(s) in kept], replayed)
 
 
-def mix(
-    name: str, fresh: list[Sample], buffer: ReplayBuffer, n_past: int, step: int
-) -> MixedBatch:
+def mix(name: str, fresh: list[Sample], buffer: ReplayBuffer, n_past: int, step: int) -> MixedBatch:
     """The batch of iteration ``step``: without an off-policy share (on-policy, or after
     reincarnation) the fresh samples alone, whatever the strategy."""
     if n_past <= 0:
