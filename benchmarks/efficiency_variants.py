@@ -33,9 +33,12 @@ SETTINGS: dict[str, Setting] = {
     # problems solved: 0.31); the plateau target is tuned GRPO's final accuracy - 0.01.
     # ReMix reincarnates later here (80 iterations, 2,560 rollouts).
     "hard": Setting("embedded-hard", 12800, 0.40, 512, ("reincarnation_step=80",), 4096),
-    # The hard setting evaluated twice as often (every 256 rollouts): the replay test's
-    # grid, fine enough to interpolate rollouts-to-T (its own archive: runs/hard-fine/).
-    "hard-fine": Setting("embedded-hard", 12800, 0.40, 256, ("reincarnation_step=80",), 4096),
+    # The replay test's setting (docs/results-replay.md): the hard setting evaluated twice as
+    # often (every 256 rollouts, fine enough to interpolate rollouts-to-T) over the reuse
+    # phase of the paper regime (reincarnation at 2,560 rollouts, where every strategy
+    # becomes the same on-policy GRPO) and 12 on-policy iterations after it; its own
+    # archive (runs/hard-replay/). A 12,800 budget costs ~4x as much per run.
+    "hard-replay": Setting("embedded-hard", 4096, 0.40, 256, ("reincarnation_step=80",), 2560),
 }
 
 
@@ -196,7 +199,7 @@ VARIANTS: dict[str, Variant] = {
     **{
         f"paper-{name}": Variant(
             "tiny-remix-grpo-paper", (f"replay_strategy={name}",), "remix",
-            settings=("hard-fine",), tier=10, note=note,
+            settings=("hard-replay",), tier=10, note=note,
         )  # fmt: skip
         for name, note in (
             ("informative", "paper-remix replaying only groups with signal at generation"),
@@ -208,7 +211,7 @@ VARIANTS: dict[str, Variant] = {
         "tiny-remix-grpo-paper",
         ("offpolicy_fraction=0", "dynamic_sampling=true", "max_generation_rounds=3"),
         "filter",
-        settings=("hard-fine",),
+        settings=("hard-replay",),
         tier=10,
         note="arm (c): paper-no-reuse with dynamic sampling (groups without signal dropped "
         "and refilled, up to 3 rounds; every generated response counted)",
