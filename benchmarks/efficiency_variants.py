@@ -199,7 +199,7 @@ VARIANTS: dict[str, Variant] = {
     **{
         f"paper-{name}": Variant(
             "tiny-remix-grpo-paper", (f"replay_strategy={name}",), "remix",
-            settings=("hard-replay",), tier=10, note=note,
+            settings=("hard-replay",), tier=5, note=note,
         )  # fmt: skip
         for name, note in (
             ("informative", "paper-remix replaying only groups with signal at generation"),
@@ -212,7 +212,7 @@ VARIANTS: dict[str, Variant] = {
         ("offpolicy_fraction=0", "dynamic_sampling=true", "max_generation_rounds=3"),
         "filter",
         settings=("hard-replay",),
-        tier=10,
+        tier=5,
         note="arm (c): paper-no-reuse with dynamic sampling (groups without signal dropped "
         "and refilled, up to 3 rounds; every generated response counted)",
     ),  # fmt: skip
