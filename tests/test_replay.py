@@ -63,6 +63,8 @@ def test_strategies_are_registered_functions_and_unknown_names_fail():
 
     with pytest.raises(ConfigError, match="replay_strategy"):
         load_config(None, [*REPLAY, "replay_strategy=newest"])
+    with pytest.raises(ConfigError, match="replay_strategy.*on-policy"):
+        load_config(None, ["algorithm=grpo", "replay_strategy=informative"])
     with pytest.raises(ConfigError, match="replay_strategy"):  # a critic's advantages move
         load_config(None, ["algorithm=remix-ppo", "window=3", "replay_strategy=informative"])
 

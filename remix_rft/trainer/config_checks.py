@@ -197,6 +197,12 @@ def _validate_on_policy(cfg: TrainConfig) -> None:
             cfg.offpolicy_fraction,
         )
         check(
+            cfg.replay_strategy == "uniform",
+            "replay_strategy",
+            f"uniform for the on-policy algorithm {cfg.algorithm} (it replays nothing)",
+            cfg.replay_strategy,
+        )
+        check(
             cfg.reincarnation_step == 0 and cfg.reincarnation_patience == 0,
             "reincarnation_step",
             f"0 for the on-policy algorithm {cfg.algorithm} (use remix-*)",
