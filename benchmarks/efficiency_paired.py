@@ -176,6 +176,7 @@ def verdicts(loaded: dict[str, VariantRuns], control: str, target: float, budget
 
 
 SIGNAL_KEYS = (
+    ("groups/uniform_frac", "uniform groups, fresh"),
     ("fresh/informative_frac", "informative, fresh (generated)"),
     ("batch/informative_frac", "informative, training batch"),
     ("replay/informative_frac", "informative, replayed"),
