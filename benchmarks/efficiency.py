@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from efficiency_paired import paired_table, signal_table, verdicts
+from efficiency_paired import paired_table, plot_paired, signal_table, verdicts
 from efficiency_tables import (
     RunSource,
     VariantRuns,
@@ -246,7 +246,11 @@ def main() -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     report_name = args.report_name or f"efficiency-{args.setting}"
     png = args.out_dir / f"{report_name}.png"
-    plot(loaded, setting.budget, targets, png, f"{args.setting} setting")
+    if args.paired_control:
+        plot_paired(loaded, args.paired_control, setting.budget, targets, png,
+                    f"{args.setting} setting")  # fmt: skip
+    else:
+        plot(loaded, setting.budget, targets, png, f"{args.setting} setting")
     n_runs = sum(len(vr.runs) for vr in loaded.values())
     from_archive = sum(r.path.name.endswith(".json.gz") for vr in loaded.values() for r in vr.runs)
     command = f"python benchmarks/efficiency.py {' '.join(reproduce_args(sys.argv[1:]))}"

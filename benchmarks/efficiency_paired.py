@@ -26,6 +26,7 @@ from remix_rft.apps.compare import eval_rows, plateau_accuracy
 from remix_rft.apps.runs import EVAL_KEY, RunRecord
 
 Row = dict[str, Any]
+MIN_SEEDS = 3  # below it a standard error of the paired difference means little
 
 
 def eval_points(rows: Sequence[Row]) -> list[tuple[float, float]]:
@@ -80,7 +81,12 @@ class Paired:
 
     @property
     def z(self) -> float:
-        return self.diff_mean / self.diff_se if self.diff_se > 0 else math.inf
+        """The paired difference in standard errors (nan below two seeds)."""
+        if self.seeds < 2 or math.isnan(self.diff_se):
+            return math.nan
+        if self.diff_se == 0:
+            return math.copysign(math.inf, self.diff_mean) if self.diff_mean else 0.0
+        return self.diff_mean / self.diff_se
 
 
 def se(values: Sequence[float]) -> float:
@@ -165,11 +171,13 @@ def verdicts(loaded: dict[str, VariantRuns], control: str, target: float, budget
         faster = to_t is not None and to_t.z < -2
         larger = area is not None and area.z > 2
         win = (faster or larger) and final.diff_mean >= -0.005
+        verdict = "**beats the control**" if win else "no win"
+        if final.seeds < MIN_SEEDS:
+            verdict = f"too few paired seeds for a verdict (< {MIN_SEEDS})"
         z_t = f"{to_t.z:+.1f}" if to_t else "—"
         z_a = f"{area.z:+.1f}" if area else "—"
         out.append(
-            f"- `{name}` ({final.seeds} paired seeds): "
-            f"{'**beats the control**' if win else 'no win'} (paired difference / its SE: "
+            f"- `{name}` ({final.seeds} paired seeds): {verdict} (paired difference / its SE: "
             f"rollouts to T {z_t}, AUC {z_a}; Δ final {final.diff_mean:+.4f})"
         )
     return out
@@ -199,3 +207,68 @@ def signal_table(loaded: dict[str, VariantRuns], until_rollouts: float) -> list[
         cells = [mean_std(vr.mean_of(key, early), ".3f") for key, _ in SIGNAL_KEYS]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     return lines
+
+
+def linear_curve(rows: Sequence[Row], grid: Sequence[float]) -> list[float]:
+    """Held-out accuracy on ``grid``, linear between evaluations (held after the last)."""
+    points = eval_points(rows)
+    xs, accs = [x for x, _ in points], [a for _, a in points]
+    return [float(_interp(x, xs, accs)) for x in grid]
+
+
+def _interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float:
+    if not xs or x < xs[0]:
+        return math.nan
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True),
+                                  strict=False):  # fmt: skip
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return ys[-1]
+
+
+def plot_paired(loaded: dict[str, VariantRuns], control: str, budget: int,
+                targets: Sequence[float], path: Any, title: str) -> None:  # fmt: skip
+    """Left: mean accuracy per arm (linear between evaluations) ± its standard error;
+    right: the paired difference to ``control`` per rollout count, mean ± standard error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [budget * i / 256 for i in range(257)]
+    ctrl = {seed_of(r): linear_curve(r.rows, grid) for r in loaded[control].runs}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    for name, vr in loaded.items():
+        if not vr.runs:
+            continue
+        curves = {seed_of(r): linear_curve(r.rows, grid) for r in vr.runs}
+        color = plt.get_cmap("tab10")(list(loaded).index(name) % 10)
+        _band(left, grid, list(curves.values()), color, f"{name} (n={len(curves)})")
+        diffs = [[a - b for a, b in zip(curves[s], ctrl[s], strict=True)]
+                 for s in curves if s in ctrl]  # fmt: skip
+        if name != control and diffs:
+            _band(right, grid, diffs, color, f"{name} − {control} (n={len(diffs)} seeds)")
+    for t in targets:
+        left.axhline(t, color="grey", lw=0.8, ls=":")
+    right.axhline(0.0, color="black", lw=0.8)
+    left.set_ylabel("held-out greedy accuracy (500 problems)")
+    right.set_ylabel(f"paired difference to {control}")
+    for ax, panel in ((left, "mean ± SE"), (right, "paired difference, mean ± SE")):
+        ax.set_xlabel("rollouts (sampled responses)")
+        ax.set_title(f"{title}: {panel}")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _band(
+    ax: Any, grid: Sequence[float], curves: list[list[float]], color: Any, label: str
+) -> None:
+    mean = [statistics.fmean(c[i] for c in curves) for i in range(len(grid))]
+    err = [se([c[i] for c in curves]) if len(curves) > 1 else 0.0 for i in range(len(grid))]
+    ax.plot(grid, mean, color=color, lw=1.4, label=label)
+    ax.fill_between(grid, [m - e for m, e in zip(mean, err, strict=True)],
+                    [m + e for m, e in zip(mean, err, strict=True)], color=color, alpha=0.15)  # fmt: skip

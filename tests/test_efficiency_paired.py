@@ -41,3 +41,5 @@ def test_paired_differences_and_their_standard_error():
     assert pair.diff_se == pytest.approx(math.sqrt(1.0 / 3))  # diffs -2, -1, -3
     assert pair.z == pytest.approx(-2.0 / math.sqrt(1.0 / 3))
     assert ep.paired({0: 1.0}, {1: 1.0}) is None
+    one = ep.paired({0: 2.0}, {0: 1.0})
+    assert one is not None and math.isnan(one.z)  # one seed: no standard error, no verdict
