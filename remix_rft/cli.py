@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -153,15 +155,40 @@ def _add_train(subparsers: Any) -> None:
 
 def _print_config_help() -> int:
     from remix_rft.trainer.config import TrainConfig
+    from remix_rft.trainer.config_checks import choice_keys
     from remix_rft.trainer.config_sections import help_lines
 
     print("Config keys: flat (lr: 1e-5) or in their section (optim: {lr: 1e-5}); key=value")
-    print("overrides take either spelling (optim.lr=1e-5).\n")
-    print("\n".join(help_lines(TrainConfig, TrainConfig())))
+    print("overrides take either spelling (optim.lr=1e-5). Relative paths in a config file are")
+    print("relative to the file's directory; on the command line, to the working directory.\n")
+    print("\n".join(help_lines(TrainConfig, TrainConfig(), choice_keys())))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The subcommands of remix_rft/apps: module and one-line help (the module's own, checked by
+# tests/test_config.py). A module (torch, transformers: seconds) is imported only to run its
+# command or show that command's --help, so `remix --help` and `remix train --help` are instant.
+APP_COMMANDS: dict[str, tuple[str, str]] = {
+    "eval": (
+        "remix_rft.apps.evaluate", "accuracy on AIME24, AMC23, MATH500, Minerva, OlympiadBench"
+    ),
+    "compare": (
+        "remix_rft.apps.compare", "compare runs: rollouts and wall-clock to a target accuracy"
+    ),
+    "demo": (
+        "remix_rft.apps.demo",
+        "on-policy GRPO vs ReMix-GRPO on the embedded model: table and plot",
+    ),
+    "build-tiny": (
+        "remix_rft.apps.build_tiny",
+        "rebuild the embedded tiny base model (SFT on arithmetic, some solutions sloppy)",
+    ),
+}  # fmt: skip
+
+
+def build_parser(load: Container[str] | None = None) -> argparse.ArgumentParser:
+    """The ``remix`` parser; of the apps' commands only those in ``load`` (None: all) are
+    complete, the others are listed by name and help."""
     parser = argparse.ArgumentParser(
         prog="remix", description="Rollout-efficient RL finetuning: GRPO, PPO and ReMix."
     )
@@ -169,13 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
-    from remix_rft.apps import build_tiny, compare, demo, evaluate
-
-    evaluate.add_parser(sub)
-    compare.add_parser(sub)
-    demo.add_parser(sub)
-    build_tiny.add_parser(sub)
+    for name, (module, help_text) in APP_COMMANDS.items():
+        if load is None or name in load:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv``: its first word (remix's own options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
@@ -203,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from remix_rft.trainer.preemption import PreemptionHandler
 
-    # Building the parser imports torch (seconds): a preemption notice meanwhile is held for
-    # `remix train` (which then exits 75) and re-raised for the other commands.
+    # Building an app's parser imports torch (seconds): a preemption notice meanwhile is held
+    # for `remix train` (which then exits 75) and re-raised for the other commands.
     with PreemptionHandler() as startup:
-        parser = build_parser()
+        parser = build_parser(load={_command(argv)} - {None})
         args = parser.parse_args(_normalise_argv(argv))
     args.startup_signal = startup.signal_name
     if startup.signal_name and getattr(args, "func", None) is not _train_command:
@@ -215,10 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    _quiet_library_progress()
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    _quiet_library_progress()
     return int(args.func(args) or 0)
 
 

@@ -303,3 +303,25 @@ def test_plot_runs_direct(tmp_path):
     empty = load_run(write_run(tmp_path, "noeval", make_rows({}, steps=2), done=False))
     path = plot_runs([run, empty], tmp_path / "p.png", target=0.3)
     assert path == tmp_path / "p.png" and path.stat().st_size > 0
+
+
+def test_both_panels_are_on_rollouts_and_reincarnation_is_marked(tmp_path):
+    """The length panel shares the accuracy panel's x-axis (rollouts, not steps: a ReMix
+    run's iterations are smaller than GRPO's), and a dotted line marks reincarnation."""
+    from remix_rft.apps.plots import reincarnation_rollouts, runs_figure
+
+    grpo = load_run(write_run(tmp_path, "grpo", make_rows({0: 0.2, 4: 0.4}, steps=4)))
+    rows = make_rows({0: 0.2, 2: 0.5, 4: 0.6}, steps=4)
+    rows[3]["reincarnated"] = True  # at step 3: 192 rollouts
+    remix = load_run(write_run(tmp_path, "remix", rows, "remix-grpo"))
+    assert reincarnation_rollouts(remix) == 3 * ROLLOUTS_PER_STEP
+    assert reincarnation_rollouts(grpo) is None
+    ax_acc, ax_len = runs_figure([grpo, remix], target=0.5).axes
+    assert "rollouts" in ax_len.get_xlabel() and "vs rollouts" in ax_len.get_title()
+    length_lines = [ln for ln in ax_len.lines if ln.get_linestyle() == "-"]
+    assert list(length_lines[1].get_xdata()) == [r["rollouts"] for r in rows]
+    for ax in (ax_acc, ax_len):
+        marks = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [192, 192]
+        assert marks[0].get_color() == length_lines[1].get_color()  # the run's own colour
+    assert "remix reincarnation" in ax_acc.get_legend_handles_labels()[1]

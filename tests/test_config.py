@@ -267,3 +267,171 @@ def test_dry_run_of_an_on_policy_config_never_reincarnates(capsys):
     out = capsys.readouterr().out
     assert "1 optimizer update per step" in out
     assert "reincarnation  never" in out and "after reinc." not in out
+
+
+# ---- #37 item 8: paths relative to the config file, one-line errors ----------------------
+def _own_task(tmp_path: Path) -> Path:
+    """A config in tmp_path/cfg naming data and a reward file beside it (relative paths)."""
+    folder = tmp_path / "cfg"
+    (folder / "data").mkdir(parents=True)
+    row = '{"problem": "1+1?", "answer": "2"}\n'
+    (folder / "data" / "train.jsonl").write_text(row * 4)
+    (folder / "reward.py").write_text("def score(response, problem):\n    return 0.0\n")
+    path = folder / "own.yaml"
+    path.write_text(
+        "task:\n  name: custom\n  train_path: data/train.jsonl\n"
+        "  eval_path: data/train.jsonl\n  reward_fn: reward.py:score\n"
+    )
+    return path
+
+
+def test_relative_paths_in_a_config_file_follow_the_file_not_the_cwd(tmp_path, monkeypatch):
+    path = _own_task(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(path)
+    folder = path.parent.resolve()
+    assert cfg.task.train_path == str(folder / "data" / "train.jsonl")
+    assert cfg.task.reward_fn == f"{folder / 'reward.py'}:score"
+    # a command-line override is relative to the working directory
+    (elsewhere / "mine.jsonl").write_text('{"problem": "p", "answer": "1"}\n')
+    cfg = load_config(path, ["task.train_path=mine.jsonl"])
+    assert cfg.task.train_path == "mine.jsonl"
+    # hub ids and shipped names are not paths
+    cfg = load_config(path, [])
+    assert cfg.model == "embedded"
+    assert load_config(CONFIGS / "r1-distill-1.5b-grpo.yaml").task.train_path.startswith("builtin:")
+
+
+def test_a_missing_relative_path_names_the_key_and_the_base_it_used(tmp_path, monkeypatch, capsys):
+    path = _own_task(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    text = path.read_text().replace("data/train.jsonl\n  eval", "data/nope.jsonl\n  eval")
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "'task.train_path'" in message and "data/nope.jsonl" in message
+    assert f"config file's directory ({path.parent.resolve() / 'data' / 'nope.jsonl'}" in message
+    # the same path as an override: looked for (later) relative to the working directory
+    code = main(["train", str(path), "task.train_path=data/nope.jsonl", "--dry-run"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"data/nope.jsonl does not exist (relative to the working directory {tmp_path}" in err
+
+
+def test_a_config_written_for_the_cwd_still_loads_with_a_warning(tmp_path, monkeypatch, caplog):
+    path = _own_task(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    path.write_text(path.read_text().replace("data/train.jsonl", "cfg/data/train.jsonl"))
+    cfg = load_config(path)
+    assert cfg.task.train_path == str(tmp_path / "cfg" / "data" / "train.jsonl")
+    assert "relative to the working directory" in caplog.text
+
+
+def test_dry_run_of_an_empty_dataset_fails_naming_the_file(tmp_path, capsys):
+    path = _own_task(tmp_path)
+    (path.parent / "data" / "train.jsonl").write_text("")
+    assert main(["train", str(path), f"out_dir={tmp_path / 'r'}", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.jsonl: the dataset is empty" in err[0]
+
+
+def test_did_you_mean_is_not_followed_by_every_key(capsys):
+    code = main(["train", "tiny-grpo", "lrr=1e-5", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "did you mean lr?" in err and "adam_beta1" not in err and "--help-config" in err
+    with pytest.raises(ConfigError, match=r"did you mean task\.name") as info:
+        load_config(None, ["task.nme=math"])
+    assert "task.answer_key" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"allowed: task\.answer_key"):  # nothing close
+        load_config(None, ["task.zzzz=1"])
+
+
+def test_help_config_shows_the_allowed_values_of_choice_keys(capsys):
+    assert main(["train", "--help-config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    def after(key_line: str) -> str:
+        return lines[lines.index(key_line) + 1].strip()
+
+    assert after("  algorithm: str = 'grpo'") == "one of: grpo, ppo, remix-grpo, remix-ppo"
+    assert after("  name: str = 'arithmetic'") == "one of: arithmetic, math, custom"
+    policy = next(i for i, ln in enumerate(lines) if ln.startswith("  policy_loss"))
+    assert lines[policy + 1].strip() == "one of: cispo, gspo, mix-ppg"
+    assert any("relative to the file's directory" in ln for ln in lines[:4])
+
+
+def test_an_unwritable_out_dir_is_one_line_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "afile").write_text("in the way")
+    out_dir = tmp_path / "afile" / "run"
+    args = ["train", "tiny-grpo", f"out_dir={out_dir}", "steps=1"]
+    assert main([*args, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"out_dir {out_dir}: cannot be created: {tmp_path / 'afile'} is not a directory" in err
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"remix train: error: out_dir {out_dir}: cannot be written" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_out_dir_fails_the_dry_run(tmp_path):
+    from remix_rft.trainer.io import RunDirError, check_out_dir
+
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(RunDirError, match="no write permission"):
+            check_out_dir(tmp_path / "run")
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def test_dry_run_counts_the_lines_skip_bad_rows_skipped(tmp_path, capsys):
+    path = _own_task(tmp_path)
+    data = path.parent / "data" / "train.jsonl"
+    data.write_text(data.read_text() + "{not json\n")
+    assert main(["train", str(path), f"out_dir={tmp_path / 'r'}", "--dry-run"]) == 2
+    assert "line 5 is not JSON" in capsys.readouterr().err
+    args = ["train", str(path), "task.skip_bad_rows=true", f"out_dir={tmp_path / 'r'}"]
+    assert main([*args, "--dry-run"]) == 0
+    task_line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("task "))
+    # train and eval are the same file here: its bad line is counted in each
+    assert "4 train / 4 held-out problems (2 bad rows or lines skipped" in task_line
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], []])
+def test_remix_help_does_not_import_torch(argv):
+    """`remix --help` lists every command without importing an app (torch: seconds)."""
+    code = (
+        "import sys\nfrom remix_rft.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(CONFIGS.parent)}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=CONFIGS.parent,
+    ).stdout
+    assert "HEAVY []" in out
+    if argv != ["train", "--help"]:
+        assert all(name in out for name in ("train", "eval", "compare", "demo", "build-tiny"))
+
+
+def test_the_lazy_command_list_matches_each_apps_own_help():
+    from remix_rft.cli import APP_COMMANDS, build_parser
+
+    def helps(parser):
+        action = next(a for a in parser._actions if a.dest == "command")
+        return {c.dest: c.help for c in action._choices_actions}
+
+    full, lazy = helps(build_parser()), helps(build_parser(load=()))
+    assert lazy == full and set(APP_COMMANDS) < set(full)
+    args = build_parser(load={"compare"}).parse_args(["compare", "a", "--target", "0.5"])
+    assert args.target == 0.5 and args.run_dirs == ["a"]

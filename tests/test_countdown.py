@@ -118,12 +118,12 @@ def score(response, problem):
 
 def test_example_config_trains_two_steps_with_the_reward_in_workers(tmp_path, monkeypatch):
     """The shipped config end to end; the reward function is wrapped to record where it ran."""
-    monkeypatch.chdir(REPO)  # the config's paths are relative to the repository root
+    monkeypatch.chdir(tmp_path)  # the config's paths follow the config file, not the cwd
     log = tmp_path / "calls.jsonl"
     wrapper = tmp_path / "recording.py"
     wrapper.write_text(RECORDING_REWARD.format(example=str(EXAMPLE), log=str(log)))
     cfg = load_config(
-        "examples/countdown/countdown-remix-grpo.yaml",
+        str(EXAMPLE / "countdown-remix-grpo.yaml"),
         [
             f"out_dir={tmp_path / 'run'}", "steps=2", "prompts_per_step=4", "group_size=4",
             "minibatch_size=16", "eval_problems=8", "eval_every=1", "save_every=2",

@@ -37,6 +37,27 @@ def test_demo_trains_both_algorithms_and_writes_table_and_plot(tmp_path, capsys,
     assert "reflect" not in header  # always 0 on the embedded task
     assert "early speed:" in printed and "final accuracy (mean of the last 3" in printed
     assert "fresh-only control: grpo-4x8" in printed and "shipped benchmark, 5 seeds" in printed
+    # the printed `remix compare` command shows the same table, at the demo's target, and
+    # writes its own plot (demo.png stays the demo's)
+    command = next(ln for ln in printed.splitlines() if ln.startswith("compare again: "))
+    argv = command.removeprefix("compare again: remix ").split()
+    assert argv[-4:] == ["--target", "0.2", "--plot", str(out / "compare.png")]
+    before = (out / "demo.png").read_bytes()
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    demo_table = [ln for ln in printed.splitlines() if ln.startswith(("grpo ", "remix-grpo "))]
+    assert demo_table and all(line in again for line in demo_table)
+    assert (out / "compare.png").is_file() and (out / "demo.png").read_bytes() == before
+
+
+def test_the_compare_command_keeps_the_demos_target_and_plot(tmp_path):
+    from remix_rft.apps.demo import compare_command
+
+    dirs = [tmp_path / "grpo", tmp_path / "remix grpo"]
+    command = compare_command(dirs, 0.9, tmp_path)
+    assert command == (
+        f"remix compare {dirs[0]} '{dirs[1]}' --target 0.9 --plot {tmp_path / 'compare.png'}"
+    )
 
 
 def test_demo_budget_sets_each_runs_steps(tmp_path):

@@ -113,6 +113,40 @@ def test_bad_row_names_file_row_and_key(tmp_path):
         load_math_problems(write_json(tmp_path / "e.json", [{"problem": "p", "answer": []}]))
 
 
+def test_a_missing_key_shows_the_rows_keys_and_the_setting(tmp_path):
+    path = write_json(tmp_path / "q.json", [{"question": "1+1?", "final": "2"}])
+    with pytest.raises(DatasetError) as err:
+        load_math_problems(path)
+    message = str(err.value)
+    assert "q.json: row 0 has no key 'problem'" in message
+    assert "its keys: question, final" in message and "task.problem_key" in message
+    with pytest.raises(DatasetError, match=r"its keys: question, final; set task.answer_key"):
+        load_math_problems(path, problem_key="question")
+
+
+def test_an_empty_dataset_is_an_error_naming_the_file(tmp_path):
+    for name, text in (("e.jsonl", ""), ("blank.jsonl", "\n\n"), ("e.json", "[]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DatasetError, match=rf"{name}: the dataset is empty"):
+            load_math_problems(tmp_path / name)
+    assert load_math_problems(tmp_path / "e.json", limit=0) == []
+
+
+def test_skip_bad_rows_skips_lines_that_are_not_json_and_counts_them(tmp_path):
+    good = json.dumps({"problem": "1+1?", "answer": "2"})
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(f"{good}\n{{oops\n{good}\nnot json either\n")
+    with pytest.raises(DatasetError, match=r"line 2 is not JSON.*skip_bad_rows"):
+        load_math_problems(path)
+    loaded = load_math_problems(path, on_bad_row="skip")
+    assert len(loaded) == 2 and loaded.skipped == 2
+    assert "line 2 is not JSON" in loaded.skipped_reasons[0]
+    assert "line 4 is not JSON" in loaded.skipped_reasons[1]
+    path.write_text("{oops\n")
+    with pytest.raises(DatasetError, match=r"empty: no rows \(1 lines skipped as not JSON\)"):
+        load_math_problems(path, on_bad_row="skip")
+
+
 def test_unreadable_sources(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="does not exist"):
         load_math_problems(tmp_path / "missing.json")

@@ -509,6 +509,36 @@ def test_token_mis_masks_the_tokens_over_the_threshold():
     metrics_close(out.metrics, 4.0, 11.5 / 7, 2 / 7)
 
 
+def test_mis_with_a_lower_bound_also_masks_the_tokens_under_it():
+    """IcePop-style rejection: ratios outside [min_threshold, threshold] leave the loss."""
+    # ratios [[1, 4, 0.5, 1], [3, 1, 1, pad]]; bounds [0.6, 2]: 4, 0.5 and 3 are dropped.
+    out = rollout_correction(
+        TRAINER, ENGINE, MASK, mode="mis", level="token", threshold=2.0, min_threshold=0.6
+    )
+    close(out.weights, [[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    close(out.mask, [[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    metrics_close(out.metrics, 4.0, 11.5 / 7, 3 / 7)  # 3 of 7 tokens outside the bounds
+    # a lower bound under every ratio changes nothing: [0.4, 2] masks 4 and 3 only
+    loose = rollout_correction(TRAINER, ENGINE, MASK, mode="mis", min_threshold=0.4)
+    close(loose.mask, [[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    # sequence level: row 0's product 2 is in [1.5, 2.5], row 1's 3 is over it
+    seq = rollout_correction(
+        TRAINER, ENGINE, MASK, mode="mis", level="sequence", threshold=2.5, min_threshold=1.5
+    )
+    close(seq.mask, [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    seq = rollout_correction(
+        TRAINER, ENGINE, MASK, mode="mis", level="sequence", threshold=4.0, min_threshold=2.5
+    )
+    close(seq.mask, [[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])  # row 0's 2 is under it
+
+
+def test_a_lower_bound_is_refused_with_tis_or_above_the_threshold():
+    with pytest.raises(ValueError, match="needs mode 'mis'"):
+        rollout_correction(TRAINER, ENGINE, MASK, mode="tis", min_threshold=0.5)
+    with pytest.raises(ValueError, match="min_threshold must be in"):
+        rollout_correction(TRAINER, ENGINE, MASK, mode="mis", threshold=2.0, min_threshold=2.0)
+
+
 def test_sequence_level_uses_the_product_of_token_ratios():
     # Row 0: 1·4·0.5·1 = 2 (= threshold: kept, and min(2, 2) = 2); row 1: 3·1·1 = 3 > 2.
     tis = rollout_correction(TRAINER, ENGINE, MASK, mode="tis", level="sequence", threshold=2.0)

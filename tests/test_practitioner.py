@@ -135,6 +135,32 @@ def test_rollout_correction_sees_a_known_engine_mismatch(tiny_config, monkeypatc
     assert row["rollout_correction/mismatch_kl"] > 0.01
 
 
+def test_icepop_bounds_mask_the_tokens_the_engine_undersampled(tiny_config, monkeypatch):
+    """rollout_correction_min: a ratio 1/3 (under 0.5) is rejected as well as one over 2."""
+    shifted = shifted_engine(monkeypatch, -math.log(3.0))  # ratio 1/3 on one response
+    cfg = tiny_config("steps=1", "rollout_correction=mis", "rollout_correction_min=0.5")
+    assert cfg.rollout_correction_min == 0.5
+    train(cfg)
+    row = rows_of(cfg)[-1]
+    assert row["rollout_correction/ratio_max"] == pytest.approx(1.0, abs=1e-3)
+    assert row["rollout_correction/masked_frac"] == pytest.approx(shifted[0] / row["tokens"])
+
+
+@pytest.mark.parametrize(
+    "overrides, allowed",
+    [
+        (["rollout_correction=tis", "rollout_correction_min=0.5"], "null unless"),
+        (["rollout_correction=mis", "rollout_correction_min=2.0"], "in (0, rollout_correction"),
+    ],
+)
+def test_a_lower_correction_bound_needs_mis_and_the_threshold_above_it(
+    tiny_config, overrides, allowed
+):
+    with pytest.raises(ConfigError, match="rollout_correction_min") as err:
+        tiny_config(*overrides)
+    assert allowed in str(err.value)
+
+
 def test_without_correction_the_ratio_to_the_engine_is_one(tiny_config):
     cfg = tiny_config("steps=1", "rollout_correction=tis")
     train(cfg)

@@ -12,7 +12,10 @@ multiplies the per-token surrogate:
   bounded variance;
 * ``mis`` (masked IS): ``w = 1`` where ``ratio ≤ threshold`` else 0, and the masked tokens
   also leave the loss mask: tokens the engine sampled far more eagerly than the trainer
-  would are dropped instead of down-weighted;
+  would are dropped instead of down-weighted. An optional ``min_threshold`` also drops
+  the tokens below it (``ratio < min_threshold``): with 0.5 and 2 this is IcePop (verl's
+  rejection of ratios outside [0.5, 2]), which drops the tokens the trainer finds far
+  likelier than the engine did as well;
 * ``none``: ``w = 1`` (metrics only).
 
 At ``level="sequence"`` the ratio of a response is ``exp(Σ_t log(π_trainer/π_engine))``, the
@@ -80,12 +83,25 @@ def correction_log_ratio(
     return log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
 
 
-def correction_weights(ratio: torch.Tensor, threshold: float, mode: str) -> torch.Tensor:
-    """The per-token weight of ``mode`` (before padding is zeroed)."""
+def outside_bounds(
+    ratio: torch.Tensor, threshold: float, min_threshold: float | None
+) -> torch.Tensor:
+    """Where ``ratio`` is over ``threshold`` or (when given) under ``min_threshold``."""
+    out = ratio > threshold
+    if min_threshold is not None:
+        out = out | (ratio < min_threshold)
+    return out
+
+
+def correction_weights(
+    ratio: torch.Tensor, threshold: float, mode: str, out: torch.Tensor
+) -> torch.Tensor:
+    """The per-token weight of ``mode`` (before padding is zeroed); ``out``: the tokens
+    outside the bounds, which ``mis`` drops."""
     if mode == "tis":
         return ratio.clamp(max=threshold)
     if mode == "mis":
-        return (ratio <= threshold).to(ratio.dtype)
+        return (~out).to(ratio.dtype)
     return torch.ones_like(ratio)
 
 
@@ -98,7 +114,8 @@ def correction_metrics(
     level: str,
 ) -> dict[str, float]:
     """Ratio max / mean (over tokens, or over responses at sequence level), the fraction of
-    response tokens over the threshold (truncated by tis, masked by mis), and the mean k3
+    response tokens outside the bounds (over the threshold: truncated by tis, masked by mis;
+    under mis's ``min_threshold``: masked), and the mean k3
     estimate of KL(π_engine‖π_trainer) per token (unbiased on the engine's own samples)."""
     live = mask.bool()
     n = int(live.sum())
@@ -127,6 +144,7 @@ def rollout_correction(
     mode: str = DEFAULT_ROLLOUT_CORRECTION,
     level: str = DEFAULT_ROLLOUT_CORRECTION_LEVEL,
     threshold: float = DEFAULT_ROLLOUT_CORRECTION_THRESHOLD,
+    min_threshold: float | None = None,
 ) -> RolloutCorrection:
     """Per-token weights, loss mask and metrics correcting the engine/trainer mismatch.
 
@@ -134,7 +152,9 @@ def rollout_correction(
     module docstring, which also says which log-probs to pass with Mix-PPG). Pass
     ``weights`` to ``assemble_policy_objective(weights=...)``; with ``mis`` also pass
     ``mask`` as its loss mask, so that dropped tokens leave the denominators too (the
-    weights alone, 0 there, would keep them in a token-mean's count).
+    weights alone, 0 there, would keep them in a token-mean's count). ``min_threshold``
+    (``mis`` only; None: no lower bound) also drops ratios below it: IcePop is
+    ``min_threshold=0.5, threshold=2``.
     """
     if mode not in ROLLOUT_CORRECTIONS:
         allowed = list(ROLLOUT_CORRECTIONS)
@@ -144,15 +164,31 @@ def rollout_correction(
         raise ValueError(f"unknown rollout correction level {level!r}; allowed: {allowed}")
     if not threshold > 0:
         raise ValueError(f"rollout correction threshold must be > 0, got {threshold}")
+    _check_min_threshold(mode, threshold, min_threshold)
     live = mask.bool()
     if not bool(torch.isfinite(engine_logprob[live]).all()):
         raise ValueError("engine log-probs are not finite on response tokens (none recorded?)")
     ratio = torch.exp(correction_log_ratio(trainer_logprob, engine_logprob, mask, level))
-    over = (ratio > threshold) & live
+    over = outside_bounds(ratio, threshold, min_threshold) & live
     zero = torch.zeros_like(ratio)
-    weights = torch.where(live, correction_weights(ratio, threshold, mode), zero)
+    weights = torch.where(live, correction_weights(ratio, threshold, mode, over), zero)
     loss_mask = mask.to(ratio.dtype)
     if mode == "mis":
         loss_mask = loss_mask * (~over).to(ratio.dtype)
     metrics = correction_metrics(ratio, over, trainer_logprob, engine_logprob, mask, level)
     return RolloutCorrection(weights, loss_mask, metrics)
+
+
+def _check_min_threshold(mode: str, threshold: float, min_threshold: float | None) -> None:
+    """A lower bound is a rejection bound: ``mis`` only, and in (0, threshold)."""
+    if min_threshold is None:
+        return
+    if mode == "tis":
+        raise ValueError(
+            "a rollout correction min_threshold needs mode 'mis' (tis truncates from above only)"
+        )
+    if not 0 < min_threshold < threshold:
+        raise ValueError(
+            f"rollout correction min_threshold must be in (0, threshold={threshold}), "
+            f"got {min_threshold}"
+        )

@@ -12,6 +12,7 @@ import argparse
 import multiprocessing
 import os
 import queue
+import shlex
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -281,5 +282,14 @@ def run(args: argparse.Namespace) -> int:
         from remix_rft.trainer.trackers import log_plot
 
         log_plot(args.report_to, out, "demo", png)
-    print(f"compare again: remix compare {' '.join(str(d) for d in run_dirs)} --plot {png}")
+    print(f"compare again: {compare_command(run_dirs, args.target, out)}")
     return 0
+
+
+def compare_command(run_dirs: Sequence[Path], target: float, out: Path) -> str:
+    """The ``remix compare`` command that shows the demo's table again: with the demo's
+    target (compare's default, the first run's plateau, is one ReMix need not reach) and a
+    plot of its own (demo.png is the demo's)."""
+    dirs = " ".join(shlex.quote(str(d)) for d in run_dirs)
+    plot = shlex.quote(str(out / "compare.png"))
+    return f"remix compare {dirs} --target {target:g} --plot {plot}"

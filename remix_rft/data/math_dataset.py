@@ -142,25 +142,59 @@ def normalize_ground_truth(value: Any, *, multiple_parts: bool = False) -> Answe
 # ---------------------------------------------------------------------------- rows
 
 
-def _read_rows(source: str, split: str | None) -> tuple[list[Any], str]:
+class RawRows(list[Any]):
+    """A source's rows, and the lines of a JSONL file that were skipped as not JSON."""
+
+    def __init__(self, rows: Sequence[Any], bad_lines: Sequence[str] = ()) -> None:
+        super().__init__(rows)
+        self.bad_lines = list(bad_lines)
+
+
+def _read_rows(
+    source: str, split: str | None, on_bad_row: OnBadRow = "error"
+) -> tuple[RawRows, str]:
     """Rows of a shipped dataset (``builtin:NAME``), a file or a Hugging Face dataset,
     and a name for messages."""
     if is_builtin(source):
         try:
-            return _read_file(builtin_path(source)), source
+            path = builtin_path(source)
         except ValueError as exc:  # an unknown name: say which ones ship
             raise DatasetError(str(exc)) from None
+        return _read_file(path, on_bad_row), source
     path = Path(source).expanduser()
     if path.is_dir():
         raise DatasetError(f"{path} is a directory; give a .json, .jsonl or .parquet file")
     if path.exists():
-        return _read_file(path), str(path)
+        return _read_file(path, on_bad_row), str(path)
     if path.suffix in (".json", ".jsonl", ".parquet") or source.startswith((".", "/", "~")):
-        raise DatasetError(f"dataset file {path} does not exist")
-    return _read_hub(source, split), source
+        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise DatasetError(f"dataset file {path} does not exist{where}")
+    return RawRows(_read_hub(source, split)), source
 
 
-def _read_file(path: Path) -> list[Any]:
+def _read_jsonl(path: Path, on_bad_row: OnBadRow) -> RawRows:
+    """One JSON value per line; a line that is not JSON stops the load (``error``) or is
+    skipped and named in ``bad_lines`` (``skip``: task.skip_bad_rows)."""
+    rows: list[Any] = []
+    bad: list[str] = []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                message = f"{path}: line {line_no} is not JSON: {exc}"
+                if on_bad_row == "error":
+                    raise DatasetError(
+                        f"{message} (task.skip_bad_rows: true skips such lines)"
+                    ) from exc
+                logger.warning("skipping %s", message)
+                bad.append(message)
+    return RawRows(rows, bad)
+
+
+def _read_file(path: Path, on_bad_row: OnBadRow = "error") -> RawRows:
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -172,23 +206,13 @@ def _read_file(path: Path) -> list[Any]:
                 data = lists[0]
             if not isinstance(data, list):
                 raise DatasetError(f"{path}: expected a JSON list of objects")
-            return data
+            return RawRows(data)
         if suffix == ".jsonl":
-            rows = []
-            with path.open(encoding="utf-8") as fh:
-                for line_no, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise DatasetError(
-                                f"{path}: line {line_no} is not JSON: {exc}"
-                            ) from exc
-            return rows
+            return _read_jsonl(path, on_bad_row)
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            return RawRows(pq.read_table(path).to_pylist())
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON: {exc}") from exc
     raise DatasetError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl, .parquet)")
@@ -222,11 +246,20 @@ def _is_json(value: Any) -> bool:
     return False
 
 
+def _missing_key(row: dict[str, Any], key: str, setting: str) -> ValueError:
+    """``has no key 'problem' (its keys: question, answer; task.problem_key names it)``."""
+    keys = [str(k) for k in row]
+    shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} keys)" if len(keys) > 12 else "")
+    return ValueError(
+        f"has no key {key!r} (its keys: {shown or 'none'}; set {setting} to the key that holds it)"
+    )
+
+
 def _row_problem(row: Any, problem_key: str, answer_key: str) -> tuple[str, Answer]:
     if not isinstance(row, dict):
         raise ValueError(f"is a {type(row).__name__}, not an object")
     if problem_key not in row:
-        raise ValueError(f"has no key {problem_key!r}")
+        raise _missing_key(row, problem_key, "task.problem_key")
     problem = row[problem_key]
     if not isinstance(problem, str) or not problem.strip():
         kind = "empty" if isinstance(problem, str) else type(problem).__name__
@@ -235,7 +268,7 @@ def _row_problem(row: Any, problem_key: str, answer_key: str) -> tuple[str, Answ
     if isinstance(context, str) and context.strip():
         problem = f"{context.strip()}\n\n{problem.strip()}"
     if answer_key not in row:
-        raise ValueError(f"has no key {answer_key!r}")
+        raise _missing_key(row, answer_key, "task.answer_key")
     multiple = bool(row.get("is_multiple_answer", False))
     try:
         answer = normalize_ground_truth(row[answer_key], multiple_parts=multiple)
@@ -264,13 +297,16 @@ def load_math_problems(
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    rows, where = _read_rows(str(source), split)
+    rows, where = _read_rows(str(source), split, on_bad_row)
+    if not rows and limit != 0:
+        unparsable = f" ({len(rows.bad_lines)} lines skipped as not JSON)" if rows.bad_lines else ""
+        raise DatasetError(f"{where}: the dataset is empty: no rows{unparsable}")
     stem = (
         str(source).removeprefix("builtin:") if is_builtin(str(source)) else Path(str(source)).stem
     )
     prefix = name or stem or str(source)
     problems: list[Problem] = []
-    skipped: list[str] = []
+    skipped: list[str] = list(rows.bad_lines)
     for index, row in enumerate(rows):
         if limit is not None and len(problems) >= limit:
             break
@@ -285,8 +321,12 @@ def load_math_problems(
             continue
         meta = {k: v for k, v in row.items() if k not in (problem_key, answer_key) and _is_json(v)}
         problems.append(Problem(id=f"{prefix}/{index}", prompt=prompt, answer=answer, meta=meta))
-    if not problems and rows and limit != 0:
+    if not problems and limit != 0:
         raise DatasetError(f"{where}: no usable rows ({len(skipped)} skipped)")
+    if skipped:
+        logger.warning(
+            "%s: skipped %d bad rows or lines, kept %d", where, len(skipped), len(problems)
+        )
     return LoadedProblems(problems, where, skipped)
 
 

@@ -39,4 +39,5 @@ def resolve_model_path(name_or_path: str) -> str:
     looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
     if looks_like_hub_id:
         return name_or_path
-    raise FileNotFoundError(f"model path {name_or_path} does not exist")
+    where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+    raise FileNotFoundError(f"model path {name_or_path} does not exist{where}")

@@ -25,6 +25,7 @@ from remix_rft.trainer.config_fields import (
     TrainConfig,
     inherit,
 )
+from remix_rft.trainer.config_paths import resolve_config_paths
 from remix_rft.trainer.config_sections import flat_key, flatten, section_table
 
 # the configuration's public names, whichever module defines them
@@ -49,9 +50,19 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _unknown_key(key: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key.split(".")[-1], known, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint} (allowed: {', '.join(sorted(known))})")
+    """A close match is all the user needs; without one, the allowed keys (of the task
+    section: a short list; of the top level: ~130, so the pointer to --help-config)."""
+    close = difflib.get_close_matches(key, known, n=3) or difflib.get_close_matches(
+        key.split(".")[-1], known, n=3
+    )
+    if close:
+        return ConfigError(
+            f"unknown config key '{key}'; did you mean {', '.join(close)}? "
+            "(every key: remix train --help-config)"
+        )
+    if len(known) > 40:
+        return ConfigError(f"unknown config key '{key}' (every key: remix train --help-config)")
+    return ConfigError(f"unknown config key '{key}' (allowed: {', '.join(sorted(known))})")
 
 
 def _coerce_number(key: str, value: Any, cast: type, accepted: Any, allowed: str) -> Any:
@@ -172,20 +183,29 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(data: dict[str, Any], overrides: dict[str, str] | None = None) -> TrainConfig:
+def build_config(
+    data: dict[str, Any], overrides: dict[str, str] | None = None, base: Path | None = None
+) -> TrainConfig:
+    """``data`` (a config file's keys) then ``overrides``; with ``base`` (the file's
+    directory) the relative paths of ``data``, not of the overrides, resolve against it."""
     cfg = TrainConfig()
     table = section_table(TrainConfig)  # the sectioned spelling (rollout.mode, ...) too
     for key, value in flatten(data, TrainConfig, ConfigError).items():
         _apply(cfg, str(key), value)
-    for key, value in (overrides or {}).items():
-        _apply(cfg, flat_key(key, table, ConfigError), value)
+    flat_overrides = {flat_key(k, table, ConfigError): v for k, v in (overrides or {}).items()}
+    if base is not None:  # a path the command line replaces is not looked for
+        resolve_config_paths(cfg, base, skip=set(flat_overrides))
+    for key, value in flat_overrides.items():
+        _apply(cfg, key, value)
     return validate(cfg)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML file (or start from defaults) and apply ``key=value`` overrides."""
-    data = read_yaml(path) if path else {}
-    return build_config(data, parse_overrides(overrides or []))
+    if not path:
+        return build_config({}, parse_overrides(overrides or []))
+    resolved = resolve_config_path(path)
+    return build_config(read_yaml(resolved), parse_overrides(overrides or []), resolved.parent)
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -41,6 +41,14 @@ def check(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"config key '{key}': must be {allowed}, got {value!r}")
 
 
+def relative_to_cwd(path: str | Path) -> str:
+    """`` (relative to the working directory D)`` for a relative path, else nothing: where a
+    command-line path was looked for (a config file's own paths follow the file)."""
+    if Path(path).expanduser().is_absolute():
+        return ""
+    return f" (relative to the working directory {Path.cwd()})"
+
+
 def _one_of(cfg: Any, key: str, choices: tuple[str, ...], prefix: str = "") -> None:
     value = getattr(cfg, key)
     check(value in choices, prefix + key, f"one of {', '.join(choices)}", value)
@@ -62,22 +70,33 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def choice_keys() -> dict[str, tuple[str, ...]]:
+    """Every key whose value is one of a list, with the list (registries read now); what
+    ``_validate_choices`` checks and ``remix train --help-config`` shows."""
+    return {
+        "algorithm": ALGORITHMS,
+        "task.name": TASKS,
+        "kl_estimator": KL_KINDS,
+        "kl_lambda_schedule": KL_LAMBDA_SCHEDULES,
+        "loss_agg": AGG_MODES,
+        "clip_centre": CLIP_CENTRE_MODES,
+        "lr_schedule": LR_SCHEDULES,
+        "dtype": DTYPES,
+        "device": DEVICES,
+        "rollout_engine": _engine_names(),
+        "behavior_logprobs": BEHAVIOR_LOGPROBS,
+        "rollout_mode": ROLLOUT_MODES,
+        "policy_loss": tuple(sorted(POLICY_LOSSES)),
+        "rollout_correction": ROLLOUT_CORRECTIONS,
+        "rollout_correction_level": ROLLOUT_CORRECTION_LEVELS,
+        "weight_transport": _transport_names(),
+    }
+
+
 def _validate_choices(cfg: TrainConfig) -> None:
-    _one_of(cfg, "algorithm", ALGORITHMS)
-    _one_of(cfg.task, "name", TASKS, "task.")
-    _one_of(cfg, "kl_estimator", KL_KINDS)
-    _one_of(cfg, "loss_agg", AGG_MODES)
-    _one_of(cfg, "clip_centre", CLIP_CENTRE_MODES)
-    _one_of(cfg, "lr_schedule", LR_SCHEDULES)
-    _one_of(cfg, "dtype", DTYPES)
-    _one_of(cfg, "device", DEVICES)
-    _one_of(cfg, "rollout_engine", _engine_names())
-    _one_of(cfg, "behavior_logprobs", BEHAVIOR_LOGPROBS)
-    _one_of(cfg, "rollout_mode", ROLLOUT_MODES)
-    _one_of(cfg, "policy_loss", tuple(sorted(POLICY_LOSSES)))
-    _one_of(cfg, "rollout_correction", ROLLOUT_CORRECTIONS)
-    _one_of(cfg, "rollout_correction_level", ROLLOUT_CORRECTION_LEVELS)
-    _one_of(cfg, "weight_transport", _transport_names())
+    for key, choices in choice_keys().items():
+        section, _, name = key.rpartition(".")  # "task.name": the task's own key
+        _one_of(cfg.task if section else cfg, name, choices, f"{section}." if section else "")
     _validate_rollout_device(cfg)
     from remix_rft.trainer.preemption import validate_signal_names
 
@@ -301,6 +320,16 @@ def _validate_practitioner_keys(cfg: TrainConfig) -> None:
         cfg.rollout_correction_threshold > 0, "rollout_correction_threshold", "> 0",
         cfg.rollout_correction_threshold,
     )  # fmt: skip
+    low = cfg.rollout_correction_min
+    check(
+        low is None or 0 < low < cfg.rollout_correction_threshold, "rollout_correction_min",
+        "null, or in (0, rollout_correction_threshold)", low,
+    )  # fmt: skip
+    check(
+        low is None or cfg.rollout_correction == "mis", "rollout_correction_min",
+        "null unless rollout_correction is mis (a lower bound rejects; tis truncates from "
+        "above only)", low,
+    )  # fmt: skip
     check(
         cfg.rollout_correction == "none" or cfg.behavior_logprobs == "trainer",
         "rollout_correction",
@@ -329,7 +358,6 @@ def _validate_practitioner_keys(cfg: TrainConfig) -> None:
 
 
 def _validate_kl_lambda_schedule(cfg: TrainConfig) -> None:
-    _one_of(cfg, "kl_lambda_schedule", KL_LAMBDA_SCHEDULES)
     check(0 <= cfg.kl_lambda_start <= 1, "kl_lambda_start", "in [0, 1]", cfg.kl_lambda_start)
     check(cfg.kl_lambda_every >= 1, "kl_lambda_every", ">= 1", cfg.kl_lambda_every)
     check(cfg.kl_lambda_hold_steps >= 0, "kl_lambda_hold_steps", ">= 0", cfg.kl_lambda_hold_steps)
@@ -379,7 +407,10 @@ def _validate_task(task: TaskConfig) -> None:
         except RewardError as err:
             raise ConfigError(f"config key 'task.reward_fn': {err}") from None
         if is_file_spec(target):
-            check(Path(target).expanduser().is_file(), "task.reward_fn", "an existing file", target)
+            check(
+                Path(target).expanduser().is_file(), "task.reward_fn",
+                f"an existing file{relative_to_cwd(target)}", target,
+            )  # fmt: skip
     check(
         task.reward_workers >= -1,
         "task.reward_workers",

@@ -78,6 +78,7 @@ _SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
             "rollout_correction",
             "rollout_correction_level",
             "rollout_correction_threshold",
+            "rollout_correction_min",
             "mask_truncated",
             "overlong_buffer_tokens",
             "overlong_penalty",
@@ -201,8 +202,12 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
-def help_lines(cls: type, defaults: Any) -> list[str]:
-    """Every key, by section, with its type, default and help."""
+def help_lines(
+    cls: type, defaults: Any, choices: dict[str, tuple[str, ...]] | None = None
+) -> list[str]:
+    """Every key, by section, with its type, default, allowed values (``choices``, by flat
+    key: ``task.name`` for the task's) and help."""
+    choices = choices or {}
     comments = field_comments(cls)
     fields = {f.name: f for f in _fields(cls)}
     table = section_table(cls)
@@ -212,11 +217,14 @@ def help_lines(cls: type, defaults: Any) -> list[str]:
     for section, keys in groups.items():
         if keys:
             lines.append(f"{section}:")
-            lines += _key_lines(keys, fields, comments, defaults)
+            lines += _key_lines(keys, fields, comments, defaults, choices)
     task = defaults.task  # the task's own keys (task.name, task.max_operand, ...)
     task_fields = {f.name: f for f in dataclasses.fields(type(task))}
+    task_choices = {k.removeprefix("task."): v for k, v in choices.items() if k.startswith("task.")}
     lines.append("task:")
-    lines += _key_lines({n: n for n in task_fields}, task_fields, field_comments(type(task)), task)
+    lines += _key_lines(
+        {n: n for n in task_fields}, task_fields, field_comments(type(task)), task, task_choices
+    )
     return lines
 
 
@@ -225,11 +233,14 @@ def _key_lines(
     fields: dict[str, dataclasses.Field[Any]],
     comments: dict[str, str],
     defaults: Any,
+    choices: dict[str, tuple[str, ...]],
 ) -> list[str]:
     lines = []
     for short, name in keys.items():
         spelled = short if short == name else f"{short}  (flat: {name})"
         lines.append(f"  {spelled}: {fields[name].type} = {getattr(defaults, name)!r}")
+        if name in choices:
+            lines.append(f"      one of: {', '.join(choices[name])}")
         if comments.get(name):
             lines.append(f"      {comments[name]}")
     return lines

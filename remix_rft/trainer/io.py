@@ -96,3 +96,30 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class RunDirError(ValueError):
+    """``out_dir`` cannot be created or written; the message is one line naming it."""
+
+
+def check_out_dir(run_dir: Path) -> None:
+    """Raise :class:`RunDirError` unless ``run_dir`` exists as a writable directory or can be
+    created (its nearest existing ancestor is a writable directory): ``--dry-run``'s check."""
+    probe = run_dir.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunDirError(f"out_dir {run_dir}: cannot be created: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunDirError(f"out_dir {run_dir}: cannot be written: no write permission on {probe}")
+
+
+def make_run_dir(run_dir: Path, config_text: str) -> None:
+    """Create ``run_dir`` and write its ``config.yaml``; an OSError (permissions, a file in
+    the way, a read-only or full disk) becomes one line naming out_dir."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", config_text)
+    except OSError as err:
+        reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
+        raise RunDirError(f"out_dir {run_dir}: cannot be written ({reason})") from err

@@ -7,6 +7,7 @@ import sys
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_tokenizer
 from remix_rft.trainer.config import TrainConfig
+from remix_rft.trainer.io import check_out_dir
 from remix_rft.trainer.tasks import build_task
 
 EXIT_USAGE = 2
@@ -24,6 +25,7 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         tokenizer_line = (
             f"tokenizer NOT CHECKED: not available on this machine ({type(err).__name__})"
         )
+    check_out_dir(cfg.resolved_out_dir())
     task = build_task(cfg.task)
     n_train, n_eval = len(task.train_problems()), len(task.eval_problems())
     fresh = cfg.fresh_batch_size()
@@ -33,7 +35,8 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f"run            {cfg.name} -> {cfg.resolved_out_dir()}",
         f"algorithm      {cfg.algorithm}",
         f"model          {model_path} ({tokenizer_line})",
-        f"task           {cfg.task.name}: {n_train} train / {n_eval} held-out problems",
+        f"task           {cfg.task.name}: {n_train} train / {n_eval} held-out problems"
+        + _skipped_text(task.train_problems(), task.eval_problems()),
         f"reward         {task.pool.spec} in "
         + (f"{task.pool.workers} worker processes" if task.pool.workers else "the trainer process")
         + f" (limit {cfg.task.reward_timeout_s:g} s per response)",
@@ -62,6 +65,12 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
     if cfg.reincarnates:
         lines.insert(-2, _post_reincarnation_line(cfg))
     return lines
+
+
+def _skipped_text(*loaded: object) -> str:
+    """`` (3 bad rows or lines skipped: task.skip_bad_rows)`` when the loads skipped any."""
+    skipped = sum(int(getattr(problems, "skipped", 0)) for problems in loaded)
+    return f" ({skipped} bad rows or lines skipped: task.skip_bad_rows)" if skipped else ""
 
 
 def _count(n: int, noun: str) -> str:

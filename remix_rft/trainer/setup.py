@@ -20,7 +20,7 @@ from remix_rft.engines.distributed import DistEnv
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.rollout import EngineOptions
 from remix_rft.trainer.config import TrainConfig, dump_config
-from remix_rft.trainer.io import atomic_write_text
+from remix_rft.trainer.io import make_run_dir
 from remix_rft.trainer.optim import UpdateSchedule, adamw, lr_scheduler
 from remix_rft.trainer.state import Counters, TrainerState
 
@@ -78,6 +78,5 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
             f"run directory {run_dir} already holds a run; resume it with "
             f"`remix train --resume {run_dir}` or choose another out_dir="
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    make_run_dir(run_dir, dump_config(cfg))  # RunDirError: one line, exit 2 in the CLI
     return run_dir

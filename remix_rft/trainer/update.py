@@ -177,7 +177,7 @@ class Updater:
         corr = rollout_correction(
             pre.precedent, batch.behavior_logprobs, pre.loss_mask * rows,
             mode=cfg.rollout_correction, level=cfg.rollout_correction_level,
-            threshold=cfg.rollout_correction_threshold,
+            threshold=cfg.rollout_correction_threshold, min_threshold=cfg.rollout_correction_min,
         )  # fmt: skip
         pre.weights = torch.where(rows, corr.weights, torch.ones_like(corr.weights))
         pre.loss_mask = torch.where(rows, corr.mask, pre.loss_mask)
