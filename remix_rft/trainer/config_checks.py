@@ -90,6 +90,7 @@ def choice_keys() -> dict[str, tuple[str, ...]]:
         "rollout_correction": ROLLOUT_CORRECTIONS,
         "rollout_correction_level": ROLLOUT_CORRECTION_LEVELS,
         "weight_transport": _transport_names(),
+        "replay_strategy": tuple(REPLAY_STRATEGIES),
     }
 
 
@@ -190,7 +191,6 @@ def _validate_groups(cfg: TrainConfig) -> None:
 def _validate_replay(cfg: TrainConfig) -> None:
     """A strategy that tells informative groups by their advantage at generation needs
     per-response advantages (a critic's are recomputed per batch)."""
-    _one_of(cfg, "replay_strategy", tuple(REPLAY_STRATEGIES))
     check(
         cfg.replay_strategy == "uniform" or not ADVANTAGE_ESTIMATORS[cfg.estimator].uses_critic,
         "replay_strategy",
