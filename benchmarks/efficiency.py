@@ -23,6 +23,11 @@ rollouts, and the report gives, per variant, mean ± std over seeds of
 
 It also writes a plot of accuracy vs rollouts (mean over seeds, ± std band).
 
+``--paired-control VARIANT`` adds the fine, paired comparison (efficiency_paired.py):
+rollouts-to-T interpolated between evaluations, the area under the accuracy curve, and
+per-seed differences to VARIANT with their standard error; its plot shows them instead. The
+replay test (docs/results-replay.md) runs it on the ``hard-replay`` setting.
+
     python benchmarks/efficiency.py --setting default --seeds 0 1 2 3 4 --jobs 2
     python benchmarks/efficiency.py --setting hard --seeds 0 1 2 3 4 --jobs 14 --device cuda
     python benchmarks/efficiency.py --setting hard --report-only   # tables from finished runs
