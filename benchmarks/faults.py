@@ -23,6 +23,10 @@ survived goes to stdout and to ``benchmarks/results/faults.md``.
     python benchmarks/faults.py --sigkills 30 --sigterms 10 --corruptions 4 --seed 1
 
 Takes about 10 minutes on 2 CPU cores (each fault costs a process start).
+
+``--mode async`` runs the soak with asynchronous rollouts (a producer process; faults to the
+whole process group and to the producer alone): ``benchmarks/faults_async.py``. Each mode
+rewrites its own section of ``benchmarks/results/faults.md`` and keeps the other's.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # faults_async imports this module as `faults`
 
 from remix_rft.trainer import checkpoint as ckpt  # noqa: E402
 from remix_rft.trainer.preemption import PREEMPTED_EXIT_CODE  # noqa: E402
@@ -225,15 +230,8 @@ def inject(
         out.survived = rc == -signal.SIGKILL
         out.notes.append(f"killed after step {last}")
     elif rc == PREEMPTED_EXIT_CODE:
-        # The step it stopped at, as its resume line says: the step just trained, or during
-        # startup the checkpoint it had loaded (a newer one may be damaged, `latest` too).
-        said = re.search(r"preempted at step (\d+): resume with", log.read_text())
-        at = int(said.group(1)) if said else None
         choice = ckpt.resolve_resume_checkpoint(run_dir).path
-        startup = resumed_from is not None and at == ckpt.checkpoint_step(resumed_from)
-        out.survived = (
-            at is not None and (at == last or startup) and ckpt.checkpoint_step(choice) == at
-        )
+        out.survived, at = judge_exit75(log.read_text(), resumed_from, choice, last)
         out.notes.append(f"exit 75 at step {at} in {took:.1f} s")
         out.notes.append("exit75")
     elif rc == -signal.SIGTERM:  # before the loop installed its handler: nothing to lose
@@ -242,6 +240,21 @@ def inject(
     else:
         out.notes.append(f"unexpected exit {rc} (last step {last}): see {log}")
     return verify_resumable(out, run_dir)
+
+
+def judge_exit75(
+    stderr: str, resumed_from: Path | None, choice: Path | None, last: int | None
+) -> tuple[bool, int | None]:
+    """Whether an exit 75 kept its promise, and the step it says it stopped at: the step just
+    trained, or during startup the checkpoint it had loaded (a newer one may be damaged,
+    `latest` too), or, during a fresh run's startup, nothing (no checkpoint to write)."""
+    if "preempted before a checkpoint: resume with" in stderr:
+        return resumed_from is None and choice is None, None
+    said = re.search(r"preempted at step (\d+): resume with", stderr)
+    at = int(said.group(1)) if said else None
+    startup = resumed_from is not None and at == ckpt.checkpoint_step(resumed_from)
+    ok = at is not None and (at == last or startup) and ckpt.checkpoint_step(choice) == at
+    return ok, at
 
 
 def finish(out: Outcome, proc: subprocess.Popen, log: Path, run_dir: Path) -> Outcome:
@@ -300,38 +313,38 @@ def run_corruption(
     return verify_resumable(out, run_dir)
 
 
-def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: float) -> str:
+DETAILS = {  # a note an outcome carries -> how the table counts it
+    "mid-write": "{} left a half-written checkpoint behind",
+    "exit75": "{} exited 75 with a checkpoint of the stopped step",
+    "before-loop": "{} came before the loop (killed, nothing to save)",
+    "named-both": "{} resumes named both checkpoints",
+    "one-line": "{} stopped with one line (exit 1)",
+}
+
+
+def fault_rows(kinds: dict[str, str], outcomes: list[Outcome]) -> tuple[list[str], int, int]:
+    """The faults table's rows (header included) and the totals injected, survived."""
     injected, survived = Counter(), Counter()
-    extra: dict[str, Counter] = {k: Counter() for k in KINDS}
+    extra: dict[str, Counter] = {k: Counter() for k in kinds}
     for o in outcomes:
-        if any(n.startswith("not injected") for n in o.notes):
+        if o.kind not in kinds or any(n.startswith("not injected") for n in o.notes):
             continue
         injected[o.kind] += 1
         survived[o.kind] += o.survived
         for n in o.notes:
-            if n in ("mid-write", "exit75", "named-both"):
-                extra[o.kind][n] += 1
             if n.startswith("killed by SIGTERM before the loop"):
-                extra[o.kind]["before-loop"] += 1
-    lines = [
-        "| fault | injected | survived | details |",
-        "|---|---:|---:|---|",
-    ]
-    for kind, label in KINDS.items():
-        if not injected[kind]:
-            continue
-        e = extra[kind]
-        details = []
-        if e["mid-write"]:
-            details.append(f"{e['mid-write']} left a half-written checkpoint behind")
-        if e["exit75"]:
-            details.append(f"{e['exit75']} exited 75 with a checkpoint of the stopped step")
-        if e["before-loop"]:
-            details.append(f"{e['before-loop']} came before the loop (killed, nothing to save)")
-        if e["named-both"]:
-            details.append(f"{e['named-both']} resumes named both checkpoints")
-        lines.append(f"| {label} | {injected[kind]} | {survived[kind]} | {'; '.join(details)} |")
-    total_in, total_ok = sum(injected.values()), sum(survived.values())
+                n = "before-loop"
+            extra[o.kind][n] += n in DETAILS
+    lines = ["| fault | injected | survived | details |", "|---|---:|---:|---|"]
+    for kind, label in kinds.items():
+        if injected[kind]:
+            details = "; ".join(DETAILS[n].format(c) for n, c in extra[kind].items() if c)
+            lines.append(f"| {label} | {injected[kind]} | {survived[kind]} | {details} |")
+    return lines, sum(injected.values()), sum(survived.values())
+
+
+def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: float) -> str:
+    lines, total_in, total_ok = fault_rows(KINDS, outcomes)
     lines.append(f"| **all faults** | **{total_in}** | **{total_ok}** | |")
     yes = lambda ok: "yes" if ok else "**no**"  # noqa: E731
     lines += [
@@ -346,8 +359,47 @@ def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: 
     return "\n".join(lines)
 
 
+ASYNC_HEADING = "## Asynchronous rollouts"
+
+
+def write_section(out: Path, text: str) -> None:
+    """This soak's section of the results file (the sync one first, then one per async η);
+    the other sections are kept."""
+    old = out.read_text() if out.is_file() else ""
+    parts = old.split(f"\n{ASYNC_HEADING}")
+    sections = {"sync": parts[0].strip()} if parts[0].strip() else {}
+    sections.update({ASYNC_HEADING + p.split("\n", 1)[0]: ASYNC_HEADING + p.rstrip()
+                     for p in parts[1:]})  # fmt: skip
+    key = text.split("\n", 1)[0] if text.startswith(ASYNC_HEADING) else "sync"
+    sections[key] = text.strip()
+    ordered = sorted(sections, key=lambda k: (k != "sync", k))
+    out.write_text("\n\n".join(sections[k] for k in ordered) + "\n")
+
+
+def main_async(args: argparse.Namespace) -> int:
+    import faults_async
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="remix-faults-async-"))
+    for name in ("reference", "faulted"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    report, ok = faults_async.run(args, work)
+    command = (
+        f"python benchmarks/faults.py --mode async --max-staleness {args.max_staleness} "
+        f"--iterations {args.iterations} --sigkills {args.sigkills} --sigterms {args.sigterms} "
+        f"--producer-kills {args.producer_kills} --seed {args.seed}"
+    )
+    shown = shlex.join(faults_async.overrides(args, Path("RUN"))[:-1])
+    heading = f"{ASYNC_HEADING} (η = {args.max_staleness})"
+    publish(args, work, heading, command, shown, report)
+    return 0 if ok else 1
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", choices=["sync", "async"], default="sync")
+    p.add_argument("--max-staleness", type=int, default=1, help="async: η")
+    p.add_argument("--producer-kills", type=int, default=4, help="async: SIGKILLs of the producer")
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--sigkills", type=int, default=20)
     p.add_argument("--sigterms", type=int, default=5)
@@ -358,6 +410,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "faults.md")
     args = p.parse_args()
     logging.getLogger("remix_rft").setLevel(logging.ERROR)  # our checks' own warnings
+    if args.mode == "async":
+        return main_async(args)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="remix-faults-"))
     shutil.rmtree(work / "reference", ignore_errors=True)
@@ -428,19 +482,26 @@ def main() -> int:
         f"python benchmarks/faults.py --iterations {args.iterations} --sigkills {args.sigkills} "
         f"--sigterms {args.sigterms} --corruptions {args.corruptions} --seed {args.seed}"
     )
+    shown = shlex.join(overrides(args, Path("RUN"))[:-1])
+    publish(args, work, "# Fault-injection soak", command, shown, report)
+    ok = final["hash_equal"] and final["rows_equal"] and all(o.survived for o in outcomes)
+    return 0 if ok else 1
+
+
+def publish(
+    args: argparse.Namespace, work: Path, heading: str, command: str, shown: str, report: str
+) -> None:
+    """Print the report and write it as this mode's section of ``args.out``."""
     text = (
-        f"# Fault-injection soak\n\n`{command}` on {platform.machine()} "
-        f"({os.cpu_count()} CPU cores, Python {platform.python_version()}); "
-        f"`{shlex.join(overrides(args, Path('RUN'))[:-1])}`.\n\n{report}\n"
+        f"{heading}\n\n`{command}` on {platform.machine()} ({os.cpu_count()} CPU cores, Python "
+        f"{platform.python_version()}); `{shown}`.\n\n{report}\n"
     )
     print("\n" + report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_section(args.out, text)
     print(f"\nwritten to {args.out}")
     if not args.keep and args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
-    ok = final["hash_equal"] and final["rows_equal"] and all(o.survived for o in outcomes)
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -24,6 +24,16 @@ and the final accuracy::
     python benchmarks/vs_trl.py --steps 30 --target 0.9 --threads 2 --rounds 2 \\
         --eval-every 5   # with the async run: wall-clock to 0.9, evaluations included
 
+``trl-remix`` is TRL's trainer with ReMix (``remix_rft.integrations.trl.ReMixGRPOTrainer``,
+tiny-remix-grpo's ReMix keys). Seeds can run in parallel processes and be merged into one
+table (``benchmarks/results/vs_trl_remix.md``)::
+
+    for s in 0 1 2; do (for m in trl-remix remix trl; do python benchmarks/vs_trl.py \
+        --only $m --steps 30 --eval-every 5 --threads 1 --seeds $s \
+        --out /tmp/vs/$m-s$s.md --json /tmp/vs/$m-s$s.json; done) & done; wait
+    python benchmarks/vs_trl.py --merge /tmp/vs/*.json --steps 30 --eval-every 5 \
+        --target 0.9 --out benchmarks/results/vs_trl_remix.md
+
 Runs are made one after the other in this process; ``--rounds 2`` repeats
 every run in reversed order (A B C, C B A) so that load from other processes
 on a shared machine weighs on every method alike.
@@ -63,15 +73,17 @@ from remix_rft.data.prompts import format_prompt  # noqa: E402
 from remix_rft.engines.generation import eos_token_ids, generate_texts  # noqa: E402
 from remix_rft.engines.models import resolve_model_path  # noqa: E402
 
-METHODS = ("trl", "ours", "remix", "remix-async")
+METHODS = ("trl", "trl-remix", "ours", "remix", "remix-async")
 LABELS = {
     "trl": "TRL GRPO",
+    "trl-remix": "TRL + ReMixGRPOTrainer",
     "ours": "our GRPO",
     "remix": "our ReMix-GRPO",
     "remix-async": "our ReMix-GRPO, async",
 }
 CONFIGS = {
     "trl": "tiny-grpo",
+    "trl-remix": "tiny-remix-grpo",  # its ReMix keys; TRL cannot grow the batch at reincarnation
     "ours": "tiny-grpo",
     "remix": "tiny-remix-grpo",
     "remix-async": "tiny-remix-grpo",
@@ -288,14 +300,18 @@ def trl_config(trl: Any, cfg: Any, seed: int, args: argparse.Namespace, out_dir:
     return trl.GRPOConfig(**kwargs)
 
 
-def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunResult:
+def run_trl(
+    seed: int, rnd: int, args: argparse.Namespace, work: Path, method: str = "trl"
+) -> RunResult:
+    """TRL's GRPOTrainer, or (``trl-remix``) remix_rft.integrations.trl.ReMixGRPOTrainer with
+    tiny-remix-grpo's ReMix keys on TRL's generation, rewards and optimizer."""
     trl = import_trl()
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from remix_rft.trainer.config import load_config
 
-    cfg = load_config(CONFIGS["trl"], [f"seed={seed}"])
+    cfg = load_config(CONFIGS[method], [f"seed={seed}"])
     path = model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
@@ -325,7 +341,7 @@ def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunRes
         res.rewards.append(sum(rewards) / max(len(rewards), 1))
         return rewards
 
-    res = RunResult("trl", seed, rnd, cfg.fresh_batch_size())
+    res = RunResult(method, seed, rnd, cfg.fresh_batch_size())
     evaluate = HeldOut(task, tokenizer, args.eval_problems, cfg.max_new_tokens)
     raw: list[Row] = []
     step_s: dict[int, float] = {}
@@ -338,7 +354,7 @@ def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunRes
             res.eval_s += time.perf_counter() - started
             raw[-1][EVAL_KEY] = acc
             raw[-1][WALL_KEY] = time.perf_counter() - clock["train_begin"]
-            progress("trl", seed, step, args.steps, acc, step_s.get(step))
+            progress(method, seed, step, args.steps, acc, step_s.get(step))
 
         def on_train_begin(self, a: Any, state: Any, control: Any, model: Any = None, **kw: Any):
             res.threads = torch.get_num_threads()
@@ -360,15 +376,22 @@ def run_trl(seed: int, rnd: int, args: argparse.Namespace, work: Path) -> RunRes
             if step % args.eval_every == 0 or step == args.steps:
                 self._eval(model, step)
             else:
-                progress("trl", seed, step, args.steps, None, step_s[step])
+                progress(method, seed, step, args.steps, None, step_s[step])
 
-    trainer = trl.GRPOTrainer(
+    extra: dict[str, Any] = {}
+    trainer_cls = trl.GRPOTrainer
+    if method == "trl-remix":
+        from remix_rft.integrations.trl import ReMixGRPOTrainer
+
+        trainer_cls, extra = ReMixGRPOTrainer, {"remix": cfg}
+    trainer = trainer_cls(
         model=model,
         reward_funcs=arithmetic_reward,
-        args=trl_config(trl, cfg, seed, args, work / f"trl-s{seed}-r{rnd}"),
+        args=trl_config(trl, cfg, seed, args, work / f"{method}-s{seed}-r{rnd}"),
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[Timing()],
+        **extra,
     )
     try:  # no per-step log dicts on stdout; our progress lines say enough
         from transformers.trainer_callback import PrinterCallback
@@ -545,7 +568,7 @@ def wall_verdicts(results: Sequence[RunResult], target: float | None) -> list[st
     paired by seed and round (the two ran back to back, so both saw the same load)."""
     trl = {(r.seed, r.round): r for r in results if r.method == "trl"}
     lines = []
-    for method in ("remix", "remix-async"):
+    for method in ("trl-remix", "remix", "remix-async"):
         ratios = []
         for r in results:
             other = trl.get((r.seed, r.round))
@@ -564,6 +587,26 @@ def wall_verdicts(results: Sequence[RunResult], target: float | None) -> list[st
             + ", ".join(f"{x:.2f}" for x in ratios)
             + ")."
         )
+    return lines
+
+
+def per_seed_lines(results: Sequence[RunResult], target: float | None) -> list[str]:
+    """Rollouts to T and final accuracy of every run, by seed: the same seed gives every
+    method the same model and task, so differences are read per seed (DESIGN.md §11)."""
+    if target is None:
+        return []
+    lines = ["Per seed (round 0), rollouts→T / final accuracy (— : T not reached):", ""]
+    for method in METHODS:
+        runs = sorted((r for r in results if r.method == method and r.round == 0),
+                      key=lambda r: r.seed)  # fmt: skip
+        if not runs:
+            continue
+        cells = []
+        for r in runs:
+            hit = rollouts_to_target(r.rows, target)
+            final = r.evals()[-1][EVAL_KEY] if r.evals() else math.nan
+            cells.append(f"seed {r.seed}: {hit.rollouts if hit else '—'} / {final:.3f}")
+        lines.append(f"- {LABELS[method]}: " + "; ".join(cells))
     return lines
 
 
@@ -629,6 +672,7 @@ def write_markdown(
         "",
         f"Target T = {target:.3f} ({target_source})." if target is not None else "No target.",
         "",
+        *([args.merge_note, ""] if getattr(args, "merge_note", None) else []),
         format_table(table),
         "",
     ]
@@ -636,6 +680,7 @@ def write_markdown(
         lines += [verdict, ""]
     for line in wall_verdicts(results, target):
         lines += [line, ""]
+    lines += [*per_seed_lines(results, target), ""]
     lines += [
         "Columns: s/iter is the time of one iteration (generate → score → loss → one optimizer "
         "update for GRPO; ReMix also recomputes log-probs of reused samples and takes its own "
@@ -708,6 +753,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="embedded")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_trl.md"))
     p.add_argument("--json", type=Path, default=None, help="also write every run's rows here")
+    p.add_argument(
+        "--merge", type=Path, nargs="+", default=None, metavar="JSON",
+        help="train nothing: one table from the --json files of earlier runs (e.g. one "
+        "process per seed, run in parallel)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.steps < 1 or args.eval_every < 1 or args.rounds < 1:
         p.error("--steps, --eval-every and --rounds must be >= 1")
@@ -721,11 +771,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
     methods = [m for m in METHODS if m in args.only]
-    if "trl" in methods:
+    if any(m.startswith("trl") for m in methods):
         import_trl()  # fail before anything trains
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+    if args.merge:
+        results = merged_results(args)
+        methods = [m for m in METHODS if any(r.method == m for r in results)]
+        return report(args, methods, results, (os.getloadavg(), os.getloadavg()))
     source_model = model_path(args.model)  # a missing model fails now
     loads_start = os.getloadavg()
     results: list[RunResult] = []
@@ -745,12 +799,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for method in order:
                     torch.set_num_threads(args.threads)
                     print(f"== {LABELS[method]}, seed {seed}, round {rnd}", flush=True)
-                    if method == "trl":
-                        results.append(run_trl(seed, rnd, args, work))
+                    if method.startswith("trl"):
+                        results.append(run_trl(seed, rnd, args, work, method))
                     else:
                         results.append(run_ours(method, seed, rnd, args, work))
-    loads_end = os.getloadavg()
+    return report(args, methods, results, (loads_start, os.getloadavg()))
 
+
+def merged_results(args: argparse.Namespace) -> list[RunResult]:
+    """The runs of earlier ``--json`` files; the settings are taken from the first run's
+    (every file must have used the same ``--steps`` and ``--eval-every``)."""
+    results = [
+        RunResult(**row)
+        for path in args.merge
+        for row in json.loads(path.read_text(encoding="utf-8"))
+    ]
+    args.seeds = sorted({r.seed for r in results})
+    args.model_desc = f"{args.model} (see the merged runs' logs for the snapshot hash)"
+    args.merge_note = (
+        f"Merged from {len(args.merge)} --json files (runs made in separate processes, e.g. "
+        "one per seed in parallel; the load averages above are those of the merge, not of "
+        "the runs, and the run order below is the files' order)."
+    )
+    return results
+
+
+def report(
+    args: argparse.Namespace,
+    methods: list[str],
+    results: list[RunResult],
+    loads: tuple[tuple[float, ...], tuple[float, ...]],
+) -> int:
+    """Print and write the table of ``results``."""
     target, source = args.target, "--target"
     if target is None:
         ref = "ours" if "ours" in methods else methods[0]
@@ -765,7 +845,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in (speed_verdict(table), *wall_verdicts(results, target)):
         if line:
             print(line)
-    write_markdown(args.out, table, results, target, source, args, (loads_start, loads_end))
+    write_markdown(args.out, table, results, target, source, args, loads)
     print(f"wrote {args.out}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ def _train_command(args: argparse.Namespace) -> int:
     from remix_rft.trainer.preemption import (  # imports nothing heavy
         PREEMPTED_EXIT_CODE,
         PreemptionHandler,
-        validate_signal_names,
+        handled_signals,
     )
 
     # A preemption notice is recorded, not fatal, from the first moment: the imports and the
@@ -39,9 +39,9 @@ def _train_command(args: argparse.Namespace) -> int:
             return parsed
         from remix_rft.trainer.plan import print_plan
 
-        return print_plan(parsed)
+        return print_plan(parsed, _plan_hardware(args, parsed))
     cfg = parsed
-    handled = validate_signal_names(cfg.preempt_signals)
+    handled = handled_signals(cfg.preempt_signals)
     if early_signal is not None and early_signal not in handled:
         signal.raise_signal(early_signal)  # this run's config does not treat it as preemption
     with PreemptionHandler(cfg.preempt_signals) as preemption:  # train/resume nest theirs here
@@ -85,22 +85,33 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def _train_run(args: argparse.Namespace, cfg: Any) -> int:
+    from remix_rft.api import Trainer
     from remix_rft.engines.distributed import shutdown
     from remix_rft.engines.rollout import EngineError
     from remix_rft.trainer.checkpoint import CheckpointWriteError
-    from remix_rft.trainer.loop import NonFiniteTrainingError, resume, train
+    from remix_rft.trainer.loop import NonFiniteTrainingError
     from remix_rft.trainer.metrics import MetricsWriteError
     from remix_rft.trainer.preemption import PREEMPTED_EXIT_CODE, resume_hint
+    from remix_rft.trainer.rollouts import ProducerError
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 shows progress
     progress = TrainProgress(cfg.steps, 0, cfg.name) if main_rank else None
     try:
-        if args.resume:
-            summary = resume(Path(args.resume), cfg, on_step=progress)
-        else:
-            summary = train(cfg, on_step=progress)
-    except (CheckpointWriteError, MetricsWriteError) as err:
-        # a full disk or a failing device: the previous checkpoint and metrics.jsonl are valid
+        # the Python API's Trainer: the command line is one of its callers (issue #35)
+        result = Trainer(args=cfg, on_step=progress).train(
+            resume=args.resume, allow_config_change=args.allow_config_change
+        )
+        summary = result.summary.to_dict()
+    except KeyboardInterrupt:  # a third Ctrl-C: the step in progress is not saved
+        if progress is not None:
+            progress.close()
+        print("remix train: interrupted; the last complete checkpoint is kept (resume with "
+              "--resume)", file=sys.stderr)  # fmt: skip
+        shutdown()
+        return 130  # 128 + SIGINT, as a shell reports an interrupted command
+    except (CheckpointWriteError, MetricsWriteError, ProducerError) as err:
+        # a full disk or a failing device: the previous checkpoint and metrics.jsonl are valid;
+        # a dead producer: the run stops at the step it waited for, the checkpoint is valid
         if progress is not None:
             progress.close()
         print(f"remix train: error: {err}", file=sys.stderr)
@@ -144,13 +155,42 @@ def _add_train(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 out_dir=runs/x")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument(
+        "--allow-config-change", metavar="KEY[,KEY]", default=None,
+        help="with --resume: accept changes to these keys that change what the run is "
+        "(model, task, seed, algorithm, batch geometry); other changes are only listed",
+    )  # fmt: skip
+    p.add_argument(
         "--dry-run", action="store_true", help="validate config, data and tokenizer; print the plan"
     )
+    _add_plan_flags(p)
     p.add_argument(
         "--help-config", action="store_true",
         help="print every config key, by section, with its type, default and help",
     )  # fmt: skip
     p.set_defaults(func=_train_command)
+
+
+def _add_plan_flags(p: argparse.ArgumentParser) -> None:
+    """The memory plan's hardware (``--dry-run`` only; not config keys)."""
+    g = p.add_argument_group("memory plan (with --dry-run; docs/scale-out.md, Memory plan)")
+    g.add_argument("--gpu-memory-gb", type=float, default=80.0,
+                   help="memory per GPU in GiB (per process on --device cpu); default 80")
+    g.add_argument("--gpus", type=int, default=8, help="data-parallel ranks; default 8")
+    g.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                   help="plan per GPU (default) or per CPU process (config device: cpu)")
+    g.add_argument("--prompt-tokens", type=int, default=766,
+                   help="longest prompt in tokens; default 766 (the paper's cap)")
+    g.add_argument("--push", choices=("full", "streamed"), default=None,
+                   help="weight push to model; default: what this version does")
+
+
+def _plan_hardware(args: argparse.Namespace, cfg: Any) -> Any:
+    from remix_rft.trainer.memory_plan import Hardware
+
+    if args.gpus < 1 or args.gpu_memory_gb <= 0 or args.prompt_tokens < 1:
+        return None  # print_plan reports the bad flag
+    device = args.device or ("cpu" if cfg.device == "cpu" else "cuda")
+    return Hardware(args.gpu_memory_gb, args.gpus, device, args.prompt_tokens, args.push or "")
 
 
 def _print_config_help() -> int:

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 RewardFn = Callable[[str, Any], Any]
+# Rewards become float32 tensors (max 3.4e38): group means and standard deviations of values
+# above ~1e19 overflow to inf and NaN, and the run would stop blaming the learning rate
+# (issue #36.10). 1e15 leaves room for squares summed over any batch.
+MAX_REWARD_MAGNITUDE = 1e15
 
 
 class RewardError(ValueError):
@@ -86,4 +90,9 @@ def score_problem(value: Any) -> float | str:
     score = float(value)
     if not math.isfinite(score):
         return f"{score!r} (not a finite number)"
+    if abs(score) > MAX_REWARD_MAGNITUDE:
+        return (
+            f"{score!r} (finite, but beyond ±{MAX_REWARD_MAGNITUDE:.0e}: rewards are float32 in "
+            "training, where sums and squares of such values overflow to inf and NaN)"
+        )
     return score

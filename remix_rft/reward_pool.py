@@ -13,9 +13,10 @@ can hang or crash training:
 * an item that runs past ``time_limit_s`` scores 0 with a warning. The worker first
   tries to stop it with SIGALRM; when that cannot work (C code, a blocked signal) the
   parent kills the worker at ``time_limit_s + KILL_GRACE_S`` and starts another;
-* a worker that dies on an item (segfault, ``os._exit``, out of memory) costs only that
-  item: it scores 0 with a warning naming the function, the item and the exit status,
-  and a new worker takes its place. Chosen over an error because a crash is a property
+* a worker that dies on an item (segfault, ``os._exit``, out of memory, a MemoryError)
+  costs only that item: it scores 0 with a warning naming the function, the item and the
+  exit status, and a new worker takes its place. Each worker leads its own process group,
+  killed as a whole: processes the function started die with their worker. Chosen over an error because a crash is a property
   of one response (a pathological expression), like a hang;
 * an exception raised by the function, or a return value that is not a finite number,
   is a bug in the function: :class:`RewardError` names the function, the item and the
@@ -96,6 +97,8 @@ def _call(fn: RewardFn, response: str, problem: Any, time_limit_s: float) -> dic
             value = fn(response, problem)
     except verify.VerifyTimeout:
         return {"timeout": True}
+    except MemoryError:  # over the worker's memory limit: a property of this response
+        return {"crash": "MemoryError (over the worker's memory limit)"}
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]}
     checked = score_problem(value)
@@ -140,6 +143,12 @@ def _serve(spec: str, time_limit_s: float) -> int:
         request = json.loads(line)
         reply = _call(fn, request["response"], request["problem"], time_limit_s)
         replies.write(json.dumps(reply) + "\n")
+    # stdin closed: the pool closed, or its process died (SIGKILL included). Processes the
+    # function started are in this worker's group: end them with it.
+    if os.getpgrp() == os.getpid():  # started by a RewardPool, as its group's leader
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with suppress(OSError):
+            os.killpg(0, signal.SIGTERM)
     return 0
 
 
@@ -166,8 +175,9 @@ class _Worker:
         return True
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        """The worker and every process it (the reward function) started: its group."""
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
@@ -280,7 +290,7 @@ class RewardPool:
             [sys.executable, "-m", "remix_rft.reward_pool", SERVE_FLAG, self.spec,
              repr(self.time_limit_s)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8",
-            bufsize=1, env=_worker_env(),
+            bufsize=1, env=_worker_env(), process_group=0,  # killed as a group (#36.11)
         )  # fmt: skip
         return _Worker(proc)
 

@@ -301,7 +301,10 @@ def test_relative_paths_in_a_config_file_follow_the_file_not_the_cwd(tmp_path, m
     # hub ids and shipped names are not paths
     cfg = load_config(path, [])
     assert cfg.model == "embedded"
-    assert load_config(CONFIGS / "r1-distill-1.5b-grpo.yaml").task.train_path.startswith("builtin:")
+    r1 = load_config(CONFIGS / "r1-distill-1.5b-grpo.yaml")
+    assert (r1.task.train_path, r1.task.eval_path) == (
+        "agentica-org/DeepScaleR-Preview-Dataset", "builtin:math500"
+    )
 
 
 def test_a_missing_relative_path_names_the_key_and_the_base_it_used(tmp_path, monkeypatch, capsys):

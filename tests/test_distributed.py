@@ -88,6 +88,7 @@ def rank_samples(rank: int) -> list[Sample]:
 
 def run_update(cfg, run_dir: Path, ranks: list[int]) -> dict:
     """Trainer.precompute + Trainer.update on the rows of ``ranks``; full params and grads."""
+    from remix_rft.trainer import update
     from remix_rft.trainer.loop import Trainer
 
     trainer = Trainer(cfg, run_dir)
@@ -96,7 +97,12 @@ def run_update(cfg, run_dir: Path, ranks: list[int]) -> dict:
     old = [s for rows in per_rank for s in rows if s.version == 0]
     batch = collate(fresh + old, trainer.pad_id)
     pre = trainer.precompute(batch, step=1)
-    stats = trainer.dist.merge_stats(trainer.update(batch, pre, step=1))
+    # the update frees its gradients after the step; these tests compare them
+    free, update.free_gradients = update.free_gradients, lambda optimizer: None
+    try:
+        stats = trainer.dist.merge_stats(trainer.update(batch, pre, step=1))
+    finally:
+        update.free_gradients = free
     out: dict = {"stats": stats.means(), "params": {}, "grads": {}}
     models = {"policy": trainer.policy}
     if trainer.state.critic is not None:
@@ -315,3 +321,65 @@ def test_two_rank_dynamic_sampling_keeps_the_same_groups_on_every_rank(model_dir
         assert (r["dynamic/kept_groups"] + r["dynamic/dropped_groups"]) * 4 == generated
         assert r["dynamic/kept_groups"] % 2 == 0  # the same count on both ranks
         assert r["dynamic/balanced_groups"] <= r["dynamic/dropped_groups"]
+
+
+def _loading_worker(rank: int, port: int, model: str, out_dir: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
+        RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    from remix_rft.engines import distributed, factory
+    from remix_rft.engines.policy import ValueModel
+
+    reads: list[str] = []
+    load_policy, from_pretrained = factory.load_policy, ValueModel.from_pretrained
+    factory.load_policy = lambda *a, **k: reads.append("policy") or load_policy(*a, **k)
+    ValueModel.from_pretrained = classmethod(
+        lambda cls, *a, **k: reads.append("critic") or from_pretrained.__func__(cls, *a, **k)
+    )
+    try:
+        env = distributed.setup("cpu")
+        cfg = case_config(Path(model), Path(out_dir) / "run", "remix-ppo")
+        cfg.kl_coef = 0.1  # the reference is built too
+        policy, reference = factory.build_models(cfg, env)
+        critic = factory.build_critic(cfg, env)
+        full = {}
+        for name, m in (("policy", policy), ("reference", reference), ("critic", critic)):
+            for key, t in [*m.named_parameters(), *m.named_buffers()]:
+                t = t.full_tensor() if hasattr(t, "full_tensor") else t
+                full[f"{name}.{key}"] = t.detach().clone()
+        if rank == 0:
+            torch.save(full, Path(out_dir) / "loaded.pt")
+        torch.save(reads, Path(out_dir) / f"reads{rank}.pt")
+    finally:
+        distributed.shutdown()
+
+
+def test_only_rank_0_reads_the_checkpoint_and_every_rank_gets_its_weights(
+    model_dir, tmp_path, monkeypatch
+):
+    """Loading once (issue #38): rank 1 builds on the meta device and receives its shards
+    (policy, reference, critic, and the rotary buffers) from rank 0."""
+    from remix_rft.engines.policy import ValueModel, load_policy
+
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    mp.start_processes(
+        _loading_worker, args=(free_port(), str(model_dir), str(tmp_path)), nprocs=WORLD,
+        start_method="fork",
+    )  # fmt: skip
+    assert torch.load(tmp_path / "reads0.pt") == ["policy", "critic"]
+    assert torch.load(tmp_path / "reads1.pt") == []
+    loaded = torch.load(tmp_path / "loaded.pt", weights_only=True)
+    policy = load_policy(str(model_dir))
+    torch.manual_seed(0)
+    critic = ValueModel.from_pretrained(str(model_dir))
+    expected = {}
+    for name, m in (("policy", policy), ("reference", policy), ("critic", critic)):
+        for key, t in [*m.named_parameters(), *m.named_buffers()]:
+            expected[f"{name}.{key}"] = t.detach()
+    assert loaded.keys() == expected.keys()
+    for key, tensor in expected.items():
+        if key.startswith("critic.head."):
+            continue  # a fresh head: rank 0 draws it and sends it to every rank
+        assert torch.equal(loaded[key], tensor), key

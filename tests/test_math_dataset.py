@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -247,18 +248,35 @@ def test_shipped_data_identical_to_reference_copy(name):
     assert hashlib.sha256(shipped).hexdigest() == sums[relative]
 
 
-def test_paper_recipes_name_shipped_data_and_resolve_it():
+def test_paper_recipes_name_the_paper_data_and_the_offline_alternative_resolves():
     from remix_rft.trainer.config import PACKAGED_CONFIGS, load_config
     from remix_rft.trainer.plan import plan_lines
 
     recipes = sorted(PACKAGED_CONFIGS.glob("r1-distill-*.yaml"))
     assert len(recipes) == 6
     for path in recipes:
-        cfg = load_config(path)
+        cfg = load_config(path)  # loading a config reads no data: nothing is downloaded
         assert (cfg.task.train_path, cfg.task.eval_path) == (
-            "builtin:math_train",
+            "agentica-org/DeepScaleR-Preview-Dataset",
             "builtin:math500",
         )
-    # the embedded model stands in for the hub model, which this machine may not reach
-    cfg = load_config(PACKAGED_CONFIGS / "r1-distill-1.5b-remix-ppo.yaml", ["model=embedded"])
+        assert (cfg.task.problem_key, cfg.task.answer_key) == ("problem", "answer")
+        assert "task.train_path=builtin:math_train" in path.read_text()  # documented offline
+    # the embedded model stands in for the hub model, the shipped MATH train for DeepScaleR
+    cfg = load_config(
+        PACKAGED_CONFIGS / "r1-distill-1.5b-remix-ppo.yaml",
+        ["model=embedded", "task.train_path=builtin:math_train"],
+    )
     assert any("math: 7470 train / 500 held-out problems" in line for line in plan_lines(cfg))
+
+
+def test_a_hub_dataset_row_in_deepscaler_columns_loads(monkeypatch):
+    """DeepScaleR's rows (problem, answer, solution) through the hub path, without a network."""
+    import types
+
+    rows = [{"problem": "What is $1+1$?", "answer": "2", "solution": "It is $\\boxed{2}$."}]
+    fake = types.SimpleNamespace(load_dataset=lambda name, split: rows)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    loaded = load_math_problems("agentica-org/DeepScaleR-Preview-Dataset")
+    assert [(p.prompt, p.answer) for p in loaded] == [("What is $1+1$?", "2")]
+    assert loaded[0].meta == {"solution": "It is $\\boxed{2}$."}

@@ -267,6 +267,8 @@ def _row_problem(row: Any, problem_key: str, answer_key: str) -> tuple[str, Answ
     context = row.get("context")  # OlympiadBench: shared setup of a problem group
     if isinstance(context, str) and context.strip():
         problem = f"{context.strip()}\n\n{problem.strip()}"
+    if not answer_key:  # the user's reward functions judge; an "answer" column stays raw
+        return problem.strip(), row.get("answer", "")
     if answer_key not in row:
         raise _missing_key(row, answer_key, "task.answer_key")
     multiple = bool(row.get("is_multiple_answer", False))

@@ -30,6 +30,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -209,8 +210,11 @@ SAME_KEYS = {"step", "rollouts", "tokens", "updates", "utd", "lr"}
 _ENV: DistEnv | None = None
 
 
-def setup(device: str = "auto") -> DistEnv:
-    """Join the torchrun process group once per process; a no-op without torchrun."""
+def setup(device: str = "auto", *, timeout_minutes: float = 60.0) -> DistEnv:
+    """Join the torchrun process group once per process; a no-op without torchrun.
+
+    ``timeout_minutes`` (``dist_timeout_minutes``): how long a collective may wait; NCCL's
+    default of 10 fails ranks waiting for rank 0's checkpoint write or a long evaluation."""
     global _ENV
     if _ENV is not None:
         return _ENV
@@ -221,11 +225,12 @@ def setup(device: str = "auto") -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if not dist.is_initialized():
+        timeout = timedelta(minutes=timeout_minutes)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-            dist.init_process_group("nccl", device_id=dev)
+            dist.init_process_group("nccl", device_id=dev, timeout=timeout)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=timeout)
     _ENV = DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev, enabled=True)
     log.info("rank %d of %d on %s (%s)", rank, world, dev, dist.get_backend())
     return _ENV
@@ -262,7 +267,9 @@ def shard_model(model: nn.Module, env: DistEnv, *, dtype: str = "float32") -> nn
     """``fully_shard`` every decoder layer, then the root; gradients are summed over ranks."""
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    model.to(env.device)
+    on_meta = any(p.is_meta for p in model.parameters())
+    if not on_meta:
+        model.to(env.device)
     if dtype == "bfloat16":
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     else:
@@ -276,6 +283,8 @@ def shard_model(model: nn.Module, env: DistEnv, *, dtype: str = "float32") -> nn
             m.set_gradient_divide_factor(1.0)
             if dist.get_backend() == "gloo":  # gloo has no PREMUL_SUM: plain SUM reductions
                 m.set_force_sum_reduction_for_comms(True)
+    if on_meta:  # only this rank's shards are allocated (factory.load_from_rank0 fills them)
+        model.to_empty(device=env.device)
     return model
 
 
@@ -389,22 +398,7 @@ def without_autocast(model: Any) -> Iterator[None]:
         model.forward = wrapped
 
 
-# ---- full weights from shards ---------------------------------------------------------------
-def full_state_dict(model: Any, *, every_rank: bool = False) -> dict[str, torch.Tensor]:
-    """Unsharded parameters on the CPU (a collective under FSDP2: every rank must call it).
-
-    By default only rank 0 receives them (what a checkpoint needs); ``every_rank`` gives
-    each rank the full tensors (what a per-rank rollout engine needs).
-    """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    if not is_sharded(model):
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
-    state = get_model_state_dict(model, options=opts)
-    return {k: v.detach().cpu() for k, v in state.items()}
-
-
+# ---- a consolidated HF copy (one process; a sharded run streams it: weight_stream.py) --------
 def save_hf_policy(model: Any, state: dict[str, torch.Tensor], tokenizer: Any, out: Path) -> None:
     """A loadable HF model directory from a full state dict (the FSDP class name must not leak)."""
     from safetensors.torch import save_file

@@ -88,16 +88,22 @@ class AdapterDisabled(nn.Module):
         return getattr(self._policy, "autocast_dtype", None)
 
 
-def _lora_layers(model: nn.Module) -> list[tuple[str, Any]]:
+def lora_layers(model: nn.Module) -> list[tuple[str, Any]]:
     from peft.tuners.lora import LoraLayer
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
 @torch.no_grad()
+def merged_weight(layer: Any) -> torch.Tensor:
+    """One LoRA module's base weight + its adapter's delta (the live weights untouched)."""
+    return (layer.get_base_layer().weight + layer.get_delta_weight(ADAPTER)).detach()
+
+
+@torch.no_grad()
 def reincarnate(model: Any) -> None:
     """Merge the adapter into the base weights (π_base ← π_θ) and start a fresh adapter."""
-    for _, layer in _lora_layers(model):
+    for _, layer in lora_layers(model):
         layer.merge(adapter_names=[ADAPTER])
         layer.merged_adapters = []  # the merged delta is now part of the base weights
         layer.reset_lora_parameters(ADAPTER, True)
@@ -112,10 +118,8 @@ def merged_state_dict(model: Any) -> dict[str, torch.Tensor]:
         if ".lora_" in key:
             continue
         state[key.replace(".base_layer.", ".")] = value.detach().cpu()
-    prefix = ""
-    for name, layer in _lora_layers(base):
-        weight = layer.get_base_layer().weight
-        state[f"{prefix}{name}.weight"] = (weight + layer.get_delta_weight(ADAPTER)).detach().cpu()
+    for name, layer in lora_layers(base):
+        state[f"{name}.weight"] = merged_weight(layer).cpu()
     return state
 
 

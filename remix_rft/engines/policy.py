@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import copy
+import copy as _copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,33 @@ def load_policy(model: str, *, dtype: str = "float32", gradient_checkpointing: b
     return policy
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A copy that never trains: the reference π_base."""
-    ref = copy.deepcopy(model)
+def empty_policy(model: str, *, dtype: str = "float32") -> Any:
+    """The policy's architecture on the meta device (no memory): a sharded run's ranks build
+    this and receive their shards from rank 0 (``factory.load_from_rank0``)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    path = resolve_model_path(model)
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        policy = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[dtype])
+    if (Path(path) / "generation_config.json").is_file():  # EOS ids come from it too
+        policy.generation_config = GenerationConfig.from_pretrained(path)
+    return policy
+
+
+def empty_critic(model: str, *, dtype: str = "float32") -> ValueModel:
+    """The critic's architecture on the meta device (see :func:`empty_policy`)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_path(model))
+    with torch.device("meta"):
+        return ValueModel(AutoModel.from_config(config, dtype=TORCH_DTYPES[dtype]))
+
+
+def frozen_copy(model: nn.Module, *, copy: bool = True) -> nn.Module:
+    """A model that never trains: the reference π_base (a copy of ``model`` unless ``copy``
+    is False: then ``model`` itself, frozen)."""
+    ref = _copy.deepcopy(model) if copy else model
     ref.eval()
     ref.requires_grad_(False)
     return ref
@@ -212,6 +236,36 @@ def _at_response(values: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor
     return values[rows, columns[rows, tokens]]
 
 
+def _final_norm(model: Any) -> nn.Module | None:
+    """The decoder's last module (its final norm), whose output is the last hidden state."""
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if callable(get) else None
+    norm = getattr(decoder, "norm", None)
+    return norm if isinstance(norm, nn.Module) else None
+
+
+def _last_hidden(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The last layer's hidden states [B, W, H] from the model's own forward
+    (``logits_to_keep=1``: its head runs on one position only).
+
+    With gradients they come back through the root's output, where FSDP2 hooks its
+    backward. Without (the π_k / π_base passes) ``output_hidden_states`` would keep every
+    layer's [B, W, H] until the forward returns: the final norm's output is taken by a
+    hook instead, so one layer's hidden states are alive at a time (issue #38).
+    """
+    norm = None if torch.is_grad_enabled() else _final_norm(model)
+    if norm is None:
+        out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        return out.hidden_states[-1]
+    captured: list[torch.Tensor] = []
+    handle = norm.register_forward_hook(lambda _m, _i, output: captured.append(output))
+    try:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
 def response_stats(
     model: Any,
     batch: TrainBatch,
@@ -238,11 +292,7 @@ def response_stats(
     targets = batch.input_ids[:, batch.prompt_len :].to(device)[mask]
     head = output_head(model) if chunk_tokens > 0 else None
     if head is not None and not _is_sharded_weight(head, model):
-        # logits_to_keep=1: the model's own head runs on one position; the hidden states
-        # come back through the root's output, where FSDP2 hooks its backward.
-        out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-        hidden = _at_response(out.hidden_states[-1], columns, mask)
-        del out
+        hidden = _at_response(_last_hidden(model, inputs), columns, mask)
         gather_root(model)  # under FSDP2: the full head weight until the backward is done
         autocast_dtype = getattr(model, "autocast_dtype", None)
         logprobs, entropy = _chunked_head_stats(

@@ -83,6 +83,8 @@ class EngineOptions:
     max_model_len: int = 0  # prompt + response tokens (0: the model's own limit)
     gpu_memory_utilization: float = 0.3  # vLLM: share of GPU memory (of host RAM on CPU)
     sleep_between_rollouts: bool = True  # vLLM on CUDA: free memory during the update
+    sleep_level: int = 2  # vLLM: 2 discards the weights (the push overwrites them), 1 offloads
+    weight_sync_bucket_mb: float = 1024.0  # weights gathered and pushed at most this much at once
     enforce_eager: bool = False  # vLLM: no CUDA graphs (always eager on CPU)
     batch_size: int = 0  # hf: prompts per generate call (0: all at once)
 
@@ -91,6 +93,7 @@ class RolloutEngine(ABC):
     """Generate responses with the current policy weights."""
 
     name: str = ""
+    weights_lost: bool = False  # True after a sleep that discarded the weights: sync first
 
     @abstractmethod
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> Generation:

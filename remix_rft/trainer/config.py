@@ -93,6 +93,10 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         elif isinstance(value, str):
             value = [w.strip() for w in value.split(",") if w.strip()]
         check(isinstance(value, list), key, "a list", value)
+        item = (typing.get_args(typ) or (str,))[0]
+        if item is float:  # reward_weights=[1, 0.5]: numbers, checked one by one
+            return [_coerce_number(f"{key}[{i}]", v, float, int | float, "a number")
+                    for i, v in enumerate(value)]  # fmt: skip
         return [str(v) for v in value]
     if typ is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):

@@ -130,6 +130,10 @@ def _validate_ranges(cfg: TrainConfig) -> None:
         "in (0, 1]",
         cfg.vllm_gpu_memory_utilization,
     )
+    check(cfg.vllm_sleep_level in (1, 2), "vllm_sleep_level", "1 or 2", cfg.vllm_sleep_level)
+    check(cfg.weight_sync_bucket_mb >= 0, "weight_sync_bucket_mb", ">= 0 (0: one tensor at a "
+          "time)", cfg.weight_sync_bucket_mb)  # fmt: skip
+    check(cfg.dist_timeout_minutes > 0, "dist_timeout_minutes", "> 0", cfg.dist_timeout_minutes)
     check(
         cfg.advantage_estimator in ("", *ADVANTAGE_ESTIMATORS),
         "advantage_estimator",
@@ -147,6 +151,7 @@ def _validate_ranges(cfg: TrainConfig) -> None:
         "micro_batch_size", "warmup_updates", "weight_decay", "kl_coef", "critic_warmup_steps",
         "reincarnation_step", "reincarnation_patience", "threads", "max_grad_norm", "seed",
         "vllm_max_model_len", "micro_batch_tokens", "logprob_chunk_tokens", "entropy_coef",
+        "logprob_micro_batch_tokens",
         "max_nonfinite_updates", "max_staleness", "rollout_threads", "overlong_buffer_tokens",
         "overlong_penalty", "eval_threads",
     )  # fmt: skip
@@ -377,6 +382,27 @@ def _engine_names() -> tuple[str, ...]:
     return engine_names()
 
 
+def _validate_reward_funcs(task: TaskConfig) -> None:
+    """``task.reward_funcs`` (TRL's protocol): specs that parse, files that exist, one
+    weight each (or none), and not together with ``reward_fn``; answer_key "" needs them."""
+    check(not (task.reward_fn and task.reward_funcs), "task.reward_funcs",
+          "empty when task.reward_fn is set (one or the other)", task.reward_funcs)  # fmt: skip
+    for spec in task.reward_funcs:
+        try:
+            target, _ = parse_reward_spec(spec)
+        except RewardError as err:
+            raise ConfigError(f"config key 'task.reward_funcs': {err}") from None
+        if is_file_spec(target):
+            check(Path(target).expanduser().is_file(), "task.reward_funcs", "existing files",
+                  target)  # fmt: skip
+    check(not task.reward_weights or len(task.reward_weights) == len(task.reward_funcs),
+          "task.reward_weights", f"{len(task.reward_funcs)} weights (one per reward_funcs "
+          "entry) or none", task.reward_weights)  # fmt: skip
+    check(bool(task.answer_key) or bool(task.reward_funcs or task.reward_fn), "task.answer_key",
+          "a column name (rows without answers need task.reward_funcs or reward_fn)",
+          task.answer_key)  # fmt: skip
+
+
 def _validate_task(task: TaskConfig) -> None:
     if task.name in ("math", "custom"):
         check(
@@ -396,11 +422,12 @@ def _validate_task(task: TaskConfig) -> None:
         )
     if task.name == "custom":
         check(
-            bool(task.reward_fn),
+            bool(task.reward_fn or task.reward_funcs),
             "task.reward_fn",
             "path/to/file.py:function or module:function for task.name=custom",
             task.reward_fn,
         )
+    _validate_reward_funcs(task)
     if task.reward_fn:
         try:
             target, _ = parse_reward_spec(task.reward_fn)

@@ -76,6 +76,12 @@ class TaskConfig:
     # min(4, CPUs)); 0 grades in the trainer process (debugging)
     reward_workers: int = -1
     reward_timeout_s: float = 5.0  # per response; past it the response scores 0
+    # TRL-protocol reward functions (issue #35), fn(prompts, completions, completion_ids,
+    # **columns) -> list[float | None], as module:function or file.py:function; their weighted
+    # sum (None: skipped) is the reward. Instead of reward_fn. answer_key "" then passes every
+    # other column of a row to them unchanged (a dataset without answers).
+    reward_funcs: list[str] = field(default_factory=list)
+    reward_weights: list[float] = field(default_factory=list)  # empty: 1.0 each
 
 
 @dataclass
@@ -115,6 +121,10 @@ class TrainConfig:
     # Response tokens per chunk of the output head when computing log-probs and entropy
     # (0: full logits from the model's forward, [B, T, V] at once).
     logprob_chunk_tokens: int = 1024
+    # Per-device budget of padded tokens per forward pass of the no-grad passes (log π_k,
+    # log π_base, critic values), as verl's log_prob_max_token_len_per_gpu: they keep no
+    # activations, so they can take more than micro_batch_tokens (0: the update's micro-batches)
+    logprob_micro_batch_tokens: int = 0
     epochs: int = 1  # passes over each iteration's training batch
     # updates in a row skipped for a non-finite loss or gradient that stop the run (0: never)
     max_nonfinite_updates: int = 3
@@ -218,7 +228,8 @@ class TrainConfig:
     # also keep the checkpoint of the best eval accuracy; a new best is then checkpointed
     # even between save_every steps
     keep_best_checkpoint: bool = False
-    # signals that mean "finish this update, checkpoint, exit 75" (a scheduler's preemption notice)
+    # signals that mean "finish this update, checkpoint, exit 75" (a scheduler's preemption notice);
+    # SIGINT (Ctrl-C) always does too (a third one aborts the save)
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     reflection_words: list[str] = field(default_factory=lambda: list(DEFAULT_REFLECTION_WORDS))
     # experiment trackers besides metrics.jsonl: tensorboard, wandb (optional extras)
@@ -230,6 +241,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda; under torchrun: the rank's GPU
+    # torchrun: how long a rank waits in a collective (rank 0's checkpoint write, a long
+    # evaluation) before the run fails; passed to init_process_group (NCCL's own is 10)
+    dist_timeout_minutes: float = 60.0
     # rollout engine (engines/rollout.py): hf = HF generate on the training module;
     # hf-static = static KV cache (+ torch.compile on GPU); vllm = vLLM with weight pushes
     rollout_engine: str = "hf"
@@ -249,10 +263,16 @@ class TrainConfig:
     # GPU of a one-process run; weights cross through the transport)
     rollout_device: str = ""
     weight_transport: str = "shared-memory"  # learner -> producer weights (engines/transport.py)
+    # weights published (vLLM push, async transport, checkpoint's HF copy) are gathered and
+    # handed over at most this many MB at a time, in the engine's dtype (weight_stream.py)
+    weight_sync_bucket_mb: float = 1024.0
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory (of host RAM on CPU)
     vllm_max_model_len: int = 0  # 0: longest prompt budget + max_new_tokens, from the task
     vllm_sleep: bool = True  # CUDA: free vLLM's memory during the update (sleep mode)
     vllm_enforce_eager: bool = False  # CUDA: no CUDA graphs (always eager on CPU)
+    # CUDA sleep mode: 2 discards vLLM's weights and KV cache while the trainer updates
+    # (the push overwrites the weights anyway); 1 offloads the weights to pinned host memory
+    vllm_sleep_level: int = 2
     # LoRA (peft; lora_rank 0: full finetuning). The reference is the base with the adapter off.
     lora_rank: int = 0
     lora_alpha: float = 16.0
@@ -412,6 +432,20 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    # TRL's GRPOConfig and back (issue #35), by the README's key table: config_trl.py
+    @classmethod
+    def from_trl(cls, trl_config: Any, base: TrainConfig | None = None) -> TrainConfig:
+        """This config from a TRL ``GRPOConfig`` (unmapped keys named in one warning)."""
+        from remix_rft.trainer.config_trl import from_trl
+
+        return from_trl(trl_config, base)
+
+    def to_trl(self) -> Any:
+        """A TRL ``GRPOConfig`` with the keys that have a counterpart (needs TRL)."""
+        from remix_rft.trainer.config_trl import to_trl
+
+        return to_trl(self)
 
 
 @dataclass(frozen=True)

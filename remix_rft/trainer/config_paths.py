@@ -93,3 +93,6 @@ def resolve_config_paths(cfg: TrainConfig, base: Path, skip: set[str] | None = N
             (cfg.task, key.removeprefix("task.")) if key.startswith("task.") else (cfg, key)
         )
         setattr(owner, attr, _resolve_key(key, getattr(owner, attr), base))
+    if not (skip and "task.reward_funcs" in skip):  # TRL-protocol functions: file specs too
+        funcs = cfg.task.reward_funcs
+        cfg.task.reward_funcs = [_reward_spec("task.reward_funcs", s, base) for s in funcs]

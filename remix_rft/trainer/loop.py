@@ -13,9 +13,8 @@ the special case η = 0, generated inline (``rollouts.py``). The parts: ``produc
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,9 @@ from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_tokenizer
 from remix_rft.engines.rollout import EngineOptions, Generation, RolloutEngine, SamplingSettings
 from remix_rft.engines.transport import policy_weights
+from remix_rft.engines.weight_stream import WeightStream
 from remix_rft.trainer import checkpoint as ckpt
-from remix_rft.trainer import ranks, reincarnation, rows, setup
+from remix_rft.trainer import ranks, reincarnation, resume_config, rows, setup
 from remix_rft.trainer import state as saved_state
 from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
@@ -55,6 +55,7 @@ from remix_rft.trainer.rollouts import (
     ProducerProcess,
     RolloutSource,
 )
+from remix_rft.trainer.runlock import run_lock
 from remix_rft.trainer.setup import prepare_run_dir
 from remix_rft.trainer.state import Counters
 from remix_rft.trainer.tasks import build_task, held_out_accuracy
@@ -65,17 +66,19 @@ from remix_rft.trainer.update_stats import StepStats
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[dict[str, Any]], None]
+SaveCallback = Callable[[int, Path], None]  # (step, checkpoint directory)
 __all__ = ["NonFiniteTrainingError", "Trainer", "prepare_run_dir", "resume", "train"]
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
+        self.on_save: SaveCallback | None = None  # the Python API's hook (remix_rft/api.py)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         # One process unless launched by torchrun (engines/distributed.py: FSDP2, DCP).
-        self.dist = distributed.setup(cfg.device)
+        self.dist = distributed.setup(cfg.device, timeout_minutes=cfg.dist_timeout_minutes)
         ranks.check_config(cfg, self.dist.world_size)
         self.producer_process = self.launch_producer()
         try:
@@ -86,7 +89,7 @@ class Trainer:
             raise
 
     def build(self, cfg: TrainConfig, run_dir: Path) -> None:
-        self.task: Task = build_task(cfg.task)
+        self.task: Task = build_task(cfg.task, cfg.model)
         self.train_problems = list(self.task.train_problems())
         self.eval_problems = list(self.task.eval_problems())[: cfg.eval_problems]
         self.tokenizer = load_tokenizer(cfg.model)
@@ -133,7 +136,8 @@ class Trainer:
 
     def start_rollouts(self) -> RolloutSource:
         """The producer inline (sync), or in its own process holding a copy of the weights
-        as they are now (a resumed run's too), continuing this process's sampling stream."""
+        as they are now (a resumed run's too), continuing this process's sampling stream
+        (a resumed run's: the producer's own, as the checkpoint stored it)."""
         cfg, state = self.cfg, self.state
         if cfg.rollout_mode == "sync":
             return InlineRollouts(
@@ -141,9 +145,10 @@ class Trainer:
                 lambda: self.record_gen_logprobs(),
             )  # fmt: skip
         assert self.producer_process is not None  # launched in __init__ for async runs
+        rng = state.producer_rng if state.producer_rng is not None else torch.get_rng_state()
         return AsyncRollouts(
-            cfg, state.sampler, self.dist, self.producer_process, policy_weights(self.policy),
-            state.counters.step, start=(torch.get_rng_state(), self.engine_options()),
+            cfg, state.sampler, self.dist, self.producer_process, self.weights(),
+            state.counters.step, start=(rng, self.engine_options()),
         )  # fmt: skip
 
     def source(self) -> RolloutSource:
@@ -158,7 +163,7 @@ class Trainer:
         the generation of one phase (evaluation's chunks too), not one call each."""
         self.policy.eval()
         with self.engine.awake():
-            if self.engine_stale:
+            if self.engine_stale or self.engine.weights_lost:  # a collective: every rank
                 self.engine.sync_weights(self.policy)
                 self.engine_stale = False
             yield self.engine
@@ -215,7 +220,12 @@ class Trainer:
         """The new weights to the engines: the inline one syncs before it next generates,
         the asynchronous producer picks them up between generation calls."""
         self.engine_stale = self.engine_stale or changed
-        self.source().publish(lambda: policy_weights(self.policy), step, changed)
+        self.source().publish(self.weights, step, changed)
+
+    def weights(self) -> WeightStream:
+        """The policy streamed in the engine's dtype, a bucket at a time (weight_stream.py)."""
+        cfg = self.cfg
+        return policy_weights(self.policy, dtype=cfg.dtype, bucket_mb=cfg.weight_sync_bucket_mb)
 
     def iteration(self, step: int) -> dict[str, Any]:
         started = time.perf_counter()
@@ -279,10 +289,13 @@ class Trainer:
         """Checkpoint ``step``; ``score``: its eval accuracy (None: not evaluated), by which
         ``keep_best_checkpoint`` keeps the best checkpoint besides the last ``keep_checkpoints``."""
         sampler = self.source().sampler_state()
-        saved_state.save(
+        self.state.producer_rng = self.source().rng_state()  # async: the producer's stream
+        path = saved_state.save(
             self.state, self.run_dir, step, self.dist, keep=self.cfg.keep_checkpoints,
             sampler=sampler, keep_best=self.cfg.keep_best_checkpoint, score=score,
         )  # fmt: skip
+        if self.on_save is not None:
+            self.on_save(step, path)
 
     def load(self, checkpoint: Path) -> None:
         saved_state.load(self.state, checkpoint, self.dist, self.cfg.dtype)
@@ -375,14 +388,19 @@ class Trainer:
 
 
 # ---- entry points ----------------------------------------------------------------
-def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
-    """Start a new run in ``cfg.out_dir`` and train it to ``cfg.steps``."""
+def train(
+    cfg: TrainConfig, on_step: StepCallback | None = None, on_save: SaveCallback | None = None
+) -> dict[str, Any]:
+    """Start a new run in ``cfg.out_dir`` and train it to ``cfg.steps``; ``on_step`` gets each
+    metrics row, ``on_save`` each checkpoint written."""
     resolve_model_path(cfg.model)  # a missing model fails before the run directory exists
-    env = distributed.setup(cfg.device)
+    env = distributed.setup(cfg.device, timeout_minutes=cfg.dist_timeout_minutes)
     ranks.check_config(cfg, env.world_size)
-    run_dir = env.on_main(lambda: prepare_run_dir(cfg))  # rank 0 writes; errors reach all ranks
-    with open_trainer(cfg, run_dir) as trainer:
-        return trainer.run(on_step)
+    with run_lock(env, cfg.resolved_out_dir()):  # before the check that the run is new
+        run_dir = env.on_main(lambda: prepare_run_dir(cfg))  # rank 0 writes; errors reach all
+        with open_trainer(cfg, run_dir) as trainer:
+            trainer.on_save = on_save
+            return trainer.run(on_step)
 
 
 @contextmanager
@@ -398,26 +416,31 @@ def open_trainer(cfg: TrainConfig, run_dir: Path) -> Iterator[Trainer]:
             trainer.close()
 
 
-def resume(run_dir: Path, cfg: TrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
+def resume(
+    run_dir: Path,
+    cfg: TrainConfig,
+    on_step: StepCallback | None = None,
+    on_save: SaveCallback | None = None,
+    allow_config_change: Sequence[str] | str | None = None,
+) -> dict[str, Any]:
     """Continue a run from its newest checkpoint that verifies (or from the start if it has
-    none); a newer one that is incomplete or corrupt is skipped, saying so on stderr."""
-    env = distributed.setup(cfg.device)
-    # Rank 0 hashes the files; every rank gets its choice (or NoValidCheckpointError).
-    choice = env.on_main(lambda: ckpt.resolve_resume_checkpoint(run_dir))
-    note = choice.summary()
-    if note and env.is_main:
-        print(f"remix train: {note}", file=sys.stderr)
-    checkpoint = choice.path
-    if checkpoint is not None:  # another world size is refused before any model is loaded
-        saved_state.check_resume(checkpoint, env.world_size, env.enabled)
-    with open_trainer(cfg, run_dir) as trainer:
-        if checkpoint is not None:
-            trainer.load(checkpoint)
-            if trainer.state.reincarnated:  # the post-reincarnation lr, older checkpoints too
-                reincarnation.apply_phase_lr(cfg, trainer.state)
-            log.info("resuming %s from %s (step %d)", run_dir, checkpoint.name,
-                     trainer.counters.step)  # fmt: skip
-        trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
-        if trainer.dist.is_main:
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        return trainer.run(on_step)
+    none); a newer one that is incomplete or corrupt is skipped, saying so on stderr.
+    Settings that differ from the run's are listed, and refused where they change what the
+    run is unless ``allow_config_change`` names them (``resume_config.py``)."""
+    env = distributed.setup(cfg.device, timeout_minutes=cfg.dist_timeout_minutes)
+    with run_lock(env, run_dir):
+        checkpoint, changes = resume_config.prepare_resume(env, run_dir, cfg, allow_config_change)
+        with open_trainer(cfg, run_dir) as trainer:
+            trainer.on_save = on_save
+            if checkpoint is not None:
+                trainer.load(checkpoint)
+                if trainer.state.reincarnated:  # the post-reincarnation lr, older ones too
+                    reincarnation.apply_phase_lr(cfg, trainer.state)
+                log.info("resuming %s from %s (step %d)", run_dir, checkpoint.name,
+                         trainer.counters.step)  # fmt: skip
+            trainer.metrics.truncate_after(trainer.counters.step if checkpoint else -1)
+            if trainer.dist.is_main:
+                if changes:  # the config it ran under so far, kept
+                    resume_config.keep_history(run_dir, trainer.counters.step)
+                atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+            return trainer.run(on_step)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from pathlib import Path
+from typing import Any
 
+from remix_rft.data.builtin import is_builtin
+from remix_rft.data.math_dataset import DatasetError
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_tokenizer
 from remix_rft.trainer.config import TrainConfig
 from remix_rft.trainer.io import check_out_dir
+from remix_rft.trainer.memory_plan import Hardware, PlanError, plan_text
 from remix_rft.trainer.tasks import build_task
 
 EXIT_USAGE = 2
@@ -26,8 +32,9 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
             f"tokenizer NOT CHECKED: not available on this machine ({type(err).__name__})"
         )
     check_out_dir(cfg.resolved_out_dir())
-    task = build_task(cfg.task)
-    n_train, n_eval = len(task.train_problems()), len(task.eval_problems())
+    task, n_train = _task_and_train_count(cfg)
+    n_eval = len(task.eval_problems())
+    train_checked = task.train_problems() if isinstance(n_train, int) else []
     fresh = cfg.fresh_batch_size()
     off = cfg.offpolicy_batch_size()
     budget = cfg.rollouts_for_steps(cfg.steps)
@@ -35,8 +42,10 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f"run            {cfg.name} -> {cfg.resolved_out_dir()}",
         f"algorithm      {cfg.algorithm}",
         f"model          {model_path} ({tokenizer_line})",
-        f"task           {cfg.task.name}: {n_train} train / {n_eval} held-out problems"
-        + _skipped_text(task.train_problems(), task.eval_problems()),
+        f"task           {cfg.task.name}: "
+        + (f"{n_train} train" if isinstance(n_train, int) else f"train data {n_train}")
+        + f" / {n_eval} held-out problems"
+        + _skipped_text(train_checked, task.eval_problems()),
         f"reward         {task.pool.spec} in "
         + (f"{task.pool.workers} worker processes" if task.pool.workers else "the trainer process")
         + f" (limit {cfg.task.reward_timeout_s:g} s per response)",
@@ -88,12 +97,16 @@ def _post_reincarnation_line(cfg: TrainConfig) -> str:
     )
 
 
-def print_plan(cfg: TrainConfig) -> int:
+def print_plan(cfg: TrainConfig, hardware: Hardware | None = None) -> int:
     try:
         lines = plan_lines(cfg)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"remix train --dry-run: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        lines += plan_text(cfg, hardware or Hardware(device=_plan_device(cfg)))
+    except PlanError as err:  # a hub model outside the built-in table, without network
+        lines.append(f"memory plan    NOT MADE: {err}")
     print("\n".join(lines))
     print("dry run: config and data are valid; nothing was trained")
     return 0
@@ -116,3 +129,34 @@ def _eval_interval(cfg: TrainConfig) -> str:
     if cfg.eval_every_rollouts:
         return f"{cfg.eval_every_rollouts} rollouts"
     return f"{cfg.eval_every} steps"
+
+
+def _plan_device(cfg: TrainConfig) -> str:
+    """The plan is per GPU unless the run is pinned to the CPU."""
+    return "cpu" if cfg.device == "cpu" else "cuda"
+
+
+def _is_hub_name(source: str) -> bool:
+    """A dataset named on the Hugging Face hub: what ``data/math_dataset.py`` hands to
+    ``datasets.load_dataset`` (not shipped, not a local file, not a file name)."""
+    path = Path(source).expanduser()
+    return (
+        bool(source) and not is_builtin(source) and not path.exists()
+        and path.suffix not in (".json", ".jsonl", ".parquet")
+        and not source.startswith((".", "/", "~"))
+    )  # fmt: skip
+
+
+def _task_and_train_count(cfg: TrainConfig) -> tuple[Any, int | str]:
+    """The task, and its training problems' count, or why a hub dataset was not checked
+    (a machine without the hub can still check the rest of the plan)."""
+    try:
+        task = build_task(cfg.task, cfg.model)
+        return task, len(task.train_problems())
+    except DatasetError as err:
+        if not (_is_hub_name(cfg.task.train_path) and cfg.task.eval_path):
+            raise
+        why = str(err).splitlines()[0][:160]
+    # the reward and the held-out set, checked with the eval data standing in
+    task = build_task(dataclasses.replace(cfg.task, train_path=cfg.task.eval_path), cfg.model)
+    return task, f"NOT CHECKED ({why})"

@@ -5,6 +5,15 @@ or the ``--signal=USR1@60`` of the job; Kubernetes: SIGTERM then SIGKILL after t
 period). :class:`PreemptionHandler` only sets a flag; the training loop polls it between
 steps, saves a checkpoint, prints :func:`resume_hint` and exits with
 :data:`PREEMPTED_EXIT_CODE`.
+
+Ctrl-C (SIGINT) is always one of them: the first one stops the run as a preemption would (the
+step finishes and is saved), a second one during that save is only recorded, a third one
+aborts (KeyboardInterrupt; the partial checkpoint is removed, the previous one is kept).
+
+Helper processes (the asynchronous producer) are started by :func:`children_ignore` with
+these signals ignored: a signal to the whole process group (what Slurm, Kubernetes and a
+terminal send) reaches them too, and they must keep serving the learner until it has saved,
+then be stopped by it (docs/design.md §1.6).
 """
 
 from __future__ import annotations
@@ -13,7 +22,8 @@ import logging
 import shlex
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -30,6 +40,8 @@ PREEMPTED_EXIT_CODE = 75
 DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
 # These cannot be caught (KILL, STOP) or mean a bug, not a scheduler (SEGV and friends).
 _UNCATCHABLE = {"SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT"}
+INTERRUPT = signal.SIGINT  # always a preemption signal: Ctrl-C saves the step
+ABORT_AFTER_INTERRUPTS = 3  # the third Ctrl-C aborts the save (a human, not a scheduler)
 
 
 def validate_signal_names(names: Iterable[str]) -> tuple[signal.Signals, ...]:
@@ -53,11 +65,51 @@ def validate_signal_names(names: Iterable[str]) -> tuple[signal.Signals, ...]:
     return tuple(chosen)
 
 
+def handled_signals(names: Iterable[str]) -> tuple[signal.Signals, ...]:
+    """The signals a run treats as preemption: those named, and SIGINT (Ctrl-C)."""
+    chosen = validate_signal_names(names)
+    return chosen if INTERRUPT in chosen else (*chosen, INTERRUPT)
+
+
+@contextmanager
+def children_ignore(names: Iterable[str]) -> Iterator[None]:
+    """Processes started inside the block ignore the preemption signals from their first
+    instruction (an ignored disposition survives ``exec``; a handler does not).
+
+    The signals are blocked in this thread while their disposition is SIG_IGN, so one sent
+    to this process meanwhile is not lost: it is delivered to the restored handler when they
+    are unblocked. The children inherit the block too; :func:`unblock` lifts it in them.
+    Outside the main thread (no handlers can be set there) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = set(handled_signals(names))
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def ignore_in_this_process(names: Iterable[str]) -> None:
+    """In a helper process: ignore the preemption signals (again, in case it was started
+    without :func:`children_ignore`) and unblock them (pending ones are discarded)."""
+    sigs = set(handled_signals(names))
+    for sig in sigs:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+
+
 class PreemptionHandler:
     """While active, the configured signals set :attr:`requested` instead of killing the run.
 
     The first signal sets ``requested`` and ``signal_name``; later ones are only recorded in
-    ``received`` (a scheduler that repeats SIGTERM must not interrupt the save in progress).
+    ``received`` (a scheduler that repeats SIGTERM must not interrupt the save in progress),
+    except a third SIGINT, which raises KeyboardInterrupt (a person insisting on Ctrl-C).
+    SIGINT is handled whatever ``signals`` names (:func:`handled_signals`).
     Handlers can only be installed from the main thread; elsewhere this is a no-op with a
     warning. The previous handlers are restored on exit.
 
@@ -67,8 +119,9 @@ class PreemptionHandler:
     """
 
     def __init__(self, signals: Iterable[str] = DEFAULT_SIGNALS) -> None:
-        self.signals = validate_signal_names(signals)
+        self.signals = handled_signals(signals)
         self.requested = False
+        self.interrupts = 0  # SIGINTs so far, shared with nested handlers
         self.signal_name: str | None = None
         self.received: list[str] = []
         self.active = False
@@ -91,6 +144,8 @@ class PreemptionHandler:
                 self._outer = outer
         if self._outer is not None and self._outer.requested:
             self.requested, self.signal_name = True, self._outer.signal_name
+        if self._outer is not None:
+            self.interrupts = self._outer.interrupts
         self.active = True
         return self
 
@@ -108,15 +163,24 @@ class PreemptionHandler:
         outer, self._outer = self._outer, None
         if outer is not None and self.requested and not outer.requested:
             outer.requested, outer.signal_name = True, self.signal_name
+        if outer is not None:
+            outer.interrupts = max(outer.interrupts, self.interrupts)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         self.received.append(name)
+        self.interrupts += signum == INTERRUPT
         if self.requested:
+            if self.interrupts >= ABORT_AFTER_INTERRUPTS:
+                log.error("SIGINT received %d times: aborting without a checkpoint of this step",
+                          self.interrupts)  # fmt: skip
+                raise KeyboardInterrupt
             log.warning("%s received again: still finishing the checkpoint", name)
             return
         self.requested, self.signal_name = True, name
-        log.warning("%s received: the run stops after this step and saves a checkpoint", name)
+        more = " (Ctrl-C twice more aborts)" if signum == INTERRUPT else ""
+        log.warning("%s received: the run stops after this step and saves a checkpoint%s",
+                    name, more)  # fmt: skip
 
 
 def resume_hint(run_dir: Path, step: int | None = None) -> str:

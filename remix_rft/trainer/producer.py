@@ -64,6 +64,7 @@ class Rollout:
     reflection_rate: float
     wait_seconds: float = 0.0  # how long the learner waited for it (set by the learner)
     metrics: dict[str, float] = field(default_factory=dict)  # dynamic sampling, overlong
+    rng_state: bytes | None = None  # async: the producer's torch RNG state after generating it
 
 
 def plan_request(

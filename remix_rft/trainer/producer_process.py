@@ -7,8 +7,11 @@ layout, known only once the learner holds its weights). Then it loops: take the 
 request, make sure its weights are at least the request's oldest allowed version
 (waiting for the learner to publish one if not), pick up any newer published weights
 — only here, between generation calls — generate, score, send the packed rollout
-back. Any exception goes back to the learner with its traceback; the process also ends
-when the learner's process is gone, so a killed run leaves no producer behind.
+back, with the random state it left (what the learner's checkpoint stores, so a resumed run
+continues the producer's stream: docs/design.md §1.6). Any exception goes back to the learner
+with its traceback; the process also ends when the learner's process is gone, so a killed run
+leaves no producer behind. It ignores the preemption signals (a signal to the process group
+reaches it too): the learner finishes its step with it, saves, then stops it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from remix_rft.engines.policy import load_policy, load_tokenizer
 from remix_rft.engines.rollout import EngineOptions, RolloutEngine
 from remix_rft.engines.transport import WeightTransport
 from remix_rft.trainer.config import ConfigError, TrainConfig
+from remix_rft.trainer.mp_tempdir import use_private_tempdir
+from remix_rft.trainer.preemption import ignore_in_this_process
 from remix_rft.trainer.producer import Producer, PromptFormatter, Rollout
 from remix_rft.trainer.tasks import build_task
 
@@ -86,9 +91,21 @@ class ProducerStart:
     layout: Any  # WeightTransport.layout()
 
 
+def rng_bytes() -> bytes:
+    """torch's CPU generator state as plain bytes: it crosses the queue inside the pickle
+    rather than as one more shared-memory segment."""
+    return torch.get_rng_state().numpy().tobytes()
+
+
+def rng_tensor(state: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(state), dtype=torch.uint8).clone()
+
+
 def producer_main(
     spec: ProducerSpec, transport: WeightTransport, requests: Any, results: Any
 ) -> None:
+    ignore_in_this_process(spec.cfg.preempt_signals)  # the learner stops it (after saving)
+    use_private_tempdir()
     try:
         _serve(spec, transport, requests, results)
     except BaseException:  # noqa: BLE001 - the learner must see every failure
@@ -102,7 +119,7 @@ def _serve(spec: ProducerSpec, transport: WeightTransport, requests: Any, result
     if spec.threads:
         torch.set_num_threads(spec.threads)
     cfg = spec.cfg
-    task = build_task(cfg.task)  # the slow part of starting, done while the learner starts
+    task = build_task(cfg.task, cfg.model)  # the slow part of starting, done while the learner starts
     tokenizer = load_tokenizer(cfg.model)
     model = load_policy(cfg.model, dtype=cfg.dtype).to(spec.device)
     model.eval().requires_grad_(False)
@@ -122,11 +139,14 @@ def _serve(spec: ProducerSpec, transport: WeightTransport, requests: Any, result
     have = -1
     try:
         while (message := _next_request(requests)) is not None:
-            epoch, request = message
+            epoch, request, rng_state = message
+            if rng_state is not None:  # after a restart: the stream of the last rollout used
+                torch.set_rng_state(rng_tensor(rng_state))
             have = _weights_at_least(transport, model, engine, have, request.oldest_version)
             with engine.awake():
                 rollout = producer.produce(engine, request, have, record_logprobs=True)
-            results.put(("rollout", epoch, packed_rollout(rollout)))
+            packed = {**packed_rollout(rollout), "rng_state": rng_bytes()}
+            results.put(("rollout", epoch, packed))
     finally:
         engine.close()
 
@@ -214,6 +234,7 @@ def unpacked_rollout(packed: dict[str, Any]) -> Rollout:
         )
     ]
     return Rollout(
+        rng_state=packed.get("rng_state"),
         step=packed["step"],
         samples=samples,
         policy_version=packed["policy_version"],

@@ -14,6 +14,8 @@ same :class:`~remix_rft.trainer.producer.Rollout`, so the trainer has one loop:
 Requests are planned ahead from the prompt sampler; a checkpoint stores the sampler as
 it was before the first request still in flight, so a resumed run regenerates exactly
 the prompts of the iterations it had not consumed (their samples are lost, never counted).
+It stores the producer's random state as it was after the last rollout the learner used
+(each result carries it), so the resumed producer continues that stream (§1.6).
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ from remix_rft.engines.distributed import DistEnv
 from remix_rft.engines.rollout import EngineOptions, RolloutEngine
 from remix_rft.engines.transport import Weights, WeightTransport, build_transport
 from remix_rft.trainer.config import PhaseSettings, TrainConfig
+from remix_rft.trainer.mp_tempdir import use_private_tempdir
+from remix_rft.trainer.preemption import children_ignore
 from remix_rft.trainer.producer import Producer, Rollout, RolloutRequest, plan_request
 from remix_rft.trainer.producer_process import (
     ProducerSpec,
     ProducerStart,
     producer_main,
+    rng_tensor,
     unpacked_rollout,
 )
 
@@ -77,6 +82,11 @@ class RolloutSource(ABC):
         """The prompt order a resumed run continues from."""
         return self.sampler.state_dict()
 
+    def rng_state(self) -> Any:
+        """The generating process's random state a resumed run continues from; None: this
+        process's own (saved with the learner's streams)."""
+        return None
+
     def close(self) -> None:
         return None
 
@@ -110,6 +120,7 @@ class ProducerProcess:
     delaying the first iteration."""
 
     def __init__(self, cfg: TrainConfig, spec: ProducerSpec, rank: int) -> None:
+        use_private_tempdir()  # no pymp-* folder left in TMPDIR by a killed run (#36.5)
         context = mp.get_context("spawn")
         self.transport: WeightTransport = build_transport(cfg.weight_transport, context)
         self.requests = context.Queue()
@@ -119,7 +130,8 @@ class ProducerProcess:
             args=(spec, self.transport, self.requests, self.results),
             name=f"remix-producer-rank{rank}",
         )
-        self.process.start()
+        with children_ignore(cfg.preempt_signals):  # the learner stops it, after saving
+            self.process.start()
         log.info("rollout producer started (pid %s)", self.process.pid)
 
     def begin(self, weights: Weights, version: int, rng_state: Any, options: EngineOptions) -> None:
@@ -161,6 +173,9 @@ class AsyncRollouts(RolloutSource):
         self.requests, self.results = producer.requests, producer.results
         self.in_flight: deque[tuple[RolloutRequest, dict[str, Any]]] = deque()
         self.epoch = 0  # bumped by restart(): results of older requests are dropped
+        # the producer's RNG after the last rollout used (before any: the one it starts from)
+        self.last_rng: bytes = start[0].numpy().tobytes()
+        self.resync: bytes | None = None  # sent with the next request after a restart
 
     def next(self, step: int, phase: PhaseSettings) -> Rollout:
         self.fill(step, phase)
@@ -170,6 +185,8 @@ class AsyncRollouts(RolloutSource):
         started = time.perf_counter()
         rollout = self.receive(step)
         rollout.wait_seconds = time.perf_counter() - started
+        if rollout.rng_state is not None:
+            self.last_rng = rollout.rng_state
         if rollout.policy_version < request.oldest_version:  # the producer's guarantee
             raise RuntimeError(
                 f"step {step}: samples of policy version {rollout.policy_version} are older "
@@ -185,7 +202,8 @@ class AsyncRollouts(RolloutSource):
                 return
             before = self.sampler.state_dict()
             request = self.plan(upcoming, phase)
-            self.requests.put((self.epoch, request))
+            self.requests.put((self.epoch, request, self.resync))
+            self.resync = None
             self.in_flight.append((request, before))
 
     def receive(self, step: int) -> Rollout:
@@ -195,6 +213,11 @@ class AsyncRollouts(RolloutSource):
             except queue.Empty:
                 self.check_alive()
                 continue
+            except (OSError, EOFError) as err:
+                # ConnectionRefusedError: the result's tensors cross by descriptor passing,
+                # which needs the sender alive; it died with the result still in the queue
+                self.process.join(timeout=5)
+                raise self.died(f"with a result in flight ({type(err).__name__})") from None
             kind, epoch, payload = message
             if kind == "error":
                 raise ProducerError(
@@ -206,11 +229,15 @@ class AsyncRollouts(RolloutSource):
             log.debug("dropped a rollout planned before a restart (step %d)", payload["step"])
 
     def check_alive(self) -> None:
-        if self.process.is_alive():
-            return
-        raise ProducerError(
+        if not self.process.is_alive():
+            raise self.died("and no traceback")
+
+    def died(self, how: str) -> ProducerError:
+        """One line naming the producer and how it ended."""
+        return ProducerError(
             f"rollout producer {self.process.name} (pid {self.process.pid}) died with exit "
-            f"code {self.process.exitcode} and no traceback (killed, or out of memory?)"
+            f"code {self.process.exitcode} {how} (killed, or out of memory?); resume from the "
+            "last checkpoint"
         )
 
     def publish(self, weights: Callable[[], Weights], version: int, changed: bool) -> None:
@@ -221,9 +248,15 @@ class AsyncRollouts(RolloutSource):
             self.sampler.load_state_dict(self.in_flight[0][1])
         self.in_flight.clear()
         self.epoch += 1
+        # the dropped requests advanced the producer's stream: continue from the last one
+        # used, as a run resumed from this step does
+        self.resync = self.last_rng
 
     def sampler_state(self) -> dict[str, Any]:
         return self.in_flight[0][1] if self.in_flight else self.sampler.state_dict()
+
+    def rng_state(self) -> Any:
+        return rng_tensor(self.last_rng)
 
     def close(self) -> None:
         self.producer.stop()

@@ -65,6 +65,8 @@ def engine_options(
         max_model_len=max_len,
         gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         sleep_between_rollouts=cfg.vllm_sleep,
+        sleep_level=cfg.vllm_sleep_level,
+        weight_sync_bucket_mb=cfg.weight_sync_bucket_mb,
         enforce_eager=cfg.vllm_enforce_eager,
         batch_size=0,
     )

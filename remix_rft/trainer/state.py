@@ -19,8 +19,9 @@ import torch
 
 from remix_rft.data.buffer import ReplayBuffer
 from remix_rft.data.sampler import PromptSampler
-from remix_rft.engines.distributed import DistEnv, full_state_dict, save_hf_policy
+from remix_rft.engines.distributed import DistEnv
 from remix_rft.engines.policy import ValueModel
+from remix_rft.engines.weight_stream import save_hf_policy_streamed
 from remix_rft.trainer import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class TrainerState:
     counters: Counters
     tokenizer: Any
     lora: bool = False
+    # async: the producer's torch RNG after the last rollout used (§1.6); None: sync runs,
+    # where the learner's own RNG (``torch_rng``) is the one that samples
+    producer_rng: torch.Tensor | None = None
 
     @property
     def reincarnated(self) -> bool:
@@ -77,18 +81,22 @@ class TrainerState:
 
     def streams(self, sampler_state: dict[str, Any]) -> dict[str, Any]:
         """Buffer, prompt order and RNG state (per rank under torchrun)."""
-        return {
+        streams = {
             "buffer": self.buffer.state_dict(),
             "sampler": sampler_state,
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle_rng.get_state(),
         }
+        if self.producer_rng is not None:
+            streams["producer_rng"] = self.producer_rng
+        return streams
 
     def load_streams(self, saved: dict[str, Any]) -> None:
         self.buffer.load_state_dict(saved["buffer"])
         self.sampler.load_state_dict(saved["sampler"])
         torch.set_rng_state(saved["torch_rng"])
         self.shuffle_rng.set_state(saved["shuffle_rng"])
+        self.producer_rng = saved.get("producer_rng")  # older checkpoints: the learner's
 
 
 # ---- one process -----------------------------------------------------------------
@@ -239,10 +247,13 @@ def _save_sharded(
         ckpt.save_state(state.streams(sampler), tmp / RANK_STATE.format(rank=env.rank))
     except (Exception, CheckpointException) as err:  # DCP: on every rank if any rank failed
         failure = _unwrap(err)
-    full = full_state_dict(state.policy)  # collective: every rank takes part, failed or not
+    try:  # collective: every rank takes part, failed or not; rank 0 streams it to its file
+        write = env.is_main and failure is None
+        save_hf_policy_streamed(state.policy, state.tokenizer, tmp / "policy", write=write)
+    except Exception as err:
+        failure = failure or err
     if env.is_main and failure is None:
         try:
-            save_hf_policy(state.policy, full, state.tokenizer, tmp / "policy")
             shared = {
                 "format": FORMAT,
                 "world_size": env.world_size,
@@ -252,7 +263,6 @@ def _save_sharded(
             ckpt.save_state(shared, tmp / ckpt.STATE_FILE)
         except Exception as err:
             failure = err
-    del full
     failures = env.gather(_describe(failure))  # also the barrier: every rank's files are in
 
     def finish() -> Path:
@@ -348,5 +358,5 @@ def _load_sharded(state: TrainerState, checkpoint: Path, env: DistEnv) -> None:
         set_model_state_dict(state.critic, app["critic"])
         set_optimizer_state_dict(state.critic, state.critic_optimizer, app["critic_optimizer"])
     state.scheduler.load_state_dict(shared["scheduler"])
-    mine = torch.load(checkpoint / RANK_STATE.format(rank=env.rank), weights_only=True)
+    mine = ckpt.load_torch_file(checkpoint / RANK_STATE.format(rank=env.rank))
     state.load_streams(mine)

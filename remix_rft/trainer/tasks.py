@@ -13,8 +13,10 @@ import torch
 from remix_rft.data.arithmetic import ArithmeticSpec, ArithmeticTask
 from remix_rft.data.tasks import Problem, Task
 from remix_rft.engines.distributed import DistEnv
+from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.rollout import RolloutEngine, SamplingSettings
 from remix_rft.reward_pool import MATH_REWARD_SPEC, RewardPool, default_workers
+from remix_rft.reward_protocol import RewardFuncs
 from remix_rft.trainer.config import TaskConfig, TrainConfig, inherit
 
 
@@ -67,14 +69,27 @@ def reward_workers(cfg: TaskConfig) -> int:
     time; other tasks get min(4, CPUs shared by the local torchrun ranks)."""
     if cfg.reward_workers >= 0:
         return cfg.reward_workers
-    if cfg.name == "arithmetic" and not cfg.reward_fn:
+    if cfg.name == "arithmetic" and not cfg.reward_fn and not cfg.reward_funcs:
         return 0
     return default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def build_task(cfg: TaskConfig) -> GradedTask:
+def reward_spec(cfg: TaskConfig, tokenizer: str = "") -> str:
+    """What the reward pool runs: the user's ``reward_fn``, the TRL-protocol
+    ``reward_funcs`` (as one adapter, ``reward_protocol.py``), or the task's verifier."""
+    if cfg.reward_funcs:
+        weights = cfg.reward_weights or [1.0] * len(cfg.reward_funcs)
+        path = resolve_model_path(tokenizer) if tokenizer else ""  # "embedded" -> its dir
+        funcs = RewardFuncs(tuple(cfg.reward_funcs), tuple(weights), cfg.answer_key, path)
+        return funcs.spec()
+    return cfg.reward_fn or MATH_REWARD_SPEC
+
+
+def build_task(cfg: TaskConfig, tokenizer: str = "") -> GradedTask:
+    """The task and its reward pool; ``tokenizer`` (the model) gives TRL-protocol reward
+    functions their ``completion_ids``."""
     pool = RewardPool(
-        cfg.reward_fn or MATH_REWARD_SPEC,
+        reward_spec(cfg, tokenizer),
         workers=reward_workers(cfg),
         time_limit_s=cfg.reward_timeout_s,
     )
@@ -139,9 +154,13 @@ def held_out_accuracy(
         logprobs=False,
     )  # fmt: skip
     texts: list[str] = []
+    # vLLM batches continuously: one call per rank keeps its batch full to the last long
+    # response (chunks would each wait for their slowest); the HF engines pad a batch, so
+    # eval_batch_size bounds their memory.
+    size = len(prompts) if cfg.rollout_engine == "vllm" else cfg.eval_batch_size
     with torch_threads(cfg.eval_threads):
-        for begin in range(0, len(prompts), cfg.eval_batch_size):
-            chunk = prompts[begin : begin + cfg.eval_batch_size]
+        for begin in range(0, len(prompts), max(size, 1)):
+            chunk = prompts[begin : begin + size]
             texts += engine.generate(chunk, replace(settings, seed=settings.seed + begin)).texts
     k = cfg.eval_samples
     scores = score_responses(task, [(t, mine[i // k]) for i, t in enumerate(texts)])

@@ -114,6 +114,15 @@ class Updater:
         rows = cfg.micro_batch_size or self.dist.local_minibatch(self.phase().minibatch_size)
         return MicroBatching(rows=rows, tokens=cfg.micro_batch_tokens, agree=self.dist.max)
 
+    def logprob_micro(self) -> MicroBatching:
+        """The no-grad passes' own budget, ``logprob_micro_batch_tokens`` (verl's
+        ``log_prob_max_token_len_per_gpu``): they keep no activations, so they can take
+        more tokens per forward pass than the update; 0: the update's micro-batches."""
+        tokens = self.cfg.logprob_micro_batch_tokens
+        if not tokens:
+            return self.micro()
+        return MicroBatching(rows=0, tokens=tokens, agree=self.dist.max)
+
     def trains_policy(self) -> bool:
         """False during PPO's critic warmup, whose iterations update only the critic."""
         return self.state.critic is None or self.state.counters.step >= self.cfg.critic_warmup_steps
@@ -140,11 +149,11 @@ class Updater:
         precedent = base = None
         if not self.is_single_update(len(batch)) or cfg.rollout_correction != "none":
             precedent = batched_no_grad(
-                response_logprobs, state.policy, batch, self.micro(), **logprobs
+                response_logprobs, state.policy, batch, self.logprob_micro(), **logprobs
             )
         if self.uses_base(step, evaluating):
             base = batched_no_grad(
-                response_logprobs, state.reference, batch, self.micro(), **logprobs
+                response_logprobs, state.reference, batch, self.logprob_micro(), **logprobs
             )
         loss_mask = batch.response_mask
         if cfg.mask_truncated:
@@ -189,7 +198,7 @@ class Updater:
         cfg, critic = self.cfg, self.state.critic
         assert critic is not None
         critic.eval()
-        values = batched_no_grad(response_values, critic, batch, self.micro())
+        values = batched_no_grad(response_values, critic, batch, self.logprob_micro())
         mask = batch.response_mask
         last = (mask.sum(dim=1).long() - 1).clamp(min=0)
         token_rewards = torch.zeros_like(mask)
@@ -322,6 +331,7 @@ class Updater:
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if self.dist.sum(0.0 if finite else 1.0) == 0:  # every rank skips or steps together
             optimizer.step()
+            free_gradients(optimizer)
             self.nonfinite_streak = 0
             return grad_norm
         optimizer.zero_grad(set_to_none=True)
@@ -364,3 +374,10 @@ class Updater:
             stats.add("critic/loss", float(loss.detach()) * denominator, tokens)
             stats.add("critic/clip_frac", float(clipped.sum()), tokens)
         self.optimizer_step(optimizer, critic, loss_total, "critic")
+
+
+def free_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Gradients are spent once the step is taken: free them now rather than at the next
+    update's start, so they are not resident through generation and the weight push
+    (issue #38; docs/scale-out.md, "Weight publication and vLLM life cycle")."""
+    optimizer.zero_grad(set_to_none=True)

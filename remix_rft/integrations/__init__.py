@@ -1,0 +1,1 @@
+"""ReMix inside other frameworks: ``remix_rft.integrations.trl.ReMixGRPOTrainer`` (TRL)."""
