@@ -23,6 +23,11 @@ rollouts, and the report gives, per variant, mean ± std over seeds of
 
 It also writes a plot of accuracy vs rollouts (mean over seeds, ± std band).
 
+``--paired-control VARIANT`` adds the fine, paired comparison (efficiency_paired.py):
+rollouts-to-T interpolated between evaluations, the area under the accuracy curve, and
+per-seed differences to VARIANT with their standard error; its plot shows them instead. The
+replay test (docs/results-replay.md) runs it on the ``hard-replay`` setting.
+
     python benchmarks/efficiency.py --setting default --seeds 0 1 2 3 4 --jobs 2
     python benchmarks/efficiency.py --setting hard --seeds 0 1 2 3 4 --jobs 14 --device cuda
     python benchmarks/efficiency.py --setting hard --report-only   # tables from finished runs
@@ -49,6 +54,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from efficiency_paired import paired_table, plot_paired, signal_table, verdicts
 from efficiency_tables import (
     RunSource,
     VariantRuns,
@@ -129,7 +135,8 @@ def run_all(
 
 
 def report(source: RunSource, variants: Sequence[str], seeds: Sequence[int],
-           targets: Sequence[float] | None) -> tuple[str, dict[str, VariantRuns], list[float]]:  # fmt: skip
+           targets: Sequence[float] | None,
+           control: str | None = None) -> tuple[str, dict[str, VariantRuns], list[float]]:  # fmt: skip
     loaded = load_variants(source, variants, seeds)
     setting = source.setting
     baseline = tuned_grpo(loaded)
@@ -143,6 +150,8 @@ def report(source: RunSource, variants: Sequence[str], seeds: Sequence[int],
                     if VARIANTS[n].role == "grpo" and vr.runs}  # fmt: skip
         lines += [f"Tuned GRPO: **{baseline}** (final accuracy by learning rate: "
                   + ", ".join(f"{n} {p}" for n, p in plateaus.items()) + ").", ""]  # fmt: skip
+    if control:
+        lines += paired_section(loaded, control, targets, source.setting)
     for t in targets:
         lines += [f"### Rollouts to T = {t:.3f}", "",
                   "A run reaches T when two consecutive evaluations average ≥ T; ratios are "
@@ -159,6 +168,26 @@ def report(source: RunSource, variants: Sequence[str], seeds: Sequence[int],
               "(zero GRPO advantage). Age a: data generated a iterations before the update.",
               "", *diagnostics_table(loaded), ""]  # fmt: skip
     return "\n".join(lines), loaded, list(targets)
+
+
+def paired_section(loaded: dict[str, VariantRuns], control: str, targets: Sequence[float],
+                   setting: Setting) -> list[str]:  # fmt: skip
+    """The fine, paired comparison to ``control`` (efficiency_paired.py)."""
+    reuse_until = setting.stable_after or setting.budget
+    lines: list[str] = []
+    for t in targets:
+        lines += [f"### Paired comparison to {control}: rollouts to T = {t:.3f} and AUC", "",
+                  "Rollouts to T: where the two-evaluation mean first reaches T, interpolated "
+                  "linearly between evaluations (seeds that never reach T are left out of its "
+                  "pairs). AUC: mean held-out accuracy over the budget (trapezoid on the "
+                  f"rollout axis). Δ and ratio: per seed against {control} (same seed = same "
+                  "prompts), mean ± standard error over the seeds both finished.", "",
+                  *paired_table(loaded, control, t, setting.budget), "",
+                  *verdicts(loaded, control, t, setting.budget), ""]  # fmt: skip
+    lines += [f"### What the batches held (iterations up to {reuse_until:,} rollouts; "
+              "per-iteration means, then mean ± std over seeds)", "",
+              *signal_table(loaded, reuse_until), ""]  # fmt: skip
+    return lines
 
 
 def main() -> int:
@@ -191,6 +220,9 @@ def main() -> int:
     parser.add_argument("--rollout-grid", action="store_true",
                         help="evaluate on a rollout grid (eval_every_rollouts), not every "
                         "N iterations")  # fmt: skip
+    parser.add_argument("--paired-control", default=None, choices=list(VARIANTS),
+                        help="add the paired comparison to this variant: interpolated "
+                        "rollouts-to-T, AUC, per-seed differences with their standard error")  # fmt: skip
     parser.add_argument(
         "--report-name",
         default=None,
@@ -214,11 +246,16 @@ def main() -> int:
               f"{args.jobs} at a time, into {root}", flush=True)  # fmt: skip
         run_all(root, setting, jobs, args)
     source = RunSource(root, args.setting, setting, args.rollout_grid, not args.no_archive)
-    body, loaded, targets = report(source, variants, args.seeds, args.targets)
+    body, loaded, targets = report(source, variants, args.seeds, args.targets,
+                                   args.paired_control)  # fmt: skip
     args.out_dir.mkdir(parents=True, exist_ok=True)
     report_name = args.report_name or f"efficiency-{args.setting}"
     png = args.out_dir / f"{report_name}.png"
-    plot(loaded, setting.budget, targets, png, f"{args.setting} setting")
+    if args.paired_control:
+        plot_paired(loaded, args.paired_control, setting.budget, targets, png,
+                    f"{args.setting} setting")  # fmt: skip
+    else:
+        plot(loaded, setting.budget, targets, png, f"{args.setting} setting")
     n_runs = sum(len(vr.runs) for vr in loaded.values())
     from_archive = sum(r.path.name.endswith(".json.gz") for vr in loaded.values() for r in vr.runs)
     command = f"python benchmarks/efficiency.py {' '.join(reproduce_args(sys.argv[1:]))}"

@@ -33,6 +33,12 @@ SETTINGS: dict[str, Setting] = {
     # problems solved: 0.31); the plateau target is tuned GRPO's final accuracy - 0.01.
     # ReMix reincarnates later here (80 iterations, 2,560 rollouts).
     "hard": Setting("embedded-hard", 12800, 0.40, 512, ("reincarnation_step=80",), 4096),
+    # The replay test's setting (docs/results-replay.md): the hard setting evaluated twice as
+    # often (every 256 rollouts, fine enough to interpolate rollouts-to-T) over the reuse
+    # phase of the paper regime (reincarnation at 2,560 rollouts, where every strategy
+    # becomes the same on-policy GRPO) and 12 on-policy iterations after it; its own
+    # archive (runs/hard-replay/). A 12,800 budget costs ~4x as much per run.
+    "hard-replay": Setting("embedded-hard", 4096, 0.40, 256, ("reincarnation_step=80",), 2560),
 }
 
 
@@ -186,6 +192,29 @@ VARIANTS: dict[str, Variant] = {
         settings=("hard",),
         tier=5,
         note="arm (c): 2 x 8 fresh, 1 update: the updates per rollout of (a) and (b)",
+    ),  # fmt: skip
+    # The replay test (docs/results-replay.md): the paper regime with each replay strategy
+    # (arm (a); uniform is paper-remix), against paper-no-reuse (arm (b)), dynamic sampling
+    # on the same fresh batch and updates (arm (c)) and tuned GRPO (arm (d))
+    **{
+        f"paper-{name}": Variant(
+            "tiny-remix-grpo-paper", (f"replay_strategy={name}",), "remix",
+            settings=("hard-replay",), tier=5, note=note,
+        )  # fmt: skip
+        for name, note in (
+            ("informative", "paper-remix replaying only groups with signal at generation"),
+            ("fill-uniform", "paper-remix whose informative replay also replaces the fresh "
+             "batch's uniform groups (POPO's swap)"),
+        )  # fmt: skip
+    },
+    "paper-dynamic": Variant(
+        "tiny-remix-grpo-paper",
+        ("offpolicy_fraction=0", "dynamic_sampling=true", "max_generation_rounds=3"),
+        "filter",
+        settings=("hard-replay",),
+        tier=5,
+        note="arm (c): paper-no-reuse with dynamic sampling (groups without signal dropped "
+        "and refilled, up to 3 rounds; every generated response counted)",
     ),  # fmt: skip
     # ablations of the paper regime's parts (role "ablation": the right-hand plot panel)
     **paper_ablations(

@@ -24,8 +24,13 @@ KEPT = {
     "step", "rollouts", "eval/accuracy", "time/step_s", "time/total_s", "reincarnated",
     "groups/uniform_frac", "groups/all_wrong_frac", "groups/all_correct_frac",
     "clip/frac", "kl/lambda",
+    # the replay strategies' diagnostics (remix_rft/data/replay.py)
+    "batch/informative_frac", "fresh/informative_frac", "replay/informative_frac",
+    "replay/reuse_mean", "replay/reuse_max", "replay/samples", "offpolicy/fraction",
+    "dynamic/rounds",
 }  # fmt: skip
 KEPT_AGE_SUFFIXES = ("/log_ratio_abs", "/clip_frac")
+KEPT_PREFIXES = ("replay/age_",)
 # where a run lives and how fast it ran: not part of what it computes
 UNCOMPARED = ("out_dir", "threads", "device", "eval_threads")
 
@@ -45,7 +50,9 @@ def _kept(row: dict[str, Any]) -> dict[str, Any]:
     return {
         k: v
         for k, v in row.items()
-        if k in KEPT or (k.startswith("age") and k.endswith(KEPT_AGE_SUFFIXES))
+        if k in KEPT
+        or (k.startswith("age") and k.endswith(KEPT_AGE_SUFFIXES))
+        or k.startswith(KEPT_PREFIXES)
     }
 
 

@@ -27,9 +27,10 @@ class Sample:
     # Learner iteration whose weights generated it: version - 1 when generation waits for
     # the learner (sync); up to max_staleness older when it runs ahead (async).
     policy_version: int = -1
+    replays: int = 0  # iterations it has been replayed in (data/replay.py's diagnostics)
 
     _TENSORS = ("prompt_ids", "response_ids", "behavior_logprobs")
-    _SCALARS = ("reward", "advantage", "version", "group", "finished", "policy_version")
+    _SCALARS = ("reward", "advantage", "version", "group", "finished", "policy_version", "replays")
 
     def __post_init__(self) -> None:
         if self.policy_version < 0:
@@ -46,6 +47,16 @@ class Sample:
         return cls(**{k: state[k] for k in (*cls._TENSORS, *cls._SCALARS) if k in state})
 
 
+def draw(pool: Sequence[Sample], n: int, rng: torch.Generator) -> list[Sample]:
+    """``n`` of ``pool`` uniformly without replacement, in pool order (all if fewer)."""
+    if n <= 0 or not pool:
+        return []
+    if n >= len(pool):
+        return list(pool)
+    order = torch.randperm(len(pool), generator=rng)[:n].tolist()
+    return [pool[i] for i in sorted(order)]
+
+
 class ReplayBuffer:
     """Samples of the last ``window`` iterations, the current one included."""
 
@@ -58,6 +69,11 @@ class ReplayBuffer:
 
     def __len__(self) -> int:
         return len(self._samples)
+
+    @property
+    def rng(self) -> torch.Generator:
+        """The draw's generator (in the checkpoint), shared by the replay strategies."""
+        return self._rng
 
     def versions(self) -> list[int]:
         return sorted({s.version for s in self._samples})
@@ -79,13 +95,7 @@ class ReplayBuffer:
 
     def sample_past(self, n: int, current_version: int) -> list[Sample]:
         """Draw ``n`` past samples uniformly without replacement (all of them if fewer)."""
-        pool = self.past(current_version)
-        if n <= 0 or not pool:
-            return []
-        if n >= len(pool):
-            return list(pool)
-        order = torch.randperm(len(pool), generator=self._rng)[:n].tolist()
-        return [pool[i] for i in sorted(order)]
+        return draw(self.past(current_version), n, self._rng)
 
     def state_dict(self) -> dict[str, Any]:
         return {

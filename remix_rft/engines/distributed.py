@@ -199,9 +199,11 @@ class DistEnv:
 SUM_KEYS = {
     "offpolicy/samples", "time/gen_tokens_per_s",
     "dynamic/kept_groups", "dynamic/dropped_groups", "dynamic/balanced_groups",
+    "replay/samples", "batch/fresh_samples",
 }  # fmt: skip
 MAX_KEYS = {
     "gen/logprob_diff_max", "time/gen_s", "time/step_s", "buffer/versions", "dynamic/rounds",
+    "replay/reuse_max",
 }  # fmt: skip
 SAME_KEYS = {"step", "rollouts", "tokens", "updates", "utd", "lr"}
 

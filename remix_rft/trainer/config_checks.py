@@ -15,6 +15,7 @@ from remix_rft.algorithm.correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CO
 from remix_rft.algorithm.kl import KL_LAMBDA_SCHEDULES
 from remix_rft.algorithm.policy_losses import POLICY_LOSSES
 from remix_rft.data.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX, is_builtin
+from remix_rft.data.replay import REPLAY_STRATEGIES
 from remix_rft.reward_fns import RewardError, is_file_spec, parse_reward_spec
 from remix_rft.trainer.config_fields import ConfigError, TaskConfig, TrainConfig
 from remix_rft.trainer.trackers import TRACKERS, TrackerError, check_installed
@@ -58,6 +59,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _validate_choices(cfg)
     _validate_ranges(cfg)
     _validate_groups(cfg)
+    _validate_replay(cfg)
     _validate_practitioner_keys(cfg)
     _validate_kl_lambda_schedule(cfg)
     _validate_post_reincarnation(cfg)
@@ -88,6 +90,7 @@ def choice_keys() -> dict[str, tuple[str, ...]]:
         "rollout_correction": ROLLOUT_CORRECTIONS,
         "rollout_correction_level": ROLLOUT_CORRECTION_LEVELS,
         "weight_transport": _transport_names(),
+        "replay_strategy": tuple(REPLAY_STRATEGIES),
     }
 
 
@@ -192,6 +195,18 @@ def _validate_groups(cfg: TrainConfig) -> None:
             )
 
 
+def _validate_replay(cfg: TrainConfig) -> None:
+    """A strategy that tells informative groups by their advantage at generation needs
+    per-response advantages (a critic's are recomputed per batch)."""
+    check(
+        cfg.replay_strategy == "uniform" or not ADVANTAGE_ESTIMATORS[cfg.estimator].uses_critic,
+        "replay_strategy",
+        f"uniform with the {cfg.estimator} advantage (a critic's advantages are not fixed at "
+        "generation)",
+        cfg.replay_strategy,
+    )
+
+
 def _validate_on_policy(cfg: TrainConfig) -> None:
     """Reuse and reincarnation keys belong to remix-*; micro-batches fit every minibatch."""
     if not cfg.is_remix:
@@ -206,6 +221,12 @@ def _validate_on_policy(cfg: TrainConfig) -> None:
             "offpolicy_fraction",
             f"0 for the on-policy algorithm {cfg.algorithm} (use remix-*)",
             cfg.offpolicy_fraction,
+        )
+        check(
+            cfg.replay_strategy == "uniform",
+            "replay_strategy",
+            f"uniform for the on-policy algorithm {cfg.algorithm} (it replays nothing)",
+            cfg.replay_strategy,
         )
         check(
             cfg.reincarnation_step == 0 and cfg.reincarnation_patience == 0,

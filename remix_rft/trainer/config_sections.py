@@ -97,6 +97,7 @@ _SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
         (
             "window",
             "offpolicy_fraction",
+            "replay_strategy",
             "clip_centre",
             "offpolicy_clip_eps_low",
             "offpolicy_clip_eps_high",

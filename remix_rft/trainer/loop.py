@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
+from remix_rft.data import replay
 from remix_rft.data.batch import TrainBatch, collate
 from remix_rft.data.buffer import ReplayBuffer, Sample
+from remix_rft.data.replay import MixedBatch
 from remix_rft.data.tasks import Task
 from remix_rft.engines import distributed
 from remix_rft.engines.catalog import build_engine
@@ -215,11 +217,12 @@ class Trainer:
         return bool(self.eval_problems) and self.cfg.is_eval_step(step, self.rollout_span)
 
     # ---- one iteration, phase by phase -------------------------------------------------
-    def mixed_batch(self, fresh: list[Sample], step: int) -> list[Sample]:
-        """Fresh samples plus past ones of the last ν − 1 iterations (ReMix)."""
+    def mixed_batch(self, fresh: list[Sample], step: int) -> MixedBatch:
+        """Fresh samples plus past ones of the last ν − 1 iterations (ReMix), chosen by the
+        ``replay_strategy`` (docs/design.md §2.11)."""
         self.buffer.evict(step)  # the fresh version counts towards the window
         n_past = self.dist.local_offpolicy(self.phase().offpolicy_batch_size)
-        return fresh + self.buffer.sample_past(n_past, step)
+        return replay.mix(self.cfg.replay_strategy, fresh, self.buffer, n_past, step)
 
     def precompute(self, batch: TrainBatch, step: int) -> Precomputed:
         """Quantities fixed for the whole iteration: μ, log π_k, log π_base, values."""
@@ -254,18 +257,22 @@ class Trainer:
             self.publish(step, changed=False)  # the version advances, the weights do not
             c.step = step
             return self.dist.reduce_row(rows.generation_row(step, c, rollout))
-        batch = collate(self.mixed_batch(fresh, step), self.pad_id)
+        mixed = self.mixed_batch(fresh, step)
+        batch = collate(mixed.samples, self.pad_id)
         pre = self.precompute(batch, step)
         skipped_before, updates_before = c.skipped_updates, c.updates
         stats = self.dist.merge_stats(self.update(batch, pre, step))
         self.publish(step, changed=c.updates > updates_before)
-        for i, s in enumerate(fresh):  # μ as the update resolved it, for when it is reused
+        for i, s in enumerate(mixed.fresh):  # μ as the update resolved it, for when it is reused
             s.behavior_logprobs = pre.behavior[i, : s.response_ids.numel()].clone()
-        self.buffer.add(fresh)
+        self.buffer.add(mixed.fresh)  # fresh samples a strategy left out are not stored
         self.buffer.evict(step)
         c.step = step  # after the update: critic warm-up and error messages count from 0
         self.pending_samples = train_rows(step, fresh, self.tokenizer, self.cfg.log_samples)
         row = self.step_row(step, rollout, batch, pre, stats)
+        row.update(replay.replay_metrics(mixed, fresh, step, self.cfg.window))
+        row["offpolicy/fraction"] = len(mixed.replayed) / len(batch)
+        row["offpolicy/samples"] = len(mixed.replayed)
         row["nonfinite/skipped_updates"] = c.skipped_updates - skipped_before
         row["time/step_s"] = time.perf_counter() - started
         return self.dist.reduce_row(row)
