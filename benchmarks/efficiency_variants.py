@@ -65,6 +65,14 @@ PAPER_PPO = (
 )  # fmt: skip
 
 
+def replay_variant(strategy: str, note: str) -> Variant:
+    """The paper regime with ``replay_strategy=strategy`` on the hard-replay setting."""
+    return Variant(
+        "tiny-remix-grpo-paper", (f"replay_strategy={strategy}",), "remix",
+        settings=("hard-replay",), tier=5, note=note,
+    )  # fmt: skip
+
+
 def paper_ablations(tier: int, *entries: tuple[str, tuple[str, ...], str]) -> dict[str, Variant]:
     """Variants of the paper regime (``tiny-remix-grpo-paper`` on the hard setting), each
     ``(name, overrides, note)``, launched at ``tier``."""
@@ -196,17 +204,14 @@ VARIANTS: dict[str, Variant] = {
     # The replay test (docs/results-replay.md): the paper regime with each replay strategy
     # (arm (a); uniform is paper-remix), against paper-no-reuse (arm (b)), dynamic sampling
     # on the same fresh batch and updates (arm (c)) and tuned GRPO (arm (d))
-    **{
-        f"paper-{name}": Variant(
-            "tiny-remix-grpo-paper", (f"replay_strategy={name}",), "remix",
-            settings=("hard-replay",), tier=5, note=note,
-        )  # fmt: skip
-        for name, note in (
-            ("informative", "paper-remix replaying only groups with signal at generation"),
-            ("fill-uniform", "paper-remix whose informative replay also replaces the fresh "
-             "batch's uniform groups (POPO's swap)"),
-        )  # fmt: skip
-    },
+    "paper-informative": replay_variant(
+        "informative", "paper-remix replaying only groups with signal at generation"
+    ),
+    "paper-fill-uniform": replay_variant(
+        "fill-uniform",
+        "paper-remix whose informative replay also replaces the fresh batch's uniform groups "
+        "(POPO's swap)",
+    ),
     "paper-dynamic": Variant(
         "tiny-remix-grpo-paper",
         ("offpolicy_fraction=0", "dynamic_sampling=true", "max_generation_rounds=3"),

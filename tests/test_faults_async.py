@@ -228,7 +228,7 @@ def test_d2_a_producer_error_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
     from remix_rft.trainer import loop
     from remix_rft.trainer.rollouts import ProducerError
 
-    def dies(cfg, on_step=None):
+    def dies(cfg, on_step=None, **kwargs):
         raise ProducerError("rollout producer remix-producer-rank0 (pid 1) died with exit code -9")
 
     monkeypatch.setattr(loop, "train", dies)
@@ -357,7 +357,7 @@ def test_d10_a_reward_that_overflows_float32_is_an_error_naming_function_and_val
     fn = tmp_path / "huge.py"
     fn.write_text("def reward(response, problem):\n    return 1e37\n")
     with RewardPool(f"{fn}:reward", workers=0) as pool:
-        with pytest.raises(RewardError, match=r"huge\.py:reward returned 1e\+37 .*float32"):
+        with pytest.raises(RewardError, match=r"huge\.py:reward .*returned 1e\+37 .*float32"):
             pool.score([("a", {"id": "p1", "answer": "1"})])
 
 

@@ -134,28 +134,33 @@ def test_trainer_step_pushes_weights_and_greedy_equals_hf(tmp_path):
 
 def test_a_streamed_push_in_small_buckets_reaches_vllm(tiny, generation_batch):
     """The push is a stream (one tensor per bucket here): after it, the engine's log-probs
-    are the moved weights' (not the checkpoint's) and greedy decoding equals HF's."""
-    policy, tokenizer, prompts, _ = tiny
+    are the moved weights' (not the checkpoint's) and greedy decoding equals HF's.
+
+    It reuses the module's engine: a second vLLM engine in this process would tear down the
+    process-wide parallel groups the module's engine runs on when it is collected."""
+    policy, tokenizer, prompts, engine = tiny
     moved = load_policy("embedded")
     torch.manual_seed(3)
     with torch.no_grad():
         for p in moved.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    engine = build_engine("vllm", policy=moved, tokenizer=tokenizer,
-                          options=engine_options(weight_sync_bucket_mb=0))  # fmt: skip
-    engine.sync_weights(moved)
-    gen = engine.generate(prompts[:8], SamplingSettings(max_new_tokens=32, n=2, seed=5))
-    batch = generation_batch(gen)
-    mask = batch.response_mask.bool()
-    with torch.no_grad():
-        new = response_logprobs(moved, batch, temperature=1.0)
-        old = response_logprobs(policy, batch, temperature=1.0)
-    assert (new - batch.behavior_logprobs)[mask].abs().max().item() <= 1e-4
-    assert (old - batch.behavior_logprobs)[mask].abs().max().item() > 1e-2
-    greedy = SamplingSettings(max_new_tokens=32, temperature=0.0, logprobs=False)
-    hf = build_engine("hf", policy=moved, tokenizer=tokenizer, options=engine_options())
-    assert engine.generate(prompts[:8], greedy).texts == hf.generate(prompts[:8], greedy).texts
-    engine.close()
+    bucket_mb, engine.bucket_mb = engine.bucket_mb, 0
+    try:
+        engine.sync_weights(moved)
+        gen = engine.generate(prompts[:8], SamplingSettings(max_new_tokens=32, n=2, seed=5))
+        batch = generation_batch(gen)
+        mask = batch.response_mask.bool()
+        with torch.no_grad():
+            new = response_logprobs(moved, batch, temperature=1.0)
+            old = response_logprobs(policy, batch, temperature=1.0)
+        assert (new - batch.behavior_logprobs)[mask].abs().max().item() <= 1e-4
+        assert (old - batch.behavior_logprobs)[mask].abs().max().item() > 1e-2
+        greedy = SamplingSettings(max_new_tokens=32, temperature=0.0, logprobs=False)
+        hf = build_engine("hf", policy=moved, tokenizer=tokenizer, options=engine_options())
+        assert engine.generate(prompts[:8], greedy).texts == hf.generate(prompts[:8], greedy).texts
+    finally:  # the module's engine back to the checkpoint's weights for the tests after this
+        engine.bucket_mb = bucket_mb
+        engine.sync_weights(policy)
 
 
 def test_train_cli_with_vllm_and_engine_behaviour_logprobs(tmp_path):

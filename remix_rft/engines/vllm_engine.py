@@ -199,6 +199,8 @@ class VLLMEngine(RolloutEngine):
             logprobs=0 if settings.logprobs else None,  # 0: the sampled token's only
             stop_token_ids=self.eos_ids,
             detokenize=False,  # texts come from our tokenizer, as in the HF engine
+            # flat lists instead of one dict per token: read without a per-token loop
+            **({"flat_logprobs": True} if settings.logprobs else {}),
         )
         outputs = []
         for group in self.request_groups(prompt_ids, settings):

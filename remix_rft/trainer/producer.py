@@ -12,6 +12,7 @@ per-token log-probs μ, which is what Mix-PPG needs to correct stale data.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -139,17 +140,28 @@ class Producer:
         request: RolloutRequest,
         policy_version: int,
         record_logprobs: bool,
+        any_rank: Callable[[bool], bool] = bool,
     ) -> Rollout:
         """G responses per requested prompt, scored, with advantages (per response) and μ
         as the engine sampled it. Dynamic sampling keeps only groups with a reward spread,
-        generating for reserve prompts (further rounds) until the batch is full."""
+        generating for reserve prompts (further rounds) until the batch is full.
+
+        ``any_rank``: whether any rank still wants a round. Under FSDP a generation call is
+        a collective (the policy is unsharded for it), so every rank makes as many calls as
+        the rank needing the most rounds; a rank already full samples one group it drops
+        (counted as generated: it was sampled)."""
         kept: list[Sample] = []
         generated = tokens = rounds = 0
         seconds, texts = 0.0, []
         wanted, queue = request.prompts, list(enumerate(request.problems))
-        while len(kept) < wanted * request.group_size and queue and rounds < request.rounds:
-            missing = wanted - len(kept) // request.group_size
-            batch, queue = queue[:missing], queue[missing:]
+        last: list[tuple[int, int]] = queue[:1]
+        while rounds < request.rounds:
+            want = len(kept) < wanted * request.group_size and bool(queue)
+            if not any_rank(want):
+                break
+            missing = wanted - len(kept) // request.group_size if want else 1
+            batch, queue = (queue[:missing], queue[missing:]) if want else (last, queue)
+            last = batch[:1]
             gen, samples = self.generate_groups(engine, request, batch, policy_version,
                                                 record_logprobs)  # fmt: skip
             rounds += 1
@@ -159,7 +171,8 @@ class Producer:
                 seconds + gen.seconds,
             )
             texts += gen.texts
-            kept += samples if request.rounds == 1 else with_signal(samples, request.group_size)
+            if want:
+                kept += samples if request.rounds == 1 else with_signal(samples, request.group_size)
         metrics = (
             {"overlong/penalty_mean": self.last_penalty} if self.cfg.overlong_buffer_tokens else {}
         )

@@ -105,11 +105,17 @@ class InlineRollouts(RolloutSource):
         super().__init__(sampler, dist, max_staleness=0, rounds=producer.cfg.generation_rounds)
         self.producer, self.ready, self.record_logprobs = producer, ready, record_logprobs
 
+    def any_rank(self, want: bool) -> bool:
+        """Whether any rank wants another generation round (a collective under torchrun)."""
+        return self.dist.max(float(want)) > 0
+
     def next(self, step: int, phase: PhaseSettings) -> Rollout:
         request = self.plan(step, phase)
         started = time.perf_counter()
         with self.ready() as engine:
-            rollout = self.producer.produce(engine, request, step - 1, self.record_logprobs())
+            rollout = self.producer.produce(
+                engine, request, step - 1, self.record_logprobs(), any_rank=self.any_rank
+            )
         rollout.wait_seconds = time.perf_counter() - started
         return rollout
 
