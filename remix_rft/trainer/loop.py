@@ -6,8 +6,10 @@
 
 On-policy GRPO/PPO are the special case window = 1 (no replay); synchronous rollouts
 the special case η = 0, generated inline (``rollouts.py``). The parts: ``producer.py``
-(generation and scoring), ``update.py`` (the π_k pass and the optimizer updates),
-``reincarnation.py``, ``state.py`` (what a checkpoint holds).
+(generation and scoring), ``engine_link.py`` (the engine and rollout source, weight
+publication), ``update.py`` (the π_k pass and the optimizer updates), ``reporting.py``
+(evaluation, the metrics and samples rows), ``reincarnation.py``, ``state.py`` (what a
+checkpoint holds).
 """
 
 from __future__ import annotations
@@ -31,54 +33,42 @@ from remix_rft.engines.catalog import build_engine
 from remix_rft.engines.generation import pad_token_id
 from remix_rft.engines.models import resolve_model_path
 from remix_rft.engines.policy import load_tokenizer
-from remix_rft.engines.rollout import EngineOptions, Generation, RolloutEngine, SamplingSettings
-from remix_rft.engines.transport import policy_weights
-from remix_rft.engines.weight_stream import WeightStream
-from remix_rft.trainer import checkpoint as ckpt
+from remix_rft.engines.rollout import RolloutEngine
 from remix_rft.trainer import ranks, reincarnation, resume_config, rows, setup
 from remix_rft.trainer import state as saved_state
 from remix_rft.trainer.config import PhaseSettings, TrainConfig, dump_config
+from remix_rft.trainer.engine_link import EngineLink
 from remix_rft.trainer.io import atomic_write_json, atomic_write_text
 from remix_rft.trainer.metrics import MetricsLog
 from remix_rft.trainer.preemption import PreemptionHandler
-from remix_rft.trainer.producer import (
-    Producer,
-    PromptFormatter,
-    Rollout,
-    balance_groups,
-    needs_sampling_logprobs,
-)
-from remix_rft.trainer.producer_process import ProducerSpec, producer_device
-from remix_rft.trainer.rollouts import (
-    AsyncRollouts,
-    InlineRollouts,
-    ProducerProcess,
-    RolloutSource,
-)
+from remix_rft.trainer.producer import Producer, PromptFormatter, Rollout, balance_groups
+from remix_rft.trainer.reporting import Reporting, StepCallback
+from remix_rft.trainer.rollouts import RolloutSource
 from remix_rft.trainer.runlock import run_lock
 from remix_rft.trainer.samples import (
     SAMPLES_FILE,
     SampleRow,
     SamplesLog,
     TruncationWatch,
-    eval_rows,
     train_rows,
 )
 from remix_rft.trainer.setup import prepare_run_dir
 from remix_rft.trainer.state import Counters
-from remix_rft.trainer.tasks import HeldOut, build_task, held_out_eval, probe_reward
+from remix_rft.trainer.tasks import build_task, probe_reward
 from remix_rft.trainer.trackers import open_trackers
 from remix_rft.trainer.update import NonFiniteTrainingError, Precomputed, Updater
 from remix_rft.trainer.update_stats import StepStats
 
 log = logging.getLogger(__name__)
 
-StepCallback = Callable[[dict[str, Any]], None]
 SaveCallback = Callable[[int, Path], None]  # (step, checkpoint directory)
 __all__ = ["NonFiniteTrainingError", "Trainer", "prepare_run_dir", "resume", "train"]
 
 
-class Trainer:
+class Trainer(EngineLink, Reporting):
+    """The learner and its loop; the generation side (engine, rollout source, weight
+    publication) is in ``engine_link.py``, evaluation and the rows it logs in ``reporting.py``."""
+
     def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
         self.on_save: SaveCallback | None = None  # the Python API's hook (remix_rft/api.py)
@@ -129,68 +119,6 @@ class Trainer:
                 self.metrics = ranks.NullMetrics()  # type: ignore[assignment]
                 self.samples = None
 
-    # ---- setup ---------------------------------------------------------------------
-    def launch_producer(self) -> ProducerProcess | None:
-        """The asynchronous producer's process, started first so that its start-up runs
-        while this process builds the learner (``start_rollouts`` hands it the weights)."""
-        if self.cfg.rollout_mode != "async":
-            return None
-        device = producer_device(self.cfg, self.dist.device, self.dist.enabled)
-        spec = ProducerSpec(cfg=self.cfg, device=device, threads=self.cfg.rollout_threads)
-        return ProducerProcess(self.cfg, spec, self.dist.rank)
-
-    def engine_options(self) -> EngineOptions:
-        def prompt_lengths() -> list[int]:
-            encode = self.tokenizer
-            return [
-                len(encode(self.prompt_text(p), add_special_tokens=False)["input_ids"])
-                for p in self.train_problems + self.eval_problems
-            ]
-
-        return setup.engine_options(self.cfg, self.dist.rank, prompt_lengths)
-
-    def start_rollouts(self) -> RolloutSource:
-        """The producer inline (sync), or in its own process holding a copy of the weights
-        as they are now (a resumed run's too), continuing this process's sampling stream
-        (a resumed run's: the producer's own, as the checkpoint stored it)."""
-        cfg, state = self.cfg, self.state
-        if cfg.rollout_mode == "sync":
-            return InlineRollouts(
-                self.producer, state.sampler, self.dist, self.ready_engine,
-                lambda: self.record_gen_logprobs(),
-            )  # fmt: skip
-        assert self.producer_process is not None  # launched in __init__ for async runs
-        rng = state.producer_rng if state.producer_rng is not None else torch.get_rng_state()
-        return AsyncRollouts(
-            cfg, state.sampler, self.dist, self.producer_process, self.weights(),
-            state.counters.step, start=(rng, self.engine_options()),
-        )  # fmt: skip
-
-    def source(self) -> RolloutSource:
-        if self.rollouts is None:
-            self.rollouts = self.start_rollouts()
-        return self.rollouts
-
-    @contextmanager
-    def ready_engine(self) -> Iterator[RolloutEngine]:
-        """The engine awake, holding the weights an update may have changed since it last
-        generated; it sleeps again (GPU) when the block ends, so a block should hold all
-        the generation of one phase (evaluation's chunks too), not one call each."""
-        self.policy.eval()
-        with self.engine.awake():
-            if self.engine_stale or self.engine.weights_lost:  # a collective: every rank
-                self.engine.sync_weights(self.policy)
-                self.engine_stale = False
-            yield self.engine
-
-    def rollout(self, prompts: list[str], settings: SamplingSettings) -> Generation:
-        with self.ready_engine() as engine:
-            return engine.generate(prompts, settings)
-
-    def record_gen_logprobs(self) -> bool:
-        vocab = int(self.policy.config.vocab_size)
-        return needs_sampling_logprobs(self.cfg, vocab, self.phase().fresh_batch_size)
-
     # ---- what the trainer's parts share -----------------------------------------------
     @property
     def policy(self) -> Any:
@@ -230,17 +158,6 @@ class Trainer:
 
     def update(self, batch: TrainBatch, pre: Precomputed, step: int) -> StepStats:
         return self.updater.update(batch, pre, step)
-
-    def publish(self, step: int, changed: bool) -> None:
-        """The new weights to the engines: the inline one syncs before it next generates,
-        the asynchronous producer picks them up between generation calls."""
-        self.engine_stale = self.engine_stale or changed
-        self.source().publish(self.weights, step, changed)
-
-    def weights(self) -> WeightStream:
-        """The policy streamed in the engine's dtype, a bucket at a time (weight_stream.py)."""
-        cfg = self.cfg
-        return policy_weights(self.policy, dtype=cfg.dtype, bucket_mb=cfg.weight_sync_bucket_mb)
 
     def iteration(self, step: int) -> dict[str, Any]:
         started = time.perf_counter()
@@ -287,38 +204,6 @@ class Trainer:
             kl_lambda=self.cfg.kl_lambda_at(step),
         )
         return rows.step_row(step, self.counters, rollout, batch, pre, stats, learner)
-
-    def evaluate(self) -> float:
-        """Held-out accuracy of the current policy."""
-        return self.evaluate_held_out().accuracy
-
-    def evaluate_held_out(self) -> HeldOut:
-        """Held-out accuracy and mean reward of the current policy (``tasks.held_out_eval``),
-        with every response to the first ``log_eval_problems`` problems."""
-        with self.ready_engine() as engine:
-            return held_out_eval(
-                self.cfg, self.task, self.eval_problems, self.prompt_text, engine, self.dist,
-                self.counters.step, keep=self.cfg.log_eval_problems,
-            )  # fmt: skip
-
-    def record_evaluation(self, row: dict[str, Any]) -> None:
-        """Evaluate now: ``eval/accuracy`` and ``eval/reward_mean`` into ``row``, the
-        responses into ``samples.jsonl`` (after the row)."""
-        held_out = self.evaluate_held_out()
-        row["eval/accuracy"], row["eval/reward_mean"] = held_out.accuracy, held_out.reward_mean
-        self.counters.record_eval(held_out.accuracy)
-        self.pending_samples += eval_rows(self.counters.step, held_out.responses)
-
-    def log_row(self, row: dict[str, Any]) -> None:
-        """The metrics row, then the samples of its step; a truncation streak warned."""
-        if self.samples is not None:
-            self.samples.to_trackers(int(row["step"]), self.pending_samples)
-        self.metrics.append(row)
-        if self.samples is not None:
-            self.samples.append(self.pending_samples)
-        self.pending_samples = []
-        if "finished/frac" in row:
-            self.truncation.observe(int(row["step"]), row["finished/frac"])
 
     def reincarnate(self, step: int) -> None:
         reincarnation.reincarnate(self.cfg, self.state, self.schedule, step)
@@ -387,31 +272,6 @@ class Trainer:
                 atomic_write_json(self.run_dir / "summary.json", summary)
             return summary
 
-    def evaluate_base(self, wall: Callable[[], float], on_step: StepCallback | None) -> None:
-        """Row 0: the base model's held-out accuracy, before any update."""
-        started, c = time.perf_counter(), self.counters
-        row0: dict[str, Any] = {"step": 0, "rollouts": 0, "tokens": 0}
-        self.record_evaluation(row0)
-        c.base_eval_accuracy = row0["eval/accuracy"]
-        row0.update({"time/step_s": time.perf_counter() - started, "time/total_s": wall()})
-        self.log_row(row0)
-        if on_step:
-            on_step(row0)
-
-    def preemption_requested(self, pre: PreemptionHandler) -> bool:
-        """Whether any rank got a preemption signal: every rank stops at the same step."""
-        return self.dist.max(float(pre.requested)) > 0
-
-    def stop_preempted(self, pre: PreemptionHandler, step: int) -> dict[str, Any]:
-        """After the checkpoint of ``step``: flush the trackers, the summary marked preempted."""
-        self.metrics.close()
-        log.warning(
-            "stopped at step %d on %s; checkpoint %s", step,
-            pre.signal_name or "another rank's preemption signal",
-            ckpt.step_dir_name(step) if step else "not needed (nothing trained yet)",
-        )  # fmt: skip
-        return {**self.summary(), "preempted": True, "signal": pre.signal_name}
-
     def close(self) -> None:
         """Stop the producer, then release the rollout engine (last: vLLM's shutdown also
         ends the process group)."""
@@ -420,9 +280,6 @@ class Trainer:
         elif self.producer_process is not None:  # stopped before its first iteration
             self.producer_process.stop()
         self.engine.close()
-
-    def summary(self) -> dict[str, Any]:
-        return rows.run_summary(self.cfg, self.counters)
 
 
 # ---- entry points ----------------------------------------------------------------
