@@ -65,10 +65,11 @@ PAPER_PPO = (
 )  # fmt: skip
 
 
-def replay_variant(strategy: str, note: str) -> Variant:
-    """The paper regime with ``replay_strategy=strategy`` on the hard-replay setting."""
+def replay_variant(strategy: str, note: str, *extra: str) -> Variant:
+    """The paper regime with ``replay_strategy=strategy`` (and ``extra`` overrides) on the
+    hard-replay setting."""
     return Variant(
-        "tiny-remix-grpo-paper", (f"replay_strategy={strategy}",), "remix",
+        "tiny-remix-grpo-paper", (f"replay_strategy={strategy}", *extra), "remix",
         settings=("hard-replay",), tier=5, note=note,
     )  # fmt: skip
 
@@ -211,6 +212,13 @@ VARIANTS: dict[str, Variant] = {
         "fill-uniform",
         "paper-remix whose informative replay also replaces the fresh batch's uniform groups "
         "(POPO's swap)",
+    ),
+    # the diagnosed limit of `informative`: with the last 2 iterations its pool is ~12-16
+    # samples, each replayed ~1.5 times; the last 8 give it ~4x the distinct groups
+    "paper-informative-window9": replay_variant(
+        "informative",
+        "paper-informative drawing from the last 8 iterations (a 4x larger informative pool)",
+        "window=9",
     ),
     "paper-dynamic": Variant(
         "tiny-remix-grpo-paper",

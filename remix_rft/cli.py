@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from remix_rft import __version__
+from remix_rft.apps.hub import offline_unless_hub_reachable
 from remix_rft.apps.progress import TrainProgress, fmt
 
 EXIT_USAGE = 2
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    # before transformers/datasets are imported: offline, their retries cost a minute a run
+    offline_unless_hub_reachable()
     _quiet_library_progress()
     return int(args.func(args) or 0)
 

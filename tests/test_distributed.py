@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -189,7 +190,23 @@ def _torchrun(*args: str, nproc: int = WORLD) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
            f"--master-port={free_port()}", "-m", "remix_rft", "train", *args]  # fmt: skip
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    return run_process_group(cmd, env, timeout=240)
+
+
+def run_process_group(
+    cmd: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a session of its own: on a timeout the whole group goes (ranks
+    stuck in a collective and their reward workers would otherwise outlive the test)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[-4:])} timed out after {timeout:.0f} s; stderr:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_two_rank_cli_run_writes_a_normal_run_directory(model_dir, tmp_path):
