@@ -220,6 +220,11 @@ VARIANTS: dict[str, Variant] = {
         "paper-informative drawing from the last 8 iterations (a 4x larger informative pool)",
         "window=9",
     ),
+    "paper-success-window9": replay_variant(
+        "success",
+        "paper-informative-window9 taking whole groups, hardest (lowest mean reward) first",
+        "window=9",
+    ),
     "paper-dynamic": Variant(
         "tiny-remix-grpo-paper",
         ("offpolicy_fraction=0", "dynamic_sampling=true", "max_generation_rounds=3"),

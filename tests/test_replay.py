@@ -54,7 +54,7 @@ def fill(buffer: ReplayBuffer, version: int, informative_groups: set[int], group
 
 
 def test_strategies_are_registered_functions_and_unknown_names_fail():
-    assert {"uniform", "informative", "fill-uniform"} <= set(replay.REPLAY_STRATEGIES)
+    assert {"uniform", "informative", "fill-uniform", "success"} <= set(replay.REPLAY_STRATEGIES)
     for name, fn in replay.REPLAY_STRATEGIES.items():
         assert callable(fn) and replay.replay_strategy(name) is fn
     with pytest.raises(ValueError, match="unknown replay strategy 'newest'"):
@@ -69,7 +69,7 @@ def test_strategies_are_registered_functions_and_unknown_names_fail():
         load_config(None, ["algorithm=remix-ppo", "window=3", "replay_strategy=informative"])
 
 
-@pytest.mark.parametrize("name", ["informative", "fill-uniform"])
+@pytest.mark.parametrize("name", ["informative", "fill-uniform", "success"])
 def test_informative_selection_never_draws_a_uniform_group(name):
     buffer = ReplayBuffer(window=3, seed=0)
     drawn = 0
@@ -196,3 +196,21 @@ def test_resume_with_a_non_default_strategy_equals_an_uninterrupted_run(tiny_con
     assert [r["step"] for r in b] == [0, 1, 2, 3, 4, 5]
     assert any(r.get("replay/reuse_max", 0) >= 2 for r in a), "no sample replayed twice"
     assert timeless(a) == timeless(b)
+
+
+def test_success_replays_whole_informative_groups_hardest_first():
+    buffer = ReplayBuffer(window=4, seed=0)
+    for version, rewards in ((1, [0.25, 0.75]), (2, [0.5, 0.25]), (3, [1.0, 0.0])):
+        buffer.add([
+            Sample(prompt_ids=torch.tensor([1]), response_ids=torch.tensor([2, i]),
+                   behavior_logprobs=torch.tensor([-0.5, -0.5]), reward=float(i < 4 * mean),
+                   advantage=float(i < 4 * mean) - mean if 0 < mean < 1 else 0.0,
+                   version=version, group=version * 100 + g, finished=True)
+            for g, mean in enumerate(rewards) for i in range(4)
+        ])  # fmt: skip
+    mixed = replay.mix("success", [], buffer, 10, 4)
+    groups = [s.group for s in mixed.replayed]
+    # mean 0.25 at versions 2 and 1 (newer first), then 0.5; the uniform groups (1.0, 0.0) never
+    assert groups[:8] == [201] * 4 + [100] * 4
+    assert groups[8:] == [200, 200] and len(mixed.replayed) == 10
+    assert replay.mix("success", [], buffer, 100, 4).replayed.__len__() == 16  # the pool, whole

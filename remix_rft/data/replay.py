@@ -13,7 +13,9 @@ ones in the training batch (docs/design.md §2.11).
 * ``fill-uniform`` -- POPO's swap (arXiv 2606.01281): the fresh batch keeps its informative
   groups, and informative replayed samples take the place of its uniform groups and of the
   off-policy share; the batch keeps its size (fresh uniform samples fill what the replay
-  pool cannot), so the fresh share is what the fresh data earned.
+  pool cannot), so the fresh share is what the fresh data earned;
+* ``success`` -- the difficulty-prioritised variant of ``informative``: whole informative
+  groups in ascending mean reward (rare successes first), newest first among equals.
 
 A replayed sample keeps its behaviour log-probs μ, its version and the advantage computed
 within its group at generation (§2.2); only the Mix-PPG ratio and clip see its age.
@@ -87,6 +89,25 @@ def informative_replay(
     fresh: list[Sample], buffer: ReplayBuffer, n_past: int, step: int
 ) -> MixedBatch:
     return MixedBatch(list(fresh), draw(informative_past(buffer, step), n_past, buffer.rng))
+
+
+@register_replay("success")
+def success_replay(fresh: list[Sample], buffer: ReplayBuffer, n_past: int, step: int) -> MixedBatch:
+    """Informative groups, hardest first: whole groups in ascending mean reward (a rare
+    success is the signal a hard prompt gives, and it is not learnt yet), newer first among
+    equals; the last group that does not fit whole is drawn from uniformly."""
+    by_group: dict[tuple[int, int], list[Sample]] = {}
+    for s in informative_past(buffer, step):
+        by_group.setdefault((s.version, s.group), []).append(s)
+    ranked = sorted(
+        by_group.items(), key=lambda kv: (sum(s.reward for s in kv[1]) / len(kv[1]), -kv[0][0])
+    )
+    replayed: list[Sample] = []
+    for _, members in ranked:
+        if len(replayed) >= n_past:
+            break
+        replayed += draw(members, n_past - len(replayed), buffer.rng)
+    return MixedBatch(list(fresh), replayed)
 
 
 @register_replay("fill-uniform")
