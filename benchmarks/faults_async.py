@@ -29,8 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-import faults as sync
-from faults import Outcome, leftovers, policy_hash, row_count, rows, verify_resumable
+import faults_runs as sync
+from faults_report import fault_rows
+from faults_runs import Outcome, leftovers, policy_hash, row_count, rows, verify_resumable
 
 from remix_rft.trainer import checkpoint as ckpt
 from remix_rft.trainer.preemption import PREEMPTED_EXIT_CODE
@@ -190,7 +191,7 @@ def judge(out: Outcome, rc: int, stderr: str, run_dir: Path, resumed_from: Path 
 
 
 def table(args: argparse.Namespace, outcomes: list[Outcome], final: dict, wall: float) -> str:
-    lines, total_in, total_ok = sync.fault_rows(KINDS, outcomes)
+    lines, total_in, total_ok = fault_rows(KINDS, outcomes)
     orphans = any("processes left behind" in " ".join(o.notes) for o in outcomes)
     behind = "**processes were left behind**" if orphans else "no process left behind after any"
     lines.append(f"| **all faults** | **{total_in}** | **{total_ok}** | {behind} |")

@@ -437,7 +437,7 @@ def test_d12c_resuming_with_fewer_checkpoints_frees_space_before_training(tiny_c
 
 
 def test_d12d_the_soak_counts_an_exit_75_during_a_fresh_start_as_survived():
-    soak = soak_module("faults")
+    soak = soak_module("faults_runs")
     hint = "remix train: preempted before a checkpoint: resume with remix train --resume RUN\n"
     assert soak.judge_exit75(hint, resumed_from=None, choice=None, last=0) == (True, None)
     assert (
