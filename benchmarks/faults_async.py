@@ -57,8 +57,9 @@ def start(args: argparse.Namespace, run_dir: Path, log: Path) -> subprocess.Pope
         if fresh
         else sync.resume_cmd(run_dir)
     )
-    return subprocess.Popen(cmd, cwd=sync.REPO, env=sync.ENV, stdout=subprocess.DEVNULL,
-                            stderr=open(log, "w"), start_new_session=True)  # fmt: skip
+    with open(log, "w") as err:  # the child holds its own copy of the file
+        return subprocess.Popen(cmd, cwd=sync.REPO, env=sync.ENV, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)  # fmt: skip
 
 
 def group_members(pgid: int) -> list[int]:

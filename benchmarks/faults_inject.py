@@ -5,6 +5,7 @@ moment or right after a step line, and a damaged newest checkpoint; each returns
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import signal
 import subprocess
@@ -121,25 +122,27 @@ def run_corruption(
     kind: str, args: argparse.Namespace, run_dir: Path, rng: random.Random, timing: tuple,
     index: int,
 ) -> Outcome:  # fmt: skip
-    """Damage the newest checkpoint, then resume until one more step is logged (killed there):
-    the resume must name the damaged checkpoint and the one it used instead."""
+    """Damage the newest checkpoint, then resume until the resumed run has trained that step
+    again and replaced the damaged checkpoint (killed there; so the next corruption damages a
+    whole one): the resume must name the damaged checkpoint and the one it used instead."""
     out = Outcome(kind)
     damaged = corrupt_newest(run_dir, kind, rng)
     if damaged is None:
         out.notes.append("not injected: fewer than 2 checkpoints")
         return out
     name, rel = damaged
+    previous = ckpt.list_checkpoints(ckpt.checkpoint_root(run_dir))[-2].name
+    damaged_dir = ckpt.checkpoint_root(run_dir) / name
+    inode = damaged_dir.stat().st_ino
     log = run_dir.parent / f"fault{index:02d}-{kind}.log"
     proc = start(resume_cmd(run_dir), log)
-    done = ckpt.list_checkpoints(ckpt.checkpoint_root(run_dir))
-    previous = done[-2].name
+    # Not the step count: metrics.jsonl keeps the old rows until the resume has loaded. A
+    # same-step checkpoint is renamed into place over the damaged one: a new directory.
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if (
-            "resuming from" in log.read_text()
-            and row_count(run_dir) > ckpt.checkpoint_step(done[-2]) + 1
-        ):
-            break
+        with contextlib.suppress(FileNotFoundError):  # between the two renames
+            if damaged_dir.stat().st_ino != inode:
+                break
         time.sleep(0.02)
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)

@@ -91,8 +91,9 @@ def leftovers(run_dir: Path) -> list[str]:
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=open(log, "w"))  # fmt: skip
+    """``cmd`` started, its stderr to ``log`` (the child holds its own copy of the file)."""
+    with open(log, "w") as err:
+        return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
 
 
 def wait_rows(proc: subprocess.Popen, run_dir: Path, count: int, timeout: float = 300) -> bool:

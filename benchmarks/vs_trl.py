@@ -63,7 +63,7 @@ if str(ROOT) not in sys.path:  # run as a script from a source checkout
     sys.path.insert(0, str(ROOT))
 
 from vs_trl_report import describe_model, report  # noqa: E402
-from vs_trl_runs import LABELS, METHODS, RunResult, model_path, run_ours  # noqa: E402
+from vs_trl_runs import LABELS, METHODS, SETTINGS, RunResult, model_path, run_ours  # noqa: E402
 from vs_trl_trl import import_trl, run_trl  # noqa: E402
 
 
@@ -108,16 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
+    if args.merge:  # trains nothing: TRL not needed
+        results = merged_results(args)
+        methods = [m for m in METHODS if any(r.method == m for r in results)]
+        return report(args, methods, results, (os.getloadavg(), os.getloadavg()))
     methods = [m for m in METHODS if m in args.only]
     if any(m.startswith("trl") for m in methods):
         import_trl()  # fail before anything trains
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-    if args.merge:
-        results = merged_results(args)
-        methods = [m for m in METHODS if any(r.method == m for r in results)]
-        return report(args, methods, results, (os.getloadavg(), os.getloadavg()))
     source_model = model_path(args.model)  # a missing model fails now
     loads_start = os.getloadavg()
     results: list[RunResult] = []
@@ -141,23 +141,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                         results.append(run_trl(seed, rnd, args, work, method))
                     else:
                         results.append(run_ours(method, seed, rnd, args, work))
+                    results[-1].settings = {k: getattr(args, k) for k in SETTINGS}
     return report(args, methods, results, (loads_start, os.getloadavg()))
 
 
 def merged_results(args: argparse.Namespace) -> list[RunResult]:
-    """The runs of earlier ``--json`` files; the settings are taken from the first run's
-    (every file must have used the same ``--steps`` and ``--eval-every``)."""
+    """The runs of earlier ``--json`` files, and the settings they record (every file must
+    have used the same ones); files from before runs recorded them: the merge command's
+    ``--steps``, ``--eval-every``, ``--eval-problems``, and the report says so."""
     results = [
         RunResult(**row)
         for path in args.merge
         for row in json.loads(path.read_text(encoding="utf-8"))
     ]
     args.seeds = sorted({r.seed for r in results})
+    args.rounds = len({r.round for r in results})
+    recorded = {tuple(r.settings.get(k) for k in SETTINGS) for r in results}
+    if len(recorded) > 1 and all(None not in s for s in recorded):
+        raise SystemExit(f"the runs were made with different {SETTINGS}: {sorted(recorded)}")
+    if len(recorded) == 1 and None not in (only := recorded.pop()):
+        vars(args).update(zip(SETTINGS, only, strict=True))
+        source = "the settings above are the ones the runs recorded"
+    else:
+        source = (
+            "the runs do not all record their settings: the iterations and evaluation settings "
+            "above are the merge command's (--steps, --eval-every, --eval-problems)"
+        )
     args.model_desc = f"{args.model} (see the merged runs' logs for the snapshot hash)"
     args.merge_note = (
         f"Merged from {len(args.merge)} --json files (runs made in separate processes, e.g. "
         "one per seed in parallel; the load averages above are those of the merge, not of "
-        "the runs, and the run order below is the files' order)."
+        f"the runs, and the run order below is the files' order; {source})."
     )
     return results
 

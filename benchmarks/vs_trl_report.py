@@ -171,8 +171,8 @@ def wall_verdicts(results: Sequence[RunResult], target: float | None) -> list[st
 
 
 def per_seed_lines(results: Sequence[RunResult], target: float | None) -> list[str]:
-    """Rollouts to T and final accuracy of every run, by seed: the same seed gives every
-    method the same model and task, so differences are read per seed (DESIGN.md §11)."""
+    """Rollouts to T (docs/design.md §5) and final accuracy of every run, by seed: the same
+    seed gives every method the same model and task, so differences are read per seed."""
     if target is None:
         return []
     lines = ["Per seed (round 0), rollouts→T / final accuracy (— : T not reached):", ""]

@@ -38,6 +38,7 @@ CONFIGS = {
 WALL_KEY = "time/wall_s"  # since training began, evaluations (and a producer's start) included
 FALLBACK_MODEL = "/tmp/base"
 EVAL_KEY = "eval/accuracy"
+SETTINGS = ("steps", "eval_every", "eval_problems")  # the command line's, recorded with each run
 
 Row = dict[str, Any]
 
@@ -59,6 +60,7 @@ class RunResult:
     run_s: float = 0.0  # wall-clock of the whole run, evaluation included
     threads: int = 0
     notes: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)  # SETTINGS: --merge reads them
 
     def evals(self) -> list[Row]:
         return [r for r in self.rows if EVAL_KEY in r]
