@@ -7,6 +7,8 @@ statistics least sensitive to where the evaluations fall, compared seed by seed.
   smoothed points, not at the first grid point past T;
 * AUC: the mean held-out accuracy over the budget, the trapezoid rule on the rollout axis
   from 0 (the base model's evaluation) to the budget (the last evaluation held flat);
+* final: the mean of the last 3 evaluations at or before the budget (as the other two,
+  nothing past the budget counts);
 * paired: per seed (same seed = same prompts and the same base) the difference and the
   ratio of an arm to the control, and their mean ± the standard error over seeds.
 """
@@ -111,12 +113,19 @@ def seed_of(run: RunRecord) -> int:
     return int(run.config["seed"])
 
 
+def within(rows: Sequence[Row], budget: float) -> list[Row]:
+    """The rows up to ``budget`` rollouts: a run that counts every generated response
+    (dynamic sampling) can sample past the budget in the iterations the others take."""
+    return [r for r in rows if float(r.get("rollouts", 0)) <= budget]
+
+
 def statistics_of(target: float, budget: int) -> dict[str, Callable[[RunRecord], float | None]]:
-    """The per-run statistics compared: rollouts to T (interpolated), AUC, final accuracy."""
+    """The per-run statistics compared, all within the budget: rollouts to T
+    (interpolated), AUC, final accuracy (the last 3 evaluations at or before the budget)."""
     return {
-        "to_t": lambda r: interpolated_rollouts_to(r.rows, target),
+        "to_t": lambda r: interpolated_rollouts_to(within(r.rows, budget), target),
         "auc": lambda r: auc(r.rows, budget),
-        "final": lambda r: plateau_accuracy(r.rows),
+        "final": lambda r: plateau_accuracy(within(r.rows, budget)),
     }
 
 
@@ -137,7 +146,7 @@ def paired_table(
     and the final accuracy with its paired difference."""
     lines = [
         f"| variant | seeds | reaching T | rollouts to T | Δ vs {control} | ratio | "
-        f"AUC | Δ AUC | AUC ratio | final (last 3 evals) | Δ final |",
+        f"AUC | Δ AUC | AUC ratio | final (last 3 evals ≤ budget) | Δ final |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, vr in loaded.items():

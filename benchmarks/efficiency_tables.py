@@ -49,8 +49,14 @@ class VariantRuns:
     name: str
     runs: list[RunRecord] = field(default_factory=list)
 
-    def plateaus(self) -> list[float]:
-        return [p for r in self.runs if (p := plateau_accuracy(r.rows)) is not None]
+    def plateaus(self, budget: float = math.inf) -> list[float]:
+        """Final accuracies: the last 3 evaluations at or before ``budget`` rollouts (a run
+        counting every generated response can sample past it in the same iterations)."""
+        return [
+            p for r in self.runs
+            if (p := plateau_accuracy([x for x in r.rows if x.get("rollouts", 0) <= budget]))
+            is not None
+        ]  # fmt: skip
 
     def to_target(self, target: float) -> tuple[list[float], list[float]]:
         """Rollouts and training seconds to ``target`` of the seeds that reached it."""
@@ -172,7 +178,7 @@ def ratio(mine: Sequence[float], theirs: Sequence[float], all_reached: bool) -> 
 
 def budget_table(loaded: dict[str, VariantRuns], budget: int) -> list[str]:
     heads = " | ".join(f"acc @ {int(budget * f):,}" for f in BUDGET_SHARES)
-    lines = [f"| variant | {heads} | final (last 3 evals) |",
+    lines = [f"| variant | {heads} | final (last 3 evals ≤ budget) |",
              "|---|" + "---|" * (len(BUDGET_SHARES) + 1)]  # fmt: skip
     for name, vr in loaded.items():
         if not vr.runs:
@@ -181,7 +187,7 @@ def budget_table(loaded: dict[str, VariantRuns], budget: int) -> list[str]:
         for share in BUDGET_SHARES:
             accs = [a for r in vr.runs if (a := accuracy_at(r.rows, budget * share)) is not None]
             cells.append(mean_std(accs))
-        lines.append(f"| {name} | {' | '.join(cells)} | {mean_std(vr.plateaus())} |")
+        lines.append(f"| {name} | {' | '.join(cells)} | {mean_std(vr.plateaus(budget))} |")
     return lines
 
 

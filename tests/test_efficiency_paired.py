@@ -43,3 +43,11 @@ def test_paired_differences_and_their_standard_error():
     assert ep.paired({0: 1.0}, {1: 1.0}) is None
     one = ep.paired({0: 2.0}, {0: 1.0})
     assert one is not None and math.isnan(one.z)  # one seed: no standard error, no verdict
+
+
+def test_nothing_past_the_budget_counts():
+    # a dynamic-sampling run samples past the budget in the iterations the others take
+    run = rows((0, 0.2), (100, 0.3), (200, 0.35), (300, 0.36), (400, 0.9), (500, 0.9))
+    assert ep.plateau_accuracy(ep.within(run, 300)) == pytest.approx((0.3 + 0.35 + 0.36) / 3)
+    assert ep.interpolated_rollouts_to(ep.within(run, 300), 0.5) is None
+    assert ep.interpolated_rollouts_to(run, 0.5) is not None
