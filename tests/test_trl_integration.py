@@ -2,15 +2,23 @@
 
 The loss is our registered Mix-PPG (same loss and gradients as our trainer's path on the same
 batch), ``offpolicy_fraction=0`` is TRL's plain GRPOTrainer, and replay is exercised end to
-end (share and ages logged, bounded by the window)."""
+end (share and ages logged, bounded by the window). Its state is in TRL's checkpoints: a run
+resumed from ``checkpoint-k`` continues exactly as the uninterrupted one."""
 
 from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 trl = pytest.importorskip("trl")
 integration = pytest.importorskip("remix_rft.integrations.trl")  # skips outside the TRL range
+
+from transformers import TrainerCallback  # noqa: E402
 
 from remix_rft.algorithm import assemble_policy_objective  # noqa: E402
 from remix_rft.data.arithmetic import ArithmeticTask  # noqa: E402
@@ -42,9 +50,9 @@ def _model_and_data():
     return model, tokenizer, data
 
 
-def _trainer(tmp_path, cls=trl.GRPOTrainer, steps=2, **remix):
+def _trainer(tmp_path, cls=trl.GRPOTrainer, steps=2, grpo=None, **remix):
     model, tokenizer, data = _model_and_data()
-    args = trl.GRPOConfig(
+    args = dict(
         output_dir=str(tmp_path / "out"), seed=0, max_steps=steps, learning_rate=1e-3,
         lr_scheduler_type="constant", per_device_train_batch_size=8, num_generations=4,
         gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
@@ -52,6 +60,7 @@ def _trainer(tmp_path, cls=trl.GRPOTrainer, steps=2, **remix):
         use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
         disable_tqdm=True, dataloader_num_workers=0, log_completions=False,
     )  # fmt: skip
+    args = trl.GRPOConfig(**{**args, **(grpo or {})})
     extra = {}
     if cls is ReMixGRPOTrainer:
         cfg = load_config("tiny-remix-grpo", [f"{k}={v}" for k, v in remix.items()])
@@ -102,6 +111,132 @@ def test_reincarnation_callback_resets_reference_and_stops_replay(tmp_path):
     trainer.train()
     assert trainer.reincarnated and trainer.replay_log[-1].replayed == 0
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
+# ---- checkpoints: save and resume ---------------------------------------------------------
+CKPT_REMIX = dict(window=3, offpolicy_fraction=0.5, reincarnation_step=3,
+                  post_reincarnation_kl_coef=0.05)  # fmt: skip
+CKPT_GRPO = dict(beta=0.02, save_strategy="steps", save_steps=2)
+
+
+class _Snapshots(TrainerCallback):
+    """The trainer's ReMix state when each checkpoint is written and when training begins
+    (after a resume has loaded its checkpoint)."""
+
+    def __init__(self, trainer):
+        self.trainer, self.at = trainer, {}
+
+    def on_save(self, args, state, control, **kwargs):
+        self.at[state.global_step] = copy.deepcopy(self.trainer.remix_state_dict())
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.at["begin"] = copy.deepcopy(self.trainer.remix_state_dict())
+
+
+def _checkpoint_trainer(tmp_path, steps):
+    torch.manual_seed(0)
+    trainer = _trainer(tmp_path, ReMixGRPOTrainer, steps=steps, grpo=CKPT_GRPO, **CKPT_REMIX)
+    snapshots = _Snapshots(trainer)
+    trainer.add_callback(snapshots)
+    return trainer, snapshots
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """4 steps, checkpoints at 2 (buffer of versions 1-2) and 4 (after reincarnation at 3)."""
+    trainer, snapshots = _checkpoint_trainer(tmp_path_factory.mktemp("full"), 4)
+    trainer.train()
+    return trainer, snapshots, Path(trainer.args.output_dir)
+
+
+def _assert_same(a, b, where="state"):
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def _logged(trainer, after):
+    """Each step's logged losses and metrics after step ``after``, less the wall-clock one
+    (the end-of-run summary averages over the steps this process ran: not compared)."""
+    return [{k: v for k, v in h.items() if k != "step_time"}
+            for h in trainer.state.log_history if h["step"] > after and "loss" in h]  # fmt: skip
+
+
+def test_resume_from_trl_checkpoint_continues_as_the_uninterrupted_run(uninterrupted, tmp_path):
+    """Resumed from ``checkpoint-2``, the run holds the buffer (versions, groups, μ, rewards,
+    advantages, the draw's generator), the version counter and the round's pending samples
+    as they were when it was written, and steps 3-4 (replay, then reincarnation at 3 with
+    KL to the new π_base at 4) log exactly the uninterrupted run's losses and metrics, and
+    replay the same samples. Exact on CPU: transformers restores the RNGs and data order."""
+    full, saved, out = uninterrupted
+    checkpoint = out / "checkpoint-2"
+    state = torch.load(checkpoint / integration.REPLAY_FILE, weights_only=True)
+    assert state["version"] == 2 and state["pending"] and state["buffer"]["samples"]
+    assert {s["version"] for s in state["buffer"]["samples"]} == {1}  # round 2's: pending
+    _assert_same(state, saved.at[2])
+
+    resumed, after = _checkpoint_trainer(tmp_path, 4)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    _assert_same(after.at["begin"], saved.at[2])
+    assert [(s.version, s.replayed, s.ages) for s in resumed.replay_log] == [
+        (s.version, s.replayed, s.ages) for s in full.replay_log[2:]
+    ]
+    assert resumed.replay_log[0].replayed > 0 and resumed.reincarnated
+    assert _logged(resumed, 2) == _logged(full, 2) and len(_logged(full, 2)) == 2
+    _assert_same(after.at[4], saved.at[4])
+    for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_reincarnated_checkpoint_restores_the_reference_and_beta(uninterrupted, tmp_path):
+    full, saved, out = uninterrupted
+    assert saved.at[4]["reincarnated"] and saved.at[4]["beta"] == pytest.approx(0.05)
+    fresh = _trainer(tmp_path, ReMixGRPOTrainer, steps=4, grpo=CKPT_GRPO, **CKPT_REMIX)
+    fresh.load_remix_checkpoint(out / "checkpoint-4")
+    assert fresh.reincarnated and fresh.beta == pytest.approx(0.05)
+    for a, b in zip(full.ref_model.parameters(), fresh.ref_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    start = _model_and_data()[0]  # π_base moved to the policy at step 3: the check can fail
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(start.parameters(), fresh.ref_model.parameters(), strict=True)
+    )
+
+
+def test_checkpoint_without_replay_file_warns_and_starts_empty(uninterrupted, tmp_path, caplog):
+    """A checkpoint of TRL's GRPOTrainer or an older remix-rft: one warning naming the file,
+    an empty buffer, the version counter at the rounds already run."""
+    checkpoint = tmp_path / "checkpoint-2"
+    shutil.copytree(uninterrupted[2] / "checkpoint-2", checkpoint)
+    (checkpoint / integration.REPLAY_FILE).unlink()
+    resumed, after = _checkpoint_trainer(tmp_path, 3)
+    with caplog.at_level(logging.WARNING, logger="remix_rft.integrations.trl"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    warned = [r.getMessage() for r in caplog.records if r.name == "remix_rft.integrations.trl"]
+    assert warned == [
+        f"ReMixGRPOTrainer: {checkpoint / integration.REPLAY_FILE} not found: resuming with "
+        "an empty replay buffer"
+    ]
+    assert after.at["begin"]["buffer"]["samples"] == [] and after.at["begin"]["version"] == 2
+    assert [(s.version, s.replayed) for s in resumed.replay_log] == [(3, 0)]
+
+
+def test_checkpoint_with_another_window_is_refused(uninterrupted, tmp_path):
+    trainer = _trainer(tmp_path, ReMixGRPOTrainer, grpo=CKPT_GRPO, **{**CKPT_REMIX, "window": 5})
+    path = uninterrupted[2] / "checkpoint-2" / integration.REPLAY_FILE
+    with pytest.raises(ValueError, match=r"window=3.*window=5") as err:
+        trainer.load_remix_checkpoint(path.parent)
+    assert str(err.value).startswith(f"{path}: ")
 
 
 def _samples(tokenizer, step: int) -> tuple[list[Sample], list[Sample]]:
