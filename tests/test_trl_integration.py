@@ -220,9 +220,11 @@ def test_checkpoint_without_replay_file_warns_and_starts_empty(uninterrupted, tm
     shutil.copytree(uninterrupted[2] / "checkpoint-2", checkpoint)
     (checkpoint / integration.REPLAY_FILE).unlink()
     resumed, after = _checkpoint_trainer(tmp_path, 3)
-    with caplog.at_level(logging.WARNING, logger="remix_rft.integrations.trl"):
+    with caplog.at_level(logging.WARNING, logger="remix_rft.integrations.trl_checkpoint"):
         resumed.train(resume_from_checkpoint=str(checkpoint))
-    warned = [r.getMessage() for r in caplog.records if r.name == "remix_rft.integrations.trl"]
+    warned = [
+        r.getMessage() for r in caplog.records if r.name == "remix_rft.integrations.trl_checkpoint"
+    ]
     assert warned == [
         f"ReMixGRPOTrainer: {checkpoint / integration.REPLAY_FILE} not found: resuming with "
         "an empty replay buffer"

@@ -26,8 +26,6 @@ shipped config name); TRL's ``GRPOConfig`` keeps its own keys. Text-only, single
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,18 +58,11 @@ def _check_trl() -> Any:
 trl = _check_trl()
 
 from transformers import TrainerCallback  # noqa: E402  (after the TRL check)
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: E402
 
 from remix_rft.algorithm.objective import assemble_policy_objective  # noqa: E402
 from remix_rft.data.buffer import ReplayBuffer, Sample  # noqa: E402
-from remix_rft.trainer.checkpoint import load_torch_file, save_state  # noqa: E402
+from remix_rft.integrations.trl_checkpoint import REPLAY_FILE, ReplayCheckpointMixin  # noqa: E402,F401
 from remix_rft.trainer.config import TrainConfig, inherit, load_config  # noqa: E402
-
-log = logging.getLogger(__name__)
-
-REPLAY_FILE = "remix_replay.pt"  # remix_replay_<rank>.pt with several processes
-REFERENCE_FILE = "remix_reference.pt"  # π_base after reincarnation, when β > 0 uses it
-STATE_FORMAT = 1
 
 # TRL loss_type -> (our aggregation, whether TRL divides it by gradient accumulation)
 AGGREGATIONS = {
@@ -94,7 +85,7 @@ class ReplayStats:
         return self.replayed / max(self.fresh + self.replayed, 1)
 
 
-class ReMixGRPOTrainer(trl.GRPOTrainer):  # type: ignore[misc]
+class ReMixGRPOTrainer(ReplayCheckpointMixin, trl.GRPOTrainer):  # type: ignore[misc]
     """TRL's ``GRPOTrainer`` with ReMix's replay, Mix-PPG loss, KL-Convex and reincarnation.
 
     Arguments are GRPOTrainer's, plus ``remix``: a remix-rft ``TrainConfig`` (or YAML path /
@@ -116,90 +107,6 @@ class ReMixGRPOTrainer(trl.GRPOTrainer):  # type: ignore[misc]
         self._version = 0
         self._pending: dict[int, Sample] = {}  # this round's fresh samples awaiting μ
         self.add_callback(ReincarnationCallback(self))
-
-    # ---- checkpoints ----------------------------------------------------------------------
-    def remix_state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to continue as the uninterrupted one: the buffer (samples
-        and its draw's generator), the version counter (also the λ schedule's position), the
-        round's fresh samples not yet stored (those with μ known: the others would be
-        dropped when stored), reincarnation and β. Tensors and plain data only, so it loads
-        with ``weights_only=True``. ``replay_log`` (diagnostics) is not in it."""
-        pending = {row: s.to_state() for row, s in self._pending.items()
-                   if s.behavior_logprobs is not None}  # fmt: skip
-        return {
-            "format": STATE_FORMAT, "buffer": self.buffer.state_dict(), "version": self._version,
-            "pending": pending, "reincarnated": self.reincarnated, "beta": float(self.beta),
-        }  # fmt: skip
-
-    def load_remix_state_dict(self, state: dict[str, Any]) -> None:
-        self.buffer.load_state_dict(state["buffer"])  # first: a different window raises here
-        self._version = int(state["version"])
-        self._pending = {int(row): Sample.from_state(s) for row, s in state["pending"].items()}
-        self.reincarnated = bool(state["reincarnated"])
-        self.beta = float(state["beta"])
-
-    def _replay_file(self, checkpoint: str | Path) -> Path:
-        """This process's file: the buffer holds this process's own completions."""
-        name = REPLAY_FILE
-        if self.args.world_size > 1:
-            name = REPLAY_FILE.replace(".pt", f"_{self.args.process_index}.pt")
-        return Path(checkpoint) / name
-
-    def _keeps_reference(self) -> bool:
-        return self.reincarnated and self.ref_model is not None and self.beta != 0.0
-
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        """Our files go in before TRL's: transformers writes ``trainer_state.json`` (which a
-        resume needs) late, so a checkpoint it can resume from already holds them; its
-        rotation removes them with their ``checkpoint-N`` folder. Every process writes its
-        own replay file (as transformers' ``rng_state_<rank>.pth``); π_base, the same on
-        every process, only where ``should_save``."""
-        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        checkpoint = Path(self._get_output_dir(trial=trial)) / folder
-        checkpoint.mkdir(parents=True, exist_ok=True)
-        _save_atomic(self.remix_state_dict(), self._replay_file(checkpoint))
-        if self._keeps_reference() and self.args.should_save:
-            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-                log.warning("ReMixGRPOTrainer: π_base is not saved under FSDP/DeepSpeed; "
-                            "resuming %s will need it (β > 0)", checkpoint)  # fmt: skip
-            else:
-                reference = self.accelerator.unwrap_model(self.ref_model).state_dict()
-                _save_atomic({k: v.detach().cpu() for k, v in reference.items()},
-                             checkpoint / REFERENCE_FILE)  # fmt: skip
-        super()._save_checkpoint(model, trial)
-
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        """transformers calls this with the checkpoint on every resume (plain, FSDP and
-        DeepSpeed alike) before the first step; TRL restores its own extra state here too."""
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None:
-            self.load_remix_checkpoint(checkpoint)
-
-    def load_remix_checkpoint(self, checkpoint: str | Path) -> None:
-        """Restore the ReMix state from a ``checkpoint-N`` folder (``weights_only`` loads); a
-        folder without this process's file resumes with an empty buffer and one warning."""
-        path = self._replay_file(checkpoint)
-        if not path.is_file():
-            # written by TRL's GRPOTrainer or an older remix-rft: the counter follows the
-            # rounds already run, so the λ schedule and versions go on from there
-            micro = self.state.global_step * self.args.gradient_accumulation_steps
-            self._version = -(-micro // (self.args.steps_per_generation * self.num_iterations))
-            log.warning(
-                "ReMixGRPOTrainer: %s not found: resuming with an empty replay buffer", path
-            )
-            return
-        state = load_torch_file(path)  # its own errors name the file
-        try:
-            self.load_remix_state_dict(state)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
-        if self._keeps_reference():
-            reference = Path(checkpoint) / REFERENCE_FILE
-            if not reference.is_file():
-                raise ValueError(f"{reference} not found: {path} was written after reincarnation "
-                                 f"with beta={self.beta}, whose KL needs that π_base")  # fmt: skip
-            weights = load_torch_file(reference)
-            self.accelerator.unwrap_model(self.ref_model).load_state_dict(weights)
 
     # ---- the mixed batch ------------------------------------------------------------------
     def offpolicy_count(self, fresh: int) -> int:
@@ -405,17 +312,6 @@ class ReincarnationCallback(TrainerCallback):  # type: ignore[misc]
         step = self.trainer.remix.reincarnation_step
         if step and not self.trainer.reincarnated and state.global_step >= step:
             self.trainer.reincarnate()
-
-
-def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary sibling (fsynced), then renamed over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        save_state(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _pad(
