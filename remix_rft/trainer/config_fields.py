@@ -158,7 +158,8 @@ class TrainConfig:
     offpolicy_fraction: float = 0.0  # share of the training batch drawn from past iterations
     # which past samples are drawn (data/replay.py): uniform (ReMix), informative (groups with
     # a non-zero advantage at generation only), fill-uniform (they also replace the fresh
-    # batch's uniform groups, POPO's swap); docs/design.md §2.11
+    # batch's uniform groups, POPO's swap), success (informative groups, hardest first);
+    # docs/design.md §2.11
     replay_strategy: str = "uniform"
     clip_centre: str = "current"  # "current": π_k/μ (GePPO); "one": clip around 1
     offpolicy_clip_eps_low: float | None = None  # ε for reused samples (null: as for fresh)
