@@ -5,7 +5,9 @@ spec parser to name a bad ``task.reward_fn`` before a run starts.
 
 The contract (docs/your-own-task.md): ``fn(response: str, problem: dict)`` is called on every
 response, those cut at ``max_new_tokens`` included; a function that also takes a ``truncated``
-keyword (or ``**kwargs``) gets ``truncated=True`` for a cut response and ``False`` otherwise.
+keyword (or ``**kwargs``) gets ``truncated=True`` for a cut response and ``False`` otherwise,
+and one that takes ``completion_ids`` gets the token ids the policy generated (EOS included)
+where the caller has them (training; not held-out evaluation).
 It returns a finite number (a bool counts as 0/1)."""
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def score_problem(value: Any) -> float | str:
 # ---------------------------------------------------------------------------- the contract
 
 TRUNCATED_KEYWORD = "truncated"
+COMPLETION_IDS_KEYWORD = "completion_ids"
 
 
 def _signature(fn: RewardFn) -> inspect.Signature | None:
@@ -121,30 +124,45 @@ def _signature(fn: RewardFn) -> inspect.Signature | None:
 
 def accepts_truncated(fn: RewardFn) -> bool:
     """Whether ``fn`` takes the ``truncated`` keyword (by name or through ``**kwargs``)."""
+    return accepts_keyword(fn, TRUNCATED_KEYWORD)
+
+
+def accepts_keyword(fn: RewardFn, keyword: str) -> bool:
+    """Whether ``fn`` takes ``keyword`` (by name or through ``**kwargs``)."""
     try:
-        return _accepts_truncated(fn)
+        return _accepts_keyword(fn, keyword)
     except TypeError:  # an unhashable callable: not cached
-        return _accepts_truncated.__wrapped__(fn)
+        return _accepts_keyword.__wrapped__(fn, keyword)
 
 
 @functools.lru_cache(maxsize=64)  # asked once per graded response
-def _accepts_truncated(fn: RewardFn) -> bool:
+def _accepts_keyword(fn: RewardFn, keyword: str) -> bool:
     sig = _signature(fn)
     if sig is None:
         return False
     for param in sig.parameters.values():
         if param.kind is inspect.Parameter.VAR_KEYWORD:
             return True
-        if param.name == TRUNCATED_KEYWORD and param.kind is not inspect.Parameter.POSITIONAL_ONLY:
+        if param.name == keyword and param.kind is not inspect.Parameter.POSITIONAL_ONLY:
             return True
     return False
 
 
-def call_reward(fn: RewardFn, response: str, problem: Any, truncated: bool) -> Any:
-    """``fn(response, problem)``, with ``truncated=`` when ``fn`` takes it."""
+def call_reward(
+    fn: RewardFn,
+    response: str,
+    problem: Any,
+    truncated: bool,
+    completion_ids: list[int] | None = None,
+) -> Any:
+    """``fn(response, problem)``, with ``truncated=`` when ``fn`` takes it, and
+    ``completion_ids=`` when given and ``fn`` takes it."""
+    kwargs: dict[str, Any] = {}
     if accepts_truncated(fn):
-        return fn(response, problem, truncated=truncated)
-    return fn(response, problem)
+        kwargs[TRUNCATED_KEYWORD] = truncated
+    if completion_ids is not None and accepts_keyword(fn, COMPLETION_IDS_KEYWORD):
+        kwargs[COMPLETION_IDS_KEYWORD] = completion_ids
+    return fn(response, problem, **kwargs)
 
 
 def where_defined(fn: RewardFn) -> str:

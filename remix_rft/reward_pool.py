@@ -5,7 +5,8 @@ A reward function is named by a spec, ``path/to/file.py:function`` or
 ``package.module:function``, and called as ``function(response: str, problem: dict)``
 with the problem's ``id``, ``prompt``, ``answer`` and every other field of its dataset
 row, plus ``truncated=`` (whether the response was cut at ``max_new_tokens``) when it takes
-that keyword (:func:`remix_rft.reward_fns.call_reward`). It must return a finite number (a
+that keyword, and ``completion_ids=`` (the response's generated token ids) when the caller
+gives them and it takes that keyword (:func:`remix_rft.reward_fns.call_reward`). It must return a finite number (a
 bool counts as 0/1); a function that cannot be called so fails when the pool loads it.
 
 :class:`RewardPool` runs it in ``workers`` child processes, one item per worker at a
@@ -53,9 +54,11 @@ from typing import Any, TextIO
 
 from remix_rft import rewards
 from remix_rft.reward_fns import (
+    COMPLETION_IDS_KEYWORD,
     RewardError,
     RewardFn,
     absolute_spec,
+    accepts_keyword,
     call_reward,
     check_signature,
     failure_site,
@@ -97,13 +100,18 @@ def default_workers(local_processes: int = 1) -> int:
 
 
 def _call(
-    fn: RewardFn, response: str, problem: Any, time_limit_s: float, truncated: bool = False
+    fn: RewardFn,
+    response: str,
+    problem: Any,
+    time_limit_s: float,
+    truncated: bool = False,
+    completion_ids: list[int] | None = None,
 ) -> dict[str, Any]:
     """One item under the time limit, as the reply a worker sends (also used in-process)."""
     guard = nullcontext() if math.isinf(time_limit_s) else verify._time_limit(time_limit_s)
     try:
         with guard:
-            value = call_reward(fn, response, problem, truncated)
+            value = call_reward(fn, response, problem, truncated, completion_ids)
     except verify.VerifyTimeout:
         return {"timeout": True}
     except MemoryError:  # over the worker's memory limit: a property of this response
@@ -155,7 +163,7 @@ def _serve(spec: str, time_limit_s: float) -> int:
         request = json.loads(line)
         reply = _call(
             fn, request["response"], request["problem"], time_limit_s,
-            bool(request.get("truncated", False)),
+            bool(request.get("truncated", False)), request.get("completion_ids"),
         )  # fmt: skip
         replies.write(json.dumps(reply) + "\n")
     # stdin closed: the pool closed, or its process died (SIGKILL included). Processes the
@@ -178,10 +186,19 @@ class _Worker:
     deadline: float = math.inf  # monotonic time by which it must answer
     started: float = field(default_factory=time.monotonic)
 
-    def send(self, index: int, item: ScoreItem, limit_s: float, truncated: bool = False) -> bool:
+    def send(
+        self,
+        index: int,
+        item: ScoreItem,
+        limit_s: float,
+        truncated: bool = False,
+        completion_ids: list[int] | None = None,
+    ) -> bool:
         assert self.proc.stdin is not None
         response, problem = item
         request = {"response": response, "problem": problem, "truncated": truncated}
+        if completion_ids is not None:
+            request["completion_ids"] = completion_ids
         try:
             self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
@@ -248,21 +265,30 @@ class RewardPool:
 
     # ---- public -------------------------------------------------------------------
     def score(
-        self, items: Sequence[ScoreItem], truncated: Sequence[bool] | None = None
+        self,
+        items: Sequence[ScoreItem],
+        truncated: Sequence[bool] | None = None,
+        completion_ids: Sequence[list[int]] | None = None,
     ) -> list[float]:
-        """Scores in the order of ``items``; ``truncated[i]``: whether response i was cut
-        (passed on to a function that takes the keyword). RewardError for a faulty function."""
+        """Scores in the order of ``items``; ``truncated[i]``: whether response i was cut,
+        ``completion_ids[i]``: its generated token ids (each passed on to a function that
+        takes the keyword). RewardError for a faulty function."""
         if not items:
             return []
         cut = [False] * len(items) if truncated is None else [bool(t) for t in truncated]
+        ids: list[list[int] | None] = [None] * len(items)
+        if completion_ids is not None and accepts_keyword(self.load_fn(), COMPLETION_IDS_KEYWORD):
+            ids = [list(c) for c in completion_ids]  # sent only to a function that takes them
         if self.workers == 0:
             # The math verifier has its own hard limits (a killable child process); an
             # alarm around it could leave that child's reply in flight, so it gets none.
             limit = math.inf if self.spec == MATH_REWARD_SPEC else self.time_limit_s
             fn = self.load_fn()
-            replies = [_call(fn, r, p, limit, t) for (r, p), t in zip(items, cut, strict=True)]
+            replies = [
+                _call(fn, r, p, limit, t, c) for (r, p), t, c in zip(items, cut, ids, strict=True)
+            ]
         else:
-            replies = self._score_in_workers(items, cut)
+            replies = self._score_in_workers(items, cut, ids)
         return self._collect(items, replies)
 
     def close(self) -> None:
@@ -334,14 +360,17 @@ class RewardPool:
         self.replaced += 1
 
     def _score_in_workers(
-        self, items: Sequence[ScoreItem], truncated: Sequence[bool]
+        self,
+        items: Sequence[ScoreItem],
+        truncated: Sequence[bool],
+        completion_ids: Sequence[list[int] | None],
     ) -> list[dict[str, Any]]:
         self._ensure_workers()
         replies: list[dict[str, Any] | None] = [None] * len(items)
         todo = deque(range(len(items)))
         try:
             while todo or any(w.item is not None for w in self._procs):
-                self._dispatch(items, todo, truncated)
+                self._dispatch(items, todo, truncated, completion_ids)
                 self._wait(replies, todo)
         except BaseException:
             # Ctrl-C or a bug: replies still in flight would be read as the next batch's.
@@ -353,12 +382,19 @@ class RewardPool:
         return [r if r is not None else {"crash": "no reply"} for r in replies]
 
     def _dispatch(
-        self, items: Sequence[ScoreItem], todo: deque[int], truncated: Sequence[bool]
+        self,
+        items: Sequence[ScoreItem],
+        todo: deque[int],
+        truncated: Sequence[bool],
+        completion_ids: Sequence[list[int] | None],
     ) -> None:
         for w in list(self._procs):
             if w.ready and w.item is None and todo:
                 index = todo.popleft()
-                if not w.send(index, items[index], self.time_limit_s, truncated[index]):
+                sent = w.send(
+                    index, items[index], self.time_limit_s, truncated[index], completion_ids[index]
+                )
+                if not sent:
                     todo.appendleft(index)  # it died while idle: a new one gets the item
                     self._replace(w)
 

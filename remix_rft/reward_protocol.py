@@ -16,8 +16,13 @@ plain string a config file (``task.reward_funcs``) and ``remix train --resume`` 
 and the workers still isolate the user's code (time limit, crashes).
 
 Each item is one call with lists of length 1: the pool grades items in parallel workers.
-``completion_ids`` are the completion re-tokenized with the run's tokenizer (the text
-the function sees, without special tokens).
+``completion_ids`` are the token ids the policy generated for the completion, passed by the
+trainer through the pool (``RewardPool.score(..., completion_ids=)``): the EOS token
+included when the response ended with one, no padding, as TRL's GRPOTrainer gives them (it
+keeps completion tokens up to and including the first EOS, and tells a truncated completion
+by its last id not being EOS). A caller without the generated ids (held-out evaluation,
+``remix eval``, a direct pool call) gets the completion re-tokenized with the run's
+tokenizer instead (the text the function sees, without special tokens, so no EOS).
 """
 
 from __future__ import annotations
@@ -121,9 +126,15 @@ class TrlRewardAdapter:
             out["answer"] = [answer]
         return out
 
-    def __call__(self, response: str, problem: Mapping[str, Any]) -> float:
+    def __call__(
+        self,
+        response: str,
+        problem: Mapping[str, Any],
+        completion_ids: list[int] | None = None,
+    ) -> float:
+        """``completion_ids``: the generated ids; None: ``response`` re-tokenized."""
         kwargs = self.columns(problem)
-        ids = self.completion_ids(response)
+        ids = self.completion_ids(response) if completion_ids is None else list(completion_ids)
         total, seen = 0.0, False
         for spec, fn, weight in zip(self.spec.funcs, self.fns, self.spec.weights, strict=True):
             value = call_reward_fn(

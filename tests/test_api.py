@@ -43,6 +43,11 @@ def echo_ids(prompts, completions, completion_ids, **kwargs):
     return [float(len(ids)) for ids in completion_ids]
 
 
+def ids_code(prompts, completions, completion_ids, **kwargs):
+    """The ids themselves, as one number (position-weighted sum): a wrong id or order shows."""
+    return [float(sum((i + 1) * t for i, t in enumerate(ids))) for ids in completion_ids]
+
+
 def returns_text(prompts, completions, completion_ids, **kwargs):
     return ["yes" for _ in completions]
 
@@ -91,6 +96,21 @@ def test_pool_workers_run_trl_protocol_functions_in_isolation():
         scores = pool.score([("\\boxed{6}", {"id": "a", "prompt": "p", "answer": "6"}),
                              ("\\boxed{5}", {"id": "b", "prompt": "p", "answer": "6"})])  # fmt: skip
     assert scores == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_pool_passes_the_generated_ids_and_re_tokenizes_without_them(workers):
+    from remix_rft.engines.models import resolve_model_path
+
+    path = resolve_model_path("embedded")
+    spec = RewardFuncs((callable_spec(ids_code),), (1.0,), "", path).spec()
+    items = [("\\boxed{6}", {"id": "a", "prompt": "p", "answer": "6"})] * 2
+    generated = [[5, 7, 2], [9]]  # not what the text tokenizes to: only the generator knows
+    retokenized = load_reward_fn(spec).completion_ids(items[0][0])
+    with RewardPool(spec, workers=workers) as pool:
+        assert pool.score(items, [False, True], completion_ids=generated) == [5 + 14 + 6, 9]
+        expected = float(sum((i + 1) * t for i, t in enumerate(retokenized)))
+        assert retokenized and pool.score(items) == [expected, expected]  # no ids: re-tokenized
 
 
 def test_bad_reward_functions_fail_with_a_clear_message(tmp_path):
@@ -148,6 +168,19 @@ def test_hf_dataset_extra_columns_async_reward_callbacks_and_save(tmp_path):
 
     AutoModelForCausalLM.from_pretrained(out)
     AutoTokenizer.from_pretrained(out)
+
+
+def test_trl_reward_functions_get_the_generated_ids_eos_included(tmp_path):
+    """The ids a reward function sees are the sampled response's: as many as the trainer
+    counts in ``response_length`` (EOS included, as TRL's completion_ids)."""
+    result = Trainer(
+        "embedded", [echo_ids], args="tiny-grpo", train_dataset=_arithmetic_rows(16),
+        overrides={**SMALL, "steps": 1, "eval_every": 5, "save_every": 5, "max_new_tokens": 96,
+                   "out_dir": str(tmp_path / "run")},
+    ).train()  # fmt: skip
+    row = result.rows[-1]
+    assert row["finished/frac"] > 0  # some ended with EOS: re-tokenizing would count one less
+    assert row["reward/mean"] == pytest.approx(row["response_length/mean"])
 
 
 def _without_time(rows: list[dict]) -> list[dict]:

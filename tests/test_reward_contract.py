@@ -100,6 +100,22 @@ def test_truncated_keyword_protocol():
     assert call_reward(kwargs, "r", {}, truncated=False) is False
 
 
+def test_completion_ids_reach_only_functions_that_take_them():
+    def named(response, problem, completion_ids=None):
+        return completion_ids
+
+    def kwargs(response, problem, **extra):
+        return extra.get("completion_ids")
+
+    def plain(response, problem):
+        return 1.0
+
+    assert call_reward(named, "r", {}, False, [1, 2]) == [1, 2]
+    assert call_reward(kwargs, "r", {}, False, [3]) == [3]
+    assert call_reward(plain, "r", {}, False, [3]) == 1.0  # not taken: not passed
+    assert call_reward(named, "r", {}, False) is None  # none given: the default stays
+
+
 def test_every_truncated_response_reaches_the_users_function(tiny_config, tmp_path):
     path = reward_file(
         tmp_path,

@@ -202,7 +202,9 @@ class Producer:
         prompts = [self.prompts(p) for p in problems for _ in range(group_size)]
         gen = engine.generate(prompts, self.settings(record_logprobs))
         pairs = [(text, problems[i // group_size]) for i, text in enumerate(gen.texts)]
-        rewards = score_responses(self.task, pairs, graded=gen.finished)  # unfinished: 0
+        ids = [r.tolist() for r in gen.response_ids]  # EOS included, as TRL's completion_ids
+        # unfinished: 0 under the built-in verifier
+        rewards = score_responses(self.task, pairs, gen.finished, completion_ids=ids)
         rewards = self.shaped(rewards, [int(r.numel()) for r in gen.response_ids])
         advantages = self.advantages(rewards, group_size)
         samples = [

@@ -50,11 +50,14 @@ class GradedTask:
         return self.score([(response, problem)])[0]
 
     def score(
-        self, pairs: Sequence[tuple[str, Problem]], truncated: Sequence[bool] | None = None
+        self,
+        pairs: Sequence[tuple[str, Problem]],
+        truncated: Sequence[bool] | None = None,
+        completion_ids: Sequence[list[int]] | None = None,
     ) -> list[float]:
         """Rewards of (response, problem) pairs, in order."""
         items = [(response, problem.as_dict()) for response, problem in pairs]
-        return self.pool.score(items, truncated)
+        return self.pool.score(items, truncated, completion_ids)
 
     def close(self) -> None:
         self.pool.close()
@@ -66,6 +69,7 @@ def score_responses(
     graded: Sequence[bool] | None = None,
     *,
     grade_unfinished: bool = False,
+    completion_ids: Sequence[list[int]] | None = None,
 ) -> list[float]:
     """Rewards of (response, problem) pairs in the task's reward pool, in order.
 
@@ -73,10 +77,11 @@ def score_responses(
     called on every response, with ``truncated = not graded[i]`` (the reward contract,
     docs/your-own-task.md); for the built-in verifier (and a bare Task) a response cut off
     before its end scores 0 unseen, unless ``grade_unfinished`` (held-out evaluation grades
-    every response, as ``remix eval`` always did)."""
+    every response, as ``remix eval`` always did). ``completion_ids[i]``: response i's
+    generated token ids, for a user's function that takes the ``completion_ids`` keyword."""
     finished = [True] * len(pairs) if graded is None else [bool(g) for g in graded]
     if isinstance(task, GradedTask) and task.grades_truncated:
-        return task.score(pairs, truncated=[not f for f in finished])
+        return task.score(pairs, truncated=[not f for f in finished], completion_ids=completion_ids)
     keep = [i for i in range(len(pairs)) if finished[i] or grade_unfinished]
     chosen = [pairs[i] for i in keep]
     if isinstance(task, GradedTask):
