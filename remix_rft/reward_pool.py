@@ -48,9 +48,9 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
 from remix_rft import rewards
 from remix_rft.reward_fns import (
@@ -59,27 +59,19 @@ from remix_rft.reward_fns import (
     RewardFn,
     absolute_spec,
     accepts_keyword,
-    call_reward,
     check_signature,
-    failure_site,
     load_reward_fn,
-    one_line,
-    score_problem,
     where_defined,
 )
-from remix_rft.rewards import verify
+from remix_rft.reward_worker import MATH_REWARD_SPEC, SERVE_FLAG, call_item
 
 logger = logging.getLogger(__name__)
 
 ScoreItem = tuple[str, Mapping[str, Any]]  # (response, problem as a dict)
 
-# The verifier of the embedded and math tasks, as a spec (run by name in the workers).
-MATH_REWARD_SPEC = "remix_rft.reward_pool:math_score"
 DEFAULT_TIME_LIMIT_S = 5.0  # above math-verify's own CALL_TIME_LIMIT_S, which fires first
 KILL_GRACE_S = 1.0  # time the worker's own alarm gets before the parent kills it
 STARTUP_TIMEOUT_S = 120.0
-MAX_MESSAGE_CHARS = 2_000
-SERVE_FLAG = "--serve"
 
 
 def math_score(response: str, problem: Mapping[str, Any]) -> float:
@@ -94,88 +86,6 @@ def default_workers(local_processes: int = 1) -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(1, min(4, cpus // max(local_processes, 1)))
-
-
-# ---------------------------------------------------------------------------- worker side
-
-
-def _call(
-    fn: RewardFn,
-    response: str,
-    problem: Any,
-    time_limit_s: float,
-    truncated: bool = False,
-    completion_ids: list[int] | None = None,
-) -> dict[str, Any]:
-    """One item under the time limit, as the reply a worker sends (also used in-process)."""
-    guard = nullcontext() if math.isinf(time_limit_s) else verify._time_limit(time_limit_s)
-    try:
-        with guard:
-            value = call_reward(fn, response, problem, truncated, completion_ids)
-    except verify.VerifyTimeout:
-        return {"timeout": True}
-    except MemoryError:  # over the worker's memory limit: a property of this response
-        return {"crash": "MemoryError (over the worker's memory limit)"}
-    except Exception as exc:
-        return {
-            "error": one_line(f"{type(exc).__name__}: {exc}", MAX_MESSAGE_CHARS),
-            "at": failure_site(exc.__traceback__, fn),
-        }
-    checked = score_problem(value)
-    if isinstance(checked, str):
-        return {"bad": checked}
-    return {"score": checked}
-
-
-def _warm_up_math() -> None:
-    """Import math-verify and sympy, and run a symbolic comparison once, before any clock
-    starts: sympy's first simplification takes ~2 s of CPU (lazy imports and caches), which
-    on a busy machine would run a worker's first real item past its limit."""
-    verify._warm_up()
-    verify._equal("x^2+2x+1", "(x+1)^2")
-
-
-def _serve(spec: str, time_limit_s: float) -> int:
-    """Worker loop: a JSON request per line on stdin, a JSON reply per line on the
-    original stdout. Whatever the reward function prints goes to stderr instead."""
-    replies: TextIO = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    try:
-        import resource
-
-        limit = verify.WORKER_MEMORY_BYTES
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    except (ImportError, ValueError, OSError):
-        pass
-    verify.VERIFY_ISOLATION = "inline"  # this process is the one that gets killed
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    try:
-        fn = load_reward_fn(spec)
-        if spec == MATH_REWARD_SPEC:
-            _warm_up_math()
-    except Exception as exc:
-        replies.write(json.dumps({"fatal": str(exc)[:MAX_MESSAGE_CHARS]}) + "\n")
-        return 1
-    replies.write("ready\n")
-    for line in sys.stdin:
-        request = json.loads(line)
-        reply = _call(
-            fn, request["response"], request["problem"], time_limit_s,
-            bool(request.get("truncated", False)), request.get("completion_ids"),
-        )  # fmt: skip
-        replies.write(json.dumps(reply) + "\n")
-    # stdin closed: the pool closed, or its process died (SIGKILL included). Processes the
-    # function started are in this worker's group: end them with it.
-    if os.getpgrp() == os.getpid():  # started by a RewardPool, as its group's leader
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with suppress(OSError):
-            os.killpg(0, signal.SIGTERM)
-    return 0
-
-
-# ---------------------------------------------------------------------------- parent side
 
 
 @dataclass
@@ -285,7 +195,8 @@ class RewardPool:
             limit = math.inf if self.spec == MATH_REWARD_SPEC else self.time_limit_s
             fn = self.load_fn()
             replies = [
-                _call(fn, r, p, limit, t, c) for (r, p), t, c in zip(items, cut, ids, strict=True)
+                call_item(fn, r, p, limit, t, c)
+                for (r, p), t, c in zip(items, cut, ids, strict=True)
             ]
         else:
             replies = self._score_in_workers(items, cut, ids)
@@ -339,7 +250,7 @@ class RewardPool:
     # ---- the pool -------------------------------------------------------------------
     def _spawn(self) -> _Worker:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "remix_rft.reward_pool", SERVE_FLAG, self.spec,
+            [sys.executable, "-m", "remix_rft.reward_worker", SERVE_FLAG, self.spec,
              repr(self.time_limit_s)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8",
             bufsize=1, env=_worker_env(), process_group=0,  # killed as a group (#36.11)
@@ -449,7 +360,3 @@ def _close_all(procs: list[_Worker]) -> None:
     for w in procs:
         w.kill()
     procs.clear()
-
-
-if __name__ == "__main__" and sys.argv[1:2] == [SERVE_FLAG]:
-    sys.exit(_serve(sys.argv[2], float(sys.argv[3])))
